@@ -1,0 +1,3 @@
+from rnn_lightning.data.datamodule import IMDBDataModule
+
+__all__ = ["IMDBDataModule"]

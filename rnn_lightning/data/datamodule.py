@@ -1,0 +1,225 @@
+"""IMDB as a LightningDataModule: raw reviews -> cached token ids -> batches."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from tokenizers import Tokenizer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from rnn_lightning.data import sources
+from rnn_lightning.data.tokenizer import PAD_ID, encode, train_tokenizer
+from rnn_lightning.errors import InputError
+
+CACHE_VERSION = 1  # bump when the tokenizer recipe or the cache layout changes
+
+
+class TokenizedReviews(Dataset):
+    """Token ids (N, T) and labels (N,) held as two tensors; a batch is two index operations.
+
+    ``__getitems__`` hands the DataLoader a whole batch at once instead of N single items to
+    collate: with 1024 short rows per batch that per-item work would cost more than the model step.
+    """
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        self.ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.ids[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.ids[idx], self.labels[idx]
+
+
+def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Collate for ``TokenizedReviews``: ``__getitems__`` already returned (ids (B, T), labels (B,))."""
+    return batch
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, val): ``fraction`` of each class goes to val, chosen by a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        val.append(rng.permutation(members)[: int(round(fraction * len(members)))])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    fit_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return fit_idx, val_idx
+
+
+class IMDBDataModule(LightningDataModule):
+    """IMDB reviews, tokenized once and cached on disk.
+
+    ``prepare_data`` (one process per node) reads the source, carves the validation set out of
+    train, trains the tokenizer on the remaining training reviews only, encodes every split and
+    writes the result to ``cache_dir`` under a key made of everything that changes it; every
+    process then loads it in ``setup``. The tokenizer is saved in each checkpoint (``state_dict``),
+    so a checkpoint alone turns raw text into predictions.
+
+    Args:
+        dataset: a hub id, a folder of ``train``/``test`` parquet files, or an unpacked ``aclImdb/`` folder.
+        vocab_size: words kept, ``<pad>`` and ``<unk>`` included.
+        max_len: tokens per review; longer reviews keep their end, shorter ones are padded at the front.
+        batch_size: reviews per batch (per process under DDP).
+        val_fraction: share of the training reviews held out for validation, per class.
+        split_seed: seed of that split (independent of ``seed_everything``, so the split never moves).
+        cache_dir: where the token ids are cached.
+        num_workers: DataLoader workers; 0 is fastest here, since a batch is two tensor indexings.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "stanfordnlp/imdb",
+        vocab_size: int = 10_000,
+        max_len: int = 80,
+        batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        cache_dir: str = "~/.cache/rnn_lightning",
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if vocab_size < 3:
+            raise InputError(f"data.vocab_size: expected an integer >= 3 (<pad>, <unk> and a word), got {vocab_size}")
+        if max_len < 1:
+            raise InputError(f"data.max_len: expected an integer >= 1, got {max_len}")
+        if batch_size < 1:
+            raise InputError(f"data.batch_size: expected an integer >= 1, got {batch_size}")
+        if not 0.0 < val_fraction < 1.0:
+            raise InputError(f"data.val_fraction: expected a number strictly between 0 and 1, got {val_fraction}")
+        if num_workers < 0:
+            raise InputError(f"data.num_workers: expected an integer >= 0, got {num_workers}")
+        sources.check_dataset(dataset)
+        self.save_hyperparameters()
+        self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
+        self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.cache_dir = Path(os.path.expanduser(cache_dir))
+        self.tokenizer: Optional[Tokenizer] = None
+        self.splits: dict[str, TokenizedReviews] = {}
+        self._encoded_with: Optional[str] = None  # tokenizer JSON that produced self.splits
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    # ---------------------------------------------------------------- cache
+
+    @property
+    def cache_path(self) -> Path:
+        key = {
+            "version": CACHE_VERSION,
+            "source": sources.fingerprint(self.dataset),
+            "vocab_size": self.vocab_size,
+            "max_len": self.max_len,
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+        }
+        return self.cache_dir / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    def prepare_data(self) -> None:
+        target = self.cache_path
+        if (target / "meta.json").exists():
+            return
+        rank_zero_info(f"Tokenizing {self.dataset} into {target} (once; later runs reuse it)")
+        raw = sources.load_labelled(self.dataset)
+        train_texts, train_labels = raw["train"]
+        test_texts, test_labels = raw["test"]
+        fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed)
+        tokenizer = train_tokenizer((train_texts[i] for i in fit_idx), self.vocab_size, self.max_len)
+        learned = tokenizer.get_vocab_size()
+        if learned < self.vocab_size:
+            rank_zero_info(f"data.vocab_size is {self.vocab_size} but the training reviews hold only {learned} distinct tokens; ids above stay unused")
+        train_ids = encode(tokenizer, train_texts)
+        arrays = {
+            "fit_ids": train_ids[fit_idx], "fit_labels": train_labels[fit_idx],
+            "val_ids": train_ids[val_idx], "val_labels": train_labels[val_idx],
+            "test_ids": encode(tokenizer, test_texts), "test_labels": test_labels,
+        }  # fmt: skip
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary folder and renamed: a crash or a second process never sees half a cache.
+        tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
+        np.savez(tmp / "arrays.npz", **arrays)
+        (tmp / "tokenizer.json").write_text(tokenizer.to_str())
+        meta = {"dataset": self.dataset, "sizes": {k: len(v) for k, v in arrays.items() if k.endswith("labels")}}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def setup(self, stage: str) -> None:
+        if self.splits:
+            return
+        path = self.cache_path
+        if not (path / "meta.json").exists():
+            raise InputError(f"data: no token cache at {path}; prepare_data did not run or cache_dir is not shared between nodes")
+        tokenizer_json = (path / "tokenizer.json").read_text()
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._encoded_with = tokenizer_json
+        with np.load(path / "arrays.npz") as a:
+            self.splits = {s: TokenizedReviews(a[f"{s}_ids"], a[f"{s}_labels"]) for s in ("fit", "val", "test")}
+
+    # ---------------------------------------------------------------- checkpoint
+
+    def state_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the checkpoint's tokenizer. Lightning calls this after ``setup``, so data already
+        encoded with a different tokenizer is encoded again before any batch is made."""
+        tokenizer_json = state.get("tokenizer") if isinstance(state, dict) else None
+        if not isinstance(tokenizer_json, str):
+            raise InputError("ckpt_path: the checkpoint holds no tokenizer (was it written by rnn-lightning?)")
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        if self._encoded_with is not None and self._encoded_with != tokenizer_json:
+            rank_zero_info("The checkpoint's tokenizer differs from the cached one: encoding the data again with it")
+            raw = sources.load_labelled(self.dataset)
+            fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed)
+            ids = encode(self.tokenizer, raw["train"][0])
+            labels = raw["train"][1]
+            test_texts, test_labels = raw["test"]
+            self.splits = {
+                "fit": TokenizedReviews(ids[fit_idx], labels[fit_idx]),
+                "val": TokenizedReviews(ids[val_idx], labels[val_idx]),
+                "test": TokenizedReviews(encode(self.tokenizer, test_texts), test_labels),
+            }
+            self._encoded_with = tokenizer_json
+
+    # ---------------------------------------------------------------- loaders
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

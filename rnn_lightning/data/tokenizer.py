@@ -1,0 +1,63 @@
+"""Word-level tokenizer (Hugging Face ``tokenizers``) that also pads and truncates at the front.
+
+The whole text pipeline lives in the tokenizer's JSON: normalisation (``<br />`` to a space, NFKC,
+lowercase), splitting into words and punctuation runs, the vocabulary, and front padding/truncation
+to ``max_len`` (as Keras' ``pad_sequences``: the final state of the network sees a review's last words).
+So the JSON alone turns raw text into the model's input, in training, in a checkpoint and in an export.
+"""
+
+from collections.abc import Iterable
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int) -> Tokenizer:
+    """Learn the ``vocab_size`` most frequent words (specials included) from ``texts``."""
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Replace(Regex(r"<br\s*/?>"), " "), normalizers.NFKC(), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # runs of \w and of punctuation: "great!!" -> great, !!
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.enable_truncation(max_len, direction="left")
+    tok.enable_padding(direction="left", length=max_len, pad_id=PAD_ID, pad_token=PAD)
+    return tok
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
+    """Raw texts -> (N, max_len) int32 ids, padded and truncated at the front (Rust, all cores).
+
+    Only a review's last ``max_len`` tokens are kept, so each text is first cut to a tail of a few
+    characters per token, at a space (a token boundary for this tokenizer). Rows whose tail yields
+    fewer than ``max_len`` tokens are encoded again from the whole text, so the result is exactly
+    that of encoding the whole texts, about 3x sooner on IMDB (most of the cost is pre-tokenizing).
+    """
+    max_len = tok.truncation["max_length"]
+    if not texts:
+        return np.zeros((0, max_len), dtype=np.int32)
+    tails = [_tail(s, 6 * max_len + 64) for s in texts]  # IMDB: ~4.5 characters a token
+    encs = tok.encode_batch_fast(tails)
+    ids = np.array([e.ids for e in encs], dtype=np.int32)
+    short = [i for i, e in enumerate(encs) if tails[i] is not texts[i] and e.attention_mask[0] == 0]
+    if short:
+        ids[short] = [e.ids for e in tok.encode_batch_fast([texts[i] for i in short])]
+    return ids
+
+
+def _tail(text: str, n_chars: int) -> str:
+    """The end of ``text`` from the first space in its last ``n_chars`` characters (or all of it).
+
+    A space inside an HTML line break (``<br />``) is not a boundary: the normaliser replaces the
+    whole tag, so cutting there would leave "/>" behind.
+    """
+    if len(text) <= n_chars:
+        return text
+    cut = text.find(" ", len(text) - n_chars)
+    while cut > 0 and text.endswith("<br", 0, cut):
+        cut = text.find(" ", cut + 1)
+    return text[cut:] if cut > 0 else text

@@ -1,0 +1,3 @@
+from rnn_lightning.models.classifier import SentimentClassifier
+
+__all__ = ["SentimentClassifier"]

@@ -1,0 +1,101 @@
+"""The LightningModule: loss, metrics and the train/val/test/predict steps around ``SentimentRNN``."""
+
+from typing import get_args
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from rnn_lightning.errors import InputError
+from rnn_lightning.models.components.network import Pooling, SentimentRNN
+from rnn_lightning.models.components.recurrent import Cell, Implementation
+
+
+class SentimentClassifier(LightningModule):
+    """Binary sentiment classifier: token ids (B, T) -> logits (B,); positive = 1.
+
+    Trains on logits with ``BCEWithLogitsLoss`` (numerically stable, one sigmoid); probabilities
+    appear only in ``predict_step``. The optimizer and LR scheduler come from the config
+    (LightningCLI's ``optimizer:`` / ``lr_scheduler:``).
+
+    Args:
+        vocab_size: rows of the embedding; linked from ``data.vocab_size`` by the CLI.
+        pad_id: id of ``<pad>``; linked from the data module by the CLI.
+        embed_dim: embedding width.
+        cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
+        hidden_size: units per direction of each recurrent layer.
+        num_layers: stacked recurrent layers.
+        dropout: input dropout before every recurrent layer, one mask per review.
+        bidirectional: run each layer in both directions and concatenate.
+        pooling: ``last`` state, or ``max`` / ``mean`` over the (unpadded) time steps.
+        implementation: ``auto`` (fused on GPU, bptt on CPU), ``fused``, ``bptt`` or ``autograd``;
+            same results, different speed.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 10_000,
+        pad_id: int = 0,
+        embed_dim: int = 100,
+        cell: Cell = "rnn",
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        bidirectional: bool = False,
+        pooling: Pooling = "last",
+        implementation: Implementation = "auto",
+    ) -> None:
+        super().__init__()
+        _check_choice("model.cell", cell, Cell)
+        _check_choice("model.pooling", pooling, Pooling)
+        _check_choice("model.implementation", implementation, Implementation)
+        for name, value, low in [("vocab_size", vocab_size, 3), ("embed_dim", embed_dim, 1), ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)]:
+            if value < low:
+                raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(f"model.dropout: expected a number in [0, 1), got {dropout}")
+        if not 0 <= pad_id < vocab_size:
+            raise InputError(f"model.pad_id: expected an id in [0, vocab_size={vocab_size}), got {pad_id}")
+        self.save_hyperparameters()
+        self.net = SentimentRNN(vocab_size, embed_dim, cell, hidden_size, num_layers, dropout, bidirectional, pooling, pad_id, implementation)
+        self.loss = nn.BCEWithLogitsLoss()
+        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+        # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> logits (B,)."""
+        return self.net(tokens)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        tokens, labels = batch  # (B, T), (B,)
+        logits = self(tokens)
+        loss = self.loss(logits, labels.float())
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach().sigmoid(), labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Probability of a positive review, (B,)."""
+        return torch.sigmoid(self(batch[0]))
+
+
+def _check_choice(field: str, value: str, choices) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise InputError(f"{field}: expected one of {', '.join(allowed)}; got {value!r}")

@@ -1,0 +1,176 @@
+"""Recurrent layers with a hand-written backward through time (``implementation: bptt``).
+
+Why this exists: on a CPU, autograd through a Python loop of 80 steps records ~10 small nodes per
+step and spends most of the backward in their bookkeeping and in tanh (``torch.tanh`` on a 1024x64
+block costs ~5x ``torch.sigmoid`` on the CPU builds measured, see BENCHMARKS.md). Here each layer is one
+autograd node:
+
+- forward: the input projections of all steps as one GEMM, then per step one small GEMM and one
+  sigmoid; tanh is computed as 2*sigmoid(2x) - 1, with the factor 2 folded into the weights once;
+- backward: per step one small GEMM and a few elementwise ops on coefficients prepared for all steps
+  at once; the weight and input gradients come from single large GEMMs after the loop.
+
+Gates follow PyTorch's order and formulas (gru: r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
+lstm: i, f, g, o), so results equal the ``autograd`` and ``fused`` implementations (tests check 1e-5).
+"""
+
+import torch
+from torch import Tensor
+
+
+def _scaled(w: Tensor, rows: slice | None) -> Tensor:
+    """w with the given block of rows (a tanh gate's pre-activation) doubled, so sigmoid(.) = sigmoid(2x)."""
+    if rows is None:
+        return w * 2
+    w = w.clone()
+    w[rows] *= 2
+    return w
+
+
+class _RNNTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        gi = torch.addmm(_scaled(b_ih + b_hh, None), x.reshape(T * B, -1), _scaled(w_ih, None).t()).view(T, B, H)
+        w_hh2 = _scaled(w_hh, None).t()
+        hs = x.new_zeros(T + 1, B, H)  # hs[t + 1] = h_t; hs[0] = initial state
+        for t in range(T):
+            h = hs[t + 1]
+            torch.addmm(gi[t], hs[t], w_hh2, out=h)
+            torch.sigmoid(h, out=h)
+            h.mul_(2).sub_(1)  # tanh(z) = 2 * sigmoid(2z) - 1
+        ctx.save_for_backward(x, w_ih, w_hh, hs)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, gout: Tensor):
+        x, w_ih, w_hh, hs = ctx.saved_tensors
+        T, B, H = gout.shape
+        deriv = 1 - hs[1:].square()  # (T, B, H): tanh' for every step at once
+        dz = torch.empty_like(deriv)  # gradient of each step's pre-activation
+        dh = gout[T - 1].clone()
+        for t in range(T - 1, -1, -1):
+            torch.mul(dh, deriv[t], out=dz[t])
+            if t:
+                torch.addmm(gout[t - 1], dz[t], w_hh, out=dh)
+        return _weight_grads(ctx, dz, x, hs, w_ih)
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        n_rows = slice(2 * H, 3 * H)
+        gi = torch.addmm(_scaled(b_ih, n_rows), x.reshape(T * B, -1), _scaled(w_ih, n_rows).t()).view(T, B, 3 * H)
+        w_hh2, b_hh2 = _scaled(w_hh, n_rows).t(), _scaled(b_hh, n_rows)
+        hs = x.new_zeros(T + 1, B, H)
+        gates = torch.empty(T, B, 3 * H, dtype=x.dtype, device=x.device)  # r, z, n after activation
+        ghn = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # W_hn h + b_hn (times 2)
+        gh = torch.empty(B, 3 * H, dtype=x.dtype, device=x.device)
+        for t in range(T):
+            torch.addmm(b_hh2, hs[t], w_hh2, out=gh)
+            g = gates[t]
+            torch.add(gi[t, :, : 2 * H], gh[:, : 2 * H], out=g[:, : 2 * H])
+            ghn[t].copy_(gh[:, 2 * H :])
+            torch.addcmul(gi[t, :, 2 * H :], g[:, : H].sigmoid_(), gh[:, 2 * H :], out=g[:, 2 * H :])
+            g[:, H:].sigmoid_()
+            n, z = g[:, 2 * H :].mul_(2).sub_(1), g[:, H : 2 * H]
+            torch.addcmul(n, z, hs[t] - n, out=hs[t + 1])  # h = n + z * (h_prev - n)
+        ctx.save_for_backward(x, w_ih, w_hh, hs, gates, ghn)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, gout: Tensor):
+        x, w_ih, w_hh, hs, gates, ghn = ctx.saved_tensors
+        T, B, H = gout.shape
+        r, z, n = gates.split(H, dim=2)
+        # Coefficients turning dL/dh_t into the gate gradients, for all steps in a few big ops.
+        dn_pre = (1 - z) * (1 - n.square())  # dL/d(n pre-activation) = dh * dn_pre
+        coef = torch.cat([dn_pre * ghn * 0.5 * r * (1 - r), (hs[:-1] - n) * z * (1 - z), dn_pre * r], dim=2)
+        coef = coef.view(T, B, 3, H)
+        dgh = torch.empty(T, B, 3 * H, dtype=x.dtype, device=x.device)  # d(W_hh h + b_hh) per step
+        dhs = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+        dh = gout[T - 1].clone()
+        for t in range(T - 1, -1, -1):
+            dhs[t].copy_(dh)
+            torch.mul(dh.unsqueeze(1), coef[t], out=dgh[t].view(B, 3, H))
+            if t:
+                torch.addmm(torch.addcmul(gout[t - 1], dh, z[t]), dgh[t], w_hh, out=dh)
+        dgi = torch.cat([dgh[..., : 2 * H], dhs * dn_pre], dim=2)
+        return _weight_grads(ctx, dgi, x, hs, w_ih, dgh)
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        g_rows = slice(2 * H, 3 * H)
+        gi = torch.addmm(_scaled(b_ih + b_hh, g_rows), x.reshape(T * B, -1), _scaled(w_ih, g_rows).t())
+        gates = gi.view(T, B, 4 * H)  # becomes i, f, g, o after activation, in place
+        w_hh2 = _scaled(w_hh, g_rows).t()
+        hs = x.new_zeros(T + 1, B, H)
+        cs = x.new_zeros(T + 1, B, H)
+        tcs = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # tanh(c_t)
+        for t in range(T):
+            g = gates[t]
+            g.addmm_(hs[t], w_hh2).sigmoid_()
+            i, f, gg, o = g.split(H, dim=1)
+            gg.mul_(2).sub_(1)
+            torch.addcmul(f * cs[t], i, gg, out=cs[t + 1])
+            tc = tcs[t]
+            torch.sigmoid(cs[t + 1] * 2, out=tc)
+            tc.mul_(2).sub_(1)
+            torch.mul(o, tc, out=hs[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hs, cs, gates, tcs)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, gout: Tensor):
+        x, w_ih, w_hh, hs, cs, gates, tcs = ctx.saved_tensors
+        T, B, H = gout.shape
+        i, f, gg, o = gates.split(H, dim=2)
+        to_c = o * (1 - tcs.square())  # dL/dc_t gets dh_t * to_c
+        coef = torch.cat([gg * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - gg.square())], dim=2).view(T, B, 3, H)
+        to_o = tcs * o * (1 - o)
+        dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
+        dh = gout[T - 1].clone()
+        dc = torch.zeros_like(dh)
+        for t in range(T - 1, -1, -1):
+            dc.addcmul_(dh, to_c[t])
+            d = dgates[t]
+            torch.mul(dc.unsqueeze(1), coef[t], out=d[:, : 3 * H].view(B, 3, H))
+            torch.mul(dh, to_o[t], out=d[:, 3 * H :])
+            if t:
+                dc.mul_(f[t])
+                torch.addmm(gout[t - 1], d, w_hh, out=dh)
+        return _weight_grads(ctx, dgates, x, hs, w_ih)
+
+
+def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None):
+    """Gradients of (x, w_ih, w_hh, b_ih, b_hh) from the per-step pre-activation gradients, as large GEMMs.
+
+    dgi (T, B, G*H): gradient of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh (same as dgi unless given).
+    """
+    T, B, GH = dgi.shape
+    dgh = dgi if dgh is None else dgh
+    flat_i, flat_h = dgi.reshape(T * B, GH), dgh.reshape(T * B, GH)
+    need = ctx.needs_input_grad
+    dx = (flat_i @ w_ih).view(T, B, -1) if need[0] else None
+    dw_ih = flat_i.t() @ x.reshape(T * B, -1) if need[1] else None
+    dw_hh = flat_h.t() @ hs[:-1].reshape(T * B, -1) if need[2] else None
+    db_ih = flat_i.sum(0) if need[3] else None
+    db_hh = flat_h.sum(0) if need[4] else None
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+_FUNCTIONS = {"rnn": _RNNTanh, "gru": _GRU, "lstm": _LSTM}
+
+
+def bptt_layer(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, reverse: bool = False) -> Tensor:
+    """One direction of a recurrent layer: x (T, B, in) -> outputs (T, B, H), zero initial state."""
+    if reverse:
+        return _FUNCTIONS[cell].apply(x.flip(0), w_ih, w_hh, b_ih, b_hh).flip(0)
+    return _FUNCTIONS[cell].apply(x, w_ih, w_hh, b_ih, b_hh)

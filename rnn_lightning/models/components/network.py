@@ -1,0 +1,74 @@
+"""The network: token ids -> one logit per review. Plain PyTorch; knows nothing of Lightning."""
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rnn_lightning.models.components.recurrent import Cell, Implementation, RecurrentLayer
+
+Pooling = Literal["last", "max", "mean"]
+
+
+class SentimentRNN(nn.Module):
+    """Embedding -> stacked recurrent layers -> linear head.
+
+    ``dropout`` is Keras' input dropout: before every recurrent layer, one mask per review,
+    reused at every time step (a per-step mask would erase a different part of the signal each step).
+    ``pooling`` reduces the last layer's outputs over time: ``last`` is the final state (for a
+    bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 10_000,
+        embed_dim: int = 100,
+        cell: Cell = "rnn",
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        bidirectional: bool = False,
+        pooling: Pooling = "last",
+        pad_id: int = 0,
+        implementation: Implementation = "auto",
+    ) -> None:
+        super().__init__()
+        self.dropout, self.pooling, self.pad_id, self.implementation = dropout, pooling, pad_id, implementation
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
+        self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
+        self.head = nn.Linear(sizes[-1], 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras' defaults: embedding uniform +-0.05, glorot-uniform head, zero bias (pad row stays zero)."""
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        with torch.no_grad():
+            self.embedding.weight[self.pad_id].zero_()
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) int ids, padded at the front -> logits (B,)."""
+        x = self.embedding(tokens.t())  # (T, B, E): time-major, so each step is one contiguous block
+        for layer in self.layers:
+            if self.training and self.dropout > 0:
+                keep = 1.0 - self.dropout
+                mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep).div_(keep)  # (1, B, in)
+                x = x * mask
+            x = layer(x, self.implementation)  # (T, B, D*H)
+        return self.head(self._pool(x, tokens)).squeeze(-1)
+
+    def _pool(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """x (T, B, D*H) -> (B, D*H)."""
+        if self.pooling == "last":
+            h = self.layers[-1].hidden_size
+            if x.shape[-1] == h:
+                return x[-1]
+            return torch.cat([x[-1, :, :h], x[0, :, h:]], dim=-1)  # reverse direction ends at t = 0
+        real = (tokens.t() != self.pad_id).unsqueeze(-1)  # (T, B, 1)
+        if self.pooling == "max":
+            return x.masked_fill(~real, float("-inf")).amax(dim=0).nan_to_num(neginf=0.0)
+        return (x * real).sum(dim=0) / real.sum(dim=0).clamp(min=1)
