@@ -1,6 +1,7 @@
 """The command line: LightningCLI wired to the IMDB data module and the classifier."""
 
 import sys
+from typing import NoReturn
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
@@ -29,11 +30,22 @@ class ParameterSummary(ModelSummary):
         rank_zero_info("Parameters (exact):\n" + "\n".join(lines) + f"\n  {'total':<16} {total:>12,}")
 
 
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad argument as one line naming the key, instead of the full usage text."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        sys.stderr.write(f"error: {' '.join(str(message).split())} (options: {self.prog} --help)\n")
+        sys.exit(2)
+
+
 class RNNLightningCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` with IMDB wiring that no config has to repeat."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("parser_class", OneLineErrorParser)
         super().__init__(SentimentClassifier, IMDBDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

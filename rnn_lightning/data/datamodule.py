@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -119,11 +120,11 @@ class IMDBDataModule(LightningDataModule):
 
     # ---------------------------------------------------------------- cache
 
-    @property
+    @cached_property
     def cache_path(self) -> Path:
         key = {
             "version": CACHE_VERSION,
-            "source": sources.fingerprint(self.dataset),
+            "source": sources.fingerprint(self.dataset, exclude=self.cache_dir),
             "vocab_size": self.vocab_size,
             "max_len": self.max_len,
             "val_fraction": self.val_fraction,

@@ -11,6 +11,7 @@ from rnn_lightning.errors import InputError
 
 Split = tuple[list[str], np.ndarray]  # texts, labels (N,) int64 in {0, 1}
 LABEL_NAMES = {"neg": 0, "pos": 1}
+DATA_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl", ".txt"}  # what load_dataset reads from a folder
 
 
 def is_local(dataset: str) -> bool:
@@ -31,11 +32,12 @@ def is_aclimdb(path: Path) -> bool:
     return (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
 
 
-def fingerprint(dataset: str) -> str:
+def fingerprint(dataset: str, exclude: Path | None = None) -> str:
     """Identity of the source for the token cache: a hub id as is; a local one by file names, sizes, times.
 
     An aclImdb folder is identified by its split folders' times (they change when files come or go),
-    which saves stat-ing 100,000 files at every start.
+    which saves stat-ing 100,000 files at every start. Files under ``exclude`` (the token cache,
+    when it lives inside the data folder) are not part of the identity.
     """
     if not is_local(dataset):
         return dataset
@@ -43,11 +45,17 @@ def fingerprint(dataset: str) -> str:
     if path.is_dir() and is_aclimdb(path):
         entries = [path / s / c for s in ("train", "test") for c in ("pos", "neg") if (path / s / c).is_dir()]
     elif path.is_dir():
-        entries = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        entries = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and not _hidden_or_under(p, path, exclude))
     else:
         entries = [path]
     facts = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
     return str(path) + ":" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+def _hidden_or_under(p: Path, root: Path, exclude: Path | None) -> bool:
+    if exclude is not None and p.is_relative_to(exclude.resolve()):
+        return True
+    return any(part.startswith(".") for part in p.relative_to(root).parts)
 
 
 def load_labelled(dataset: str, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Split]:
@@ -111,7 +119,7 @@ def labels_to_ints(raw: list, field: str) -> np.ndarray:
         raise InputError(f"{field}: expected 0/1 or 'neg'/'pos', found {bad!r}") from None
     bad = labels[(labels != 0) & (labels != 1)]
     if bad.size:
-        raise InputError(f"{field}: expected 0/1 or 'neg'/'pos', found {bad[0]!r}")
+        raise InputError(f"{field}: expected 0/1 or 'neg'/'pos', found {bad[0].item()!r}")
     return labels
 
 

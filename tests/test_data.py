@@ -1,0 +1,142 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnn_lightning.data import IMDBDataModule
+from rnn_lightning.data import datamodule as dm_module
+from rnn_lightning.data.datamodule import stratified_split
+from rnn_lightning.data.sources import load_labelled
+from rnn_lightning.errors import InputError
+
+
+def make_dm(dataset, tmp_path, **kwargs) -> IMDBDataModule:
+    kwargs = {"vocab_size": 40, "max_len": 12, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
+    return IMDBDataModule(dataset=str(dataset), **kwargs)
+
+
+def prepared(dm: IMDBDataModule) -> IMDBDataModule:
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_parquet_folder_and_aclimdb_folder_both_load(parquet_dir, aclimdb_dir):
+    for folder, n_train, n_test in ((parquet_dir, 96, 48), (aclimdb_dir, 40, 20)):
+        raw = load_labelled(str(folder))
+        assert len(raw["train"][0]) == n_train and len(raw["test"][0]) == n_test
+        assert set(raw["train"][1].tolist()) == {0, 1}
+
+
+def test_aclimdb_labels_follow_the_folder_names(aclimdb_dir):
+    texts, labels = load_labelled(str(aclimdb_dir))["train"]
+    positive = {"great", "wonderful", "excellent", "superb", "loved", "brilliant"}
+    for text, label in zip(texts, labels):
+        assert bool(positive & set(text.lower().replace(".", " ").replace("!", " ").split())) == bool(label)
+
+
+def test_batches_hold_front_padded_ids_and_labels(parquet_dir, tmp_path):
+    dm = prepared(make_dm(parquet_dir, tmp_path))
+    ids, labels = next(iter(dm.train_dataloader()))
+    assert ids.shape == (8, 12) and ids.dtype == torch.int64 and labels.shape == (8,)
+    assert int(ids.max()) < 40
+    lengths = (ids != dm.pad_id).sum(1)
+    for row, n in zip(ids, lengths):  # padding only at the front
+        assert torch.all(row[: 12 - n] == dm.pad_id) and torch.all(row[12 - n :] != dm.pad_id)
+
+
+def test_validation_is_a_seeded_stratified_part_of_train(parquet_dir, tmp_path):
+    dm = prepared(make_dm(parquet_dir, tmp_path, val_fraction=0.25))
+    assert len(dm.splits["fit"]) == 72 and len(dm.splits["val"]) == 24 and len(dm.splits["test"]) == 48
+    assert dm.splits["val"].labels.sum() == 12  # half of each class
+    labels = np.array([0, 1] * 50)
+    a, b = stratified_split(labels, 0.2, seed=3), stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(a[1], b[1]) and not np.array_equal(a[1], stratified_split(labels, 0.2, seed=4)[1])
+    assert not set(a[0]) & set(a[1]) and len(a[0]) + len(a[1]) == 100
+
+
+def test_tokenizer_is_trained_on_the_fit_part_only(tmp_path):
+    train = pd.DataFrame({"text": ["common word"] * 9 + ["uniqueword"], "label": [0, 1] * 5})
+    train.to_parquet(tmp_path / "train.parquet")
+    train.to_parquet(tmp_path / "test.parquet")
+    for seed in range(20):  # find a split where the one review with "uniqueword" is held out
+        dm = prepared(make_dm(tmp_path, tmp_path, val_fraction=0.2, split_seed=seed))
+        val_texts = dm.splits["val"].ids
+        if (val_texts != dm.pad_id).sum(1).eq(1).any():
+            assert "uniqueword" not in dm.tokenizer.get_vocab()
+            return
+    pytest.fail("no split held the unique review out")
+
+
+def test_second_run_reuses_the_cache(parquet_dir, tmp_path, monkeypatch):
+    first = prepared(make_dm(parquet_dir, tmp_path))
+    monkeypatch.setattr(dm_module, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained again"))
+    monkeypatch.setattr(dm_module.sources, "load_labelled", lambda *a, **k: pytest.fail("data read again"))
+    second = prepared(make_dm(parquet_dir, tmp_path))
+    assert second.tokenizer.to_str() == first.tokenizer.to_str()
+    assert torch.equal(second.splits["test"].ids, first.splits["test"].ids)
+
+
+def test_cache_key_changes_with_what_changes_the_data(parquet_dir, tmp_path):
+    base = make_dm(parquet_dir, tmp_path).cache_path
+    assert make_dm(parquet_dir, tmp_path).cache_path == base
+    for change in ({"vocab_size": 41}, {"max_len": 13}, {"val_fraction": 0.2}, {"split_seed": 1}):
+        assert make_dm(parquet_dir, tmp_path, **change).cache_path != base
+    assert make_dm(parquet_dir, tmp_path, batch_size=4).cache_path == base  # batching is not in the cache
+
+
+def test_tokenizer_travels_in_state_dict(parquet_dir, tmp_path):
+    dm = prepared(make_dm(parquet_dir, tmp_path))
+    fresh = IMDBDataModule(dataset=str(parquet_dir), cache_dir=str(tmp_path / "other"))
+    fresh.load_state_dict(dm.state_dict())
+    assert fresh.tokenizer.to_str() == dm.tokenizer.to_str()
+
+
+def test_checkpoint_tokenizer_that_differs_reencodes_the_data(parquet_dir, tmp_path):
+    dm = prepared(make_dm(parquet_dir, tmp_path))
+    other = prepared(make_dm(parquet_dir, tmp_path, split_seed=7))  # another fit part, another vocabulary
+    assert other.tokenizer.to_str() != dm.tokenizer.to_str()
+    other.load_state_dict(dm.state_dict())
+    assert torch.equal(other.splits["test"].ids, dm.splits["test"].ids)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"vocab_size": 2}, "data.vocab_size"),
+        ({"max_len": 0}, "data.max_len"),
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"val_fraction": 1.0}, "data.val_fraction"),
+        ({"dataset": "./no/such/folder"}, "data.dataset"),
+    ],
+)
+def test_bad_values_are_refused_at_construction(parquet_dir, tmp_path, kwargs, field):
+    with pytest.raises(InputError, match=field):
+        make_dm(kwargs.pop("dataset", parquet_dir), tmp_path, **kwargs)
+
+
+def test_parquet_without_text_or_label_is_refused(tmp_path):
+    pd.DataFrame({"review": ["x"], "label": [1]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"review": ["x"], "label": [1]}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(InputError, match=r"data.dataset: .*lacks column\(s\) \['text'\]"):
+        make_dm(tmp_path, tmp_path).prepare_data()
+
+
+def test_string_labels_are_mapped_and_others_refused(tmp_path):
+    good = tmp_path / "good"
+    good.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame({"text": ["fine", "bad"], "label": ["pos", "neg"]}).to_parquet(good / f"{split}.parquet")
+    assert load_labelled(str(good))["train"][1].tolist() == [1, 0]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame({"text": ["fine", "bad"], "label": [1, 5]}).to_parquet(bad / f"{split}.parquet")
+    with pytest.raises(InputError, match="expected 0/1 or 'neg'/'pos', found 5"):
+        load_labelled(str(bad))
+
+
+def test_unreachable_hub_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy either
+    with pytest.raises(InputError, match="point --data.dataset at a local copy"):
+        load_labelled("stanfordnlp/imdb-not-cached-here")

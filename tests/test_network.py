@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from rnn_lightning.models import SentimentClassifier
+from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.models.components.recurrent import RecurrentLayer
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_base_model_has_the_tutorials_1018881_parameters():
+    net = SentimentClassifier().net  # defaults are configs/base.yaml's model
+    assert count(net.embedding) == 1_000_000
+    assert [count(layer) for layer in net.layers] == [10_560, 8_256]
+    assert count(net.head) == 65
+    assert count(net) == 1_018_881
+
+
+def test_gru_and_lstm_count_like_pytorch():
+    for cell, ref in (("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM)):
+        ours = RecurrentLayer(cell, 10, 6, bidirectional=True)
+        assert count(ours) == count(ref(10, 6, bidirectional=True))
+
+
+def test_keras_initialisation():
+    torch.manual_seed(0)
+    net = SentimentRNN(vocab_size=50, embed_dim=8, cell="lstm", hidden_size=4, num_layers=1, pad_id=0)
+    emb = net.embedding.weight
+    assert emb.abs().max() <= 0.05 and torch.all(emb[0] == 0)  # pad row is zero
+    layer = net.layers[0]
+    w_hh = layer.weight_hh.detach()  # (4H, H): orthogonal columns
+    torch.testing.assert_close(w_hh.t() @ w_hh, torch.eye(4), atol=1e-5, rtol=0)
+    assert torch.all(layer.bias_ih[4:8] == 1) and torch.all(layer.bias_ih[:4] == 0)  # forget gate bias 1
+    assert torch.all(layer.bias_hh == 0) and torch.all(net.head.bias == 0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("impl", ["fused", "bptt"])
+def test_implementations_match_autograd_outputs_and_gradients(cell, impl):
+    """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
+    two bidirectional layers and max pooling (so every time step's output gets a gradient)."""
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=40, embed_dim=12, cell=cell, hidden_size=10, num_layers=2, dropout=0.3, bidirectional=True, pooling="max")
+    ref = SentimentRNN(**kwargs, implementation="autograd")
+    other = SentimentRNN(**kwargs, implementation=impl)
+    other.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 40, (7, 15))
+    tokens[:2, :5] = 0  # some front padding
+    results = []
+    for net in (ref, other):
+        torch.manual_seed(1)  # the same dropout masks
+        logits = net(tokens)
+        (logits * torch.linspace(-1, 1, 7)).sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_last_and_mean_pooling_agree_across_implementations(pooling):
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=30, embed_dim=6, cell="gru", hidden_size=5, num_layers=1, dropout=0.0, bidirectional=True, pooling=pooling)
+    nets = [SentimentRNN(**kwargs, implementation=i) for i in ("autograd", "bptt", "fused")]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    tokens = torch.randint(1, 30, (4, 9))
+    outs = [net(tokens) for net in nets]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=0)
+
+
+def test_front_padding_does_not_change_mean_or_max_pooling():
+    torch.manual_seed(0)
+    for pooling in ("mean", "max"):
+        net = SentimentRNN(vocab_size=30, embed_dim=6, hidden_size=5, num_layers=1, pooling=pooling).eval()
+        words = torch.randint(1, 30, (1, 6))
+        padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), words], dim=1)
+        # The pad embedding is zero and the initial biases are zero, so the state stays zero over padding.
+        torch.testing.assert_close(net(padded), net(words), atol=1e-6, rtol=0)
+
+
+def test_dropout_mask_is_shared_across_time_steps():
+    torch.manual_seed(0)
+    net = SentimentRNN(vocab_size=30, embed_dim=64, hidden_size=4, num_layers=1, dropout=0.5)
+    seen = {}
+    net.layers[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    net.train()(torch.randint(1, 30, (3, 5)))
+    dropped = seen["x"] == 0  # (T, B, E): zeroed input features
+    assert dropped.any()
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # same features dropped at every step
+
+
+def test_predict_step_returns_probabilities():
+    model = SentimentClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
+    probs = model.predict_step((torch.randint(0, 20, (5, 7)), torch.zeros(5)), 0)
+    assert probs.shape == (5,) and torch.all((probs > 0) & (probs < 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"cell": "transformer"}, "model.cell"), ({"vocab_size": 2}, "model.vocab_size"), ({"dropout": 1.0}, "model.dropout"), ({"num_layers": 0}, "model.num_layers")],
+)
+def test_bad_model_values_name_the_field(kwargs, field):
+    from rnn_lightning.errors import InputError
+
+    with pytest.raises(InputError, match=field):
+        SentimentClassifier(**kwargs)
