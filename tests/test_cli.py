@@ -84,5 +84,6 @@ def test_parquet_without_text_column_fails_with_one_line(tiny_args, tmp_path):
 
 
 def test_aclimdb_folder_trains_through_the_cli(tiny_args, aclimdb_dir, tmp_path):
-    run_cli("fit", *tiny_args, "--data.dataset", str(aclimdb_dir), "--trainer.max_epochs", "1")
+    # Also: an LR scheduler chosen on the command line, as from YAML.
+    run_cli("fit", *tiny_args, "--data.dataset", str(aclimdb_dir), "--trainer.max_epochs", "1", "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3")
     assert list(Path(tmp_path, "lightning_logs", "version_0", "checkpoints").glob("last.ckpt"))
