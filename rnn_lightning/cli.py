@@ -12,6 +12,7 @@ from torch import nn
 from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError
 from rnn_lightning.models import SentimentClassifier
+from rnn_lightning.runtime import tune_cpu_runtime
 
 
 class ParameterSummary(ModelSummary):
@@ -67,6 +68,7 @@ class RNNLightningCLI(LightningCLI):
 
 def main(args=None) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
+    tune_cpu_runtime()
     try:
         RNNLightningCLI(args=args)
     except InputError as e:

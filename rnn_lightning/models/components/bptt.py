@@ -29,25 +29,26 @@ def _scaled(w: Tensor, rows: slice | None) -> Tensor:
 
 class _RNNTanh(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        gi = torch.addmm(_scaled(b_ih + b_hh, None), x.reshape(T * B, -1), _scaled(w_ih, None).t()).view(T, B, H)
+        x, gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
         w_hh2 = _scaled(w_hh, None).t()
-        hs = x.new_zeros(T + 1, B, H)  # hs[t + 1] = h_t; hs[0] = initial state
+        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)  # hs[t + 1] = h_t; hs[0] = initial state
         for t in range(T):
             h = hs[t + 1]
-            torch.addmm(gi[t], hs[t], w_hh2, out=h)
-            torch.sigmoid(h, out=h)
+            torch.sigmoid(gi[t].addmm_(hs[t], w_hh2), out=h)  # in place: addmm with out= would copy gi[t] first
             h.mul_(2).sub_(1)  # tanh(z) = 2 * sigmoid(2z) - 1
+        ctx.lowp = lowp
         ctx.save_for_backward(x, w_ih, w_hh, hs)
         return hs[1:]
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs = ctx.saved_tensors
         T, B, H = gout.shape
-        deriv = 1 - hs[1:].square()  # (T, B, H): tanh' for every step at once
+        deriv = torch.addcmul(torch.ones((), dtype=hs.dtype), hs[1:], hs[1:], value=-1)  # (T, B, H): tanh' = 1 - h^2, all steps
         dz = torch.empty_like(deriv)  # gradient of each step's pre-activation
         dh = gout[T - 1].clone()
         for t in range(T - 1, -1, -1):
@@ -59,16 +60,16 @@ class _RNNTanh(torch.autograd.Function):
 
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
         n_rows = slice(2 * H, 3 * H)
-        gi = torch.addmm(_scaled(b_ih, n_rows), x.reshape(T * B, -1), _scaled(w_ih, n_rows).t()).view(T, B, 3 * H)
+        x, gi = _project(x, _scaled(w_ih, n_rows), _scaled(b_ih, n_rows), lowp)
         w_hh2, b_hh2 = _scaled(w_hh, n_rows).t(), _scaled(b_hh, n_rows)
-        hs = x.new_zeros(T + 1, B, H)
-        gates = torch.empty(T, B, 3 * H, dtype=x.dtype, device=x.device)  # r, z, n after activation
-        ghn = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # W_hn h + b_hn (times 2)
-        gh = torch.empty(B, 3 * H, dtype=x.dtype, device=x.device)
+        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
+        gates = torch.empty(T, B, 3 * H, dtype=torch.float32, device=x.device)  # r, z, n after activation
+        ghn = torch.empty(T, B, H, dtype=torch.float32, device=x.device)  # W_hn h + b_hn (times 2)
+        gh = torch.empty(B, 3 * H, dtype=torch.float32, device=x.device)
         for t in range(T):
             torch.addmm(b_hh2, hs[t], w_hh2, out=gh)
             g = gates[t]
@@ -78,10 +79,12 @@ class _GRU(torch.autograd.Function):
             g[:, H:].sigmoid_()
             n, z = g[:, 2 * H :].mul_(2).sub_(1), g[:, H : 2 * H]
             torch.addcmul(n, z, hs[t] - n, out=hs[t + 1])  # h = n + z * (h_prev - n)
+        ctx.lowp = lowp
         ctx.save_for_backward(x, w_ih, w_hh, hs, gates, ghn)
         return hs[1:]
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs, gates, ghn = ctx.saved_tensors
         T, B, H = gout.shape
@@ -90,8 +93,8 @@ class _GRU(torch.autograd.Function):
         dn_pre = (1 - z) * (1 - n.square())  # dL/d(n pre-activation) = dh * dn_pre
         coef = torch.cat([dn_pre * ghn * 0.5 * r * (1 - r), (hs[:-1] - n) * z * (1 - z), dn_pre * r], dim=2)
         coef = coef.view(T, B, 3, H)
-        dgh = torch.empty(T, B, 3 * H, dtype=x.dtype, device=x.device)  # d(W_hh h + b_hh) per step
-        dhs = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+        dgh = torch.empty(T, B, 3 * H, dtype=torch.float32, device=x.device)  # d(W_hh h + b_hh) per step
+        dhs = torch.empty(T, B, H, dtype=torch.float32, device=x.device)
         dh = gout[T - 1].clone()
         for t in range(T - 1, -1, -1):
             dhs[t].copy_(dh)
@@ -104,16 +107,15 @@ class _GRU(torch.autograd.Function):
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
         g_rows = slice(2 * H, 3 * H)
-        gi = torch.addmm(_scaled(b_ih + b_hh, g_rows), x.reshape(T * B, -1), _scaled(w_ih, g_rows).t())
-        gates = gi.view(T, B, 4 * H)  # becomes i, f, g, o after activation, in place
+        x, gates = _project(x, _scaled(w_ih, g_rows), _scaled(b_ih + b_hh, g_rows), lowp)  # -> i, f, g, o in place
         w_hh2 = _scaled(w_hh, g_rows).t()
-        hs = x.new_zeros(T + 1, B, H)
-        cs = x.new_zeros(T + 1, B, H)
-        tcs = torch.empty(T, B, H, dtype=x.dtype, device=x.device)  # tanh(c_t)
+        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
+        cs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
+        tcs = torch.empty(T, B, H, dtype=torch.float32, device=x.device)  # tanh(c_t)
         for t in range(T):
             g = gates[t]
             g.addmm_(hs[t], w_hh2).sigmoid_()
@@ -124,10 +126,12 @@ class _LSTM(torch.autograd.Function):
             torch.sigmoid(cs[t + 1] * 2, out=tc)
             tc.mul_(2).sub_(1)
             torch.mul(o, tc, out=hs[t + 1])
+        ctx.lowp = lowp
         ctx.save_for_backward(x, w_ih, w_hh, hs, cs, gates, tcs)
         return hs[1:]
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs, cs, gates, tcs = ctx.saved_tensors
         T, B, H = gout.shape
@@ -135,7 +139,7 @@ class _LSTM(torch.autograd.Function):
         to_c = o * (1 - tcs.square())  # dL/dc_t gets dh_t * to_c
         coef = torch.cat([gg * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - gg.square())], dim=2).view(T, B, 3, H)
         to_o = tcs * o * (1 - o)
-        dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
+        dgates = torch.empty(T, B, 4 * H, dtype=torch.float32, device=x.device)
         dh = gout[T - 1].clone()
         dc = torch.zeros_like(dh)
         for t in range(T - 1, -1, -1):
@@ -149,28 +153,54 @@ class _LSTM(torch.autograd.Function):
         return _weight_grads(ctx, dgates, x, hs, w_ih)
 
 
+def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None) -> Tensor:
+    """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: ~3x faster on CPUs with AVX512-BF16) if given."""
+    if lowp is None:
+        return a @ b
+    return (a.to(lowp) @ b.to(lowp)).float()
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """Input projections of all steps as one GEMM: x (T, B, in) -> x as saved for backward, (T, B, G*H)."""
+    T, B, _ = x.shape
+    x = x if lowp is None else x.to(lowp)  # saved in lowp too: the weight gradient GEMM reads it so
+    return x, _mm(x.reshape(T * B, -1), w.t(), lowp).add_(b).view(T, B, -1)
+
+
 def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None):
-    """Gradients of (x, w_ih, w_hh, b_ih, b_hh) from the per-step pre-activation gradients, as large GEMMs.
+    """Gradients of (x, w_ih, w_hh, b_ih, b_hh, lowp) from the per-step pre-activation gradients, as large GEMMs.
 
     dgi (T, B, G*H): gradient of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh (same as dgi unless given).
     """
     T, B, GH = dgi.shape
     dgh = dgi if dgh is None else dgh
     flat_i, flat_h = dgi.reshape(T * B, GH), dgh.reshape(T * B, GH)
-    need = ctx.needs_input_grad
-    dx = (flat_i @ w_ih).view(T, B, -1) if need[0] else None
-    dw_ih = flat_i.t() @ x.reshape(T * B, -1) if need[1] else None
-    dw_hh = flat_h.t() @ hs[:-1].reshape(T * B, -1) if need[2] else None
+    need, lowp = ctx.needs_input_grad, ctx.lowp
     db_ih = flat_i.sum(0) if need[3] else None
     db_hh = flat_h.sum(0) if need[4] else None
-    return dx, dw_ih, dw_hh, db_ih, db_hh
+    if lowp is not None:  # cast each operand once, not once per GEMM
+        flat_i = flat_i.to(lowp)
+        flat_h = flat_i if dgh is dgi else flat_h.to(lowp)
+    dx = _mm(flat_i, w_ih, lowp).view(T, B, -1) if need[0] else None
+    dw_ih = _mm(flat_i.t(), x.reshape(T * B, -1), lowp) if need[1] else None
+    dw_hh = _mm(flat_h.t(), hs[:-1].reshape(T * B, -1), lowp) if need[2] else None
+    return dx, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 _FUNCTIONS = {"rnn": _RNNTanh, "gru": _GRU, "lstm": _LSTM}
 
 
 def bptt_layer(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, reverse: bool = False) -> Tensor:
-    """One direction of a recurrent layer: x (T, B, in) -> outputs (T, B, H), zero initial state."""
-    if reverse:
-        return _FUNCTIONS[cell].apply(x.flip(0), w_ih, w_hh, b_ih, b_hh).flip(0)
-    return _FUNCTIONS[cell].apply(x, w_ih, w_hh, b_ih, b_hh)
+    """One direction of a recurrent layer: x (T, B, in) -> outputs (T, B, H), zero initial state.
+
+    Under autocast (e.g. Lightning's ``precision: bf16-mixed``) the large input and weight-gradient
+    GEMMs run in the autocast dtype; the recurrence itself always stays in float32, where its
+    80 chained steps keep their precision.
+    """
+    device = x.device.type
+    lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    with torch.autocast(device, enabled=False):
+        x = x.float() if lowp is not None else x
+        if reverse:
+            return _FUNCTIONS[cell].apply(x.flip(0), w_ih, w_hh, b_ih, b_hh, lowp).flip(0)
+        return _FUNCTIONS[cell].apply(x, w_ih, w_hh, b_ih, b_hh, lowp)

@@ -1,0 +1,54 @@
+"""DDP on 2 CPU processes (gloo) through the same CLI: one run directory, exact metrics, one vocabulary."""
+
+import re
+
+import pytest
+
+from tests.conftest import ROOT, make_reviews
+from tests.test_cli import run_cli
+
+DDP = ["--config", str(ROOT / "configs" / "ddp_cpu.yaml")]
+
+
+def parse_test_metrics(stdout: str) -> dict[str, float]:
+    return {k: float(v) for k, v in re.findall(r"(test/\w+)\s+([-\d.e]+)", stdout)}
+
+
+@pytest.fixture()
+def odd_data(tmp_path):
+    """47 test reviews: not divisible by 2 processes, so a padding sampler would count one twice."""
+    root = tmp_path / "odd"
+    root.mkdir()
+    make_reviews(96, seed=1).to_parquet(root / "train.parquet")
+    make_reviews(47, seed=5).to_parquet(root / "test.parquet")
+    return root
+
+
+def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, odd_data, tmp_path):
+    args = [*tiny_args, "--data.dataset", str(odd_data), "--data.batch_size", "5"]
+    fit = run_cli("fit", *args, *DDP)
+    assert re.search(r"Tokenizer [0-9a-f]{16} identical on all 2 processes", fit.stdout + fit.stderr)
+    runs = sorted(p.name for p in (tmp_path / "lightning_logs").iterdir())
+    assert runs == ["version_0"]  # one TensorBoard run, written by rank 0 only
+    ckpt_dir = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1 and (ckpt_dir / "last.ckpt").exists()
+    last = str(ckpt_dir / "last.ckpt")
+
+    two = parse_test_metrics(run_cli("test", *args, *DDP, "--ckpt_path", last).stdout)
+    one = parse_test_metrics(run_cli("test", *args, "--ckpt_path", last).stdout)  # the DDP checkpoint, 1 process
+    assert {"test/acc", "test/f1", "test/auroc", "test/loss"} <= two.keys()
+    for key in ("test/acc", "test/f1", "test/auroc"):
+        assert two[key] == one[key], key  # every one of the 47 reviews counted exactly once
+    assert two["test/loss"] == pytest.approx(one["test/loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
+    run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "1")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "2", "--ckpt_path", str(last))
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    import torch
+
+    state = torch.load(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] > torch.load(last, weights_only=True)["global_step"]
