@@ -45,10 +45,16 @@ def test_model_summary_prints_exact_parameter_count(tiny_args, tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_config_parses_and_builds(config, parquet_dir, tmp_path):
-    cli = RNNLightningCLI(
-        args=["--config", str(ROOT / "configs" / config), "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path)],
-        run=False,
-    )
+    """Every config builds its model, data module and trainer; a trainer fragment (no ``model:``)
+    is combined with base.yaml, and a GPU one is built on the CPU here."""
+    path = ROOT / "configs" / config
+    text = path.read_text()
+    args = ["--config", str(path)]
+    if "\nmodel:" not in text:
+        args = ["--config", str(ROOT / "configs" / "base.yaml"), *args]
+    if "accelerator: gpu" in text:
+        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
+    cli = RNNLightningCLI(args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path)], run=False)
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size  # linked, never stated twice
     assert cli.model.hparams.pad_id == cli.datamodule.pad_id
 
@@ -84,6 +90,10 @@ def test_parquet_without_text_column_fails_with_one_line(tiny_args, tmp_path):
 
 
 def test_aclimdb_folder_trains_through_the_cli(tiny_args, aclimdb_dir, tmp_path):
-    # Also: an LR scheduler chosen on the command line, as from YAML.
-    run_cli("fit", *tiny_args, "--data.dataset", str(aclimdb_dir), "--trainer.max_epochs", "1", "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3")
+    # Also: an LR scheduler, gradient accumulation, clipping and bf16 autocast chosen on the command line.
+    run_cli(
+        "fit", *tiny_args, "--data.dataset", str(aclimdb_dir), "--trainer.max_epochs", "1",
+        "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3",
+        "--trainer.accumulate_grad_batches", "2", "--trainer.gradient_clip_val", "1.0", "--trainer.precision", "bf16-mixed",
+    )  # fmt: skip
     assert list(Path(tmp_path, "lightning_logs", "version_0", "checkpoints").glob("last.ckpt"))

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch import Tensor
@@ -174,6 +175,20 @@ class IMDBDataModule(LightningDataModule):
         self._encoded_with = tokenizer_json
         with np.load(path / "arrays.npz") as a:
             self.splits = {s: TokenizedReviews(a[f"{s}_ids"], a[f"{s}_labels"]) for s in ("fit", "val", "test")}
+        self._check_same_tokenizer_everywhere(tokenizer_json)
+
+    def _check_same_tokenizer_everywhere(self, tokenizer_json: str) -> None:
+        """Under DDP, gather every process's tokenizer hash and refuse to go on if any differs
+        (e.g. nodes whose caches were built from different copies of the data)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2:
+            return
+        digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+        mine = torch.tensor([int(digest[i : i + 4], 16) for i in range(0, 16, 4)], dtype=torch.int64)
+        everyone = trainer.strategy.all_gather(mine.to(trainer.strategy.root_device)).view(-1, 4).cpu()
+        if not torch.all(everyone == mine):
+            raise InputError(f"data: the processes hold different tokenizers ({everyone.tolist()}); clear data.cache_dir and rerun")
+        rank_zero_info(f"Tokenizer {digest} identical on all {trainer.world_size} processes")
 
     # ---------------------------------------------------------------- checkpoint
 
@@ -204,10 +219,18 @@ class IMDBDataModule(LightningDataModule):
     # ---------------------------------------------------------------- loaders
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        sampler = None
+        trainer = self.trainer
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            # Evaluation under DDP: each review on exactly one process. Lightning's default
+            # DistributedSampler would pad the last shard with repeated reviews and skew the metrics.
+            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

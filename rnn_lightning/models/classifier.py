@@ -5,7 +5,7 @@ from typing import get_args
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from rnn_lightning.errors import InputError
@@ -66,6 +66,9 @@ class SentimentClassifier(LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # Epoch losses as metrics too: weighted by batch size and summed across processes, so the
+        # value is the exact mean over all reviews under DDP, whatever the shard sizes.
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,)."""
@@ -75,9 +78,12 @@ class SentimentClassifier(LightningModule):
         tokens, labels = batch  # (B, T), (B,)
         logits = self(tokens)
         loss = self.loss(logits, labels.float())
-        metrics = getattr(self, f"{stage}_metrics")
+        metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
         metrics.update(logits.detach().sigmoid(), labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        mean_loss.update(loss.detach(), weight=len(labels))
+        if stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
