@@ -5,10 +5,11 @@ from typing import NoReturn
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from rnn_lightning.callbacks import HParamsWithMetrics, PredictionWriter
 from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError
 from rnn_lightning.models import SentimentClassifier
@@ -31,6 +32,16 @@ class ParameterSummary(ModelSummary):
         rank_zero_info("Parameters (exact):\n" + "\n".join(lines) + f"\n  {'total':<16} {total:>12,}")
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """LightningCLI's config saver, except that a test/predict run without a logger (so without a
+    run directory of its own) does not write ``config.yaml`` into ``default_root_dir``, where a
+    second such run would collide with it."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" or trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad argument as one line naming the key, instead of the full usage text."""
 
@@ -47,6 +58,7 @@ class RNNLightningCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", OneLineErrorParser)
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         super().__init__(SentimentClassifier, IMDBDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -64,6 +76,8 @@ class RNNLightningCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ParameterSummary, "summary")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
 
 
 def main(args=None) -> None:

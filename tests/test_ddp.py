@@ -41,6 +41,17 @@ def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, od
         assert two[key] == one[key], key  # every one of the 47 reviews counted exactly once
     assert two["test/loss"] == pytest.approx(one["test/loss"], abs=1e-6)
 
+    # Predictions from 2 processes come back in input order, one row per input line.
+    lines = [f"review {i} " + ("great superb" if i % 3 else "awful dull") for i in range(23)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    outputs = {}
+    for name, extra in (("two", DDP), ("one", [])):
+        out = tmp_path / f"{name}.csv"
+        run_cli("predict", *args, *extra, "--ckpt_path", last, "--data.predict_path", str(tmp_path / "in.txt"), "--prediction_writer.output", str(out))
+        outputs[name] = out.read_text()
+    assert outputs["two"] == outputs["one"]
+    assert [row.split(",")[0] for row in outputs["two"].splitlines()[1:]] == [str(i) for i in range(1, 24)]
+
 
 @pytest.mark.slow
 def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):

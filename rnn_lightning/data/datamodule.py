@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rnn_lightning.data import sources
+from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, train_tokenizer
 from rnn_lightning.errors import InputError
 
@@ -82,6 +84,8 @@ class IMDBDataModule(LightningDataModule):
         split_seed: seed of that split (independent of ``seed_everything``, so the split never moves).
         cache_dir: where the token ids are cached.
         num_workers: DataLoader workers; 0 is fastest here, since a batch is two tensor indexings.
+        predict_path: reviews for ``predict`` (see ``reviews_io.read_reviews``); they are encoded with the
+            checkpoint's tokenizer and need no dataset. Unset, ``predict`` classifies the test split.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class IMDBDataModule(LightningDataModule):
         split_seed: int = 42,
         cache_dir: str = "~/.cache/rnn_lightning",
         num_workers: int = 0,
+        predict_path: Optional[str] = None,
     ) -> None:
         super().__init__()
         if vocab_size < 3:
@@ -110,6 +115,8 @@ class IMDBDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.predict_path = predict_path
+        self.predict_rows: Optional[ReviewRows] = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.tokenizer: Optional[Tokenizer] = None
         self.splits: dict[str, TokenizedReviews] = {}
@@ -133,7 +140,12 @@ class IMDBDataModule(LightningDataModule):
         }
         return self.cache_dir / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
+    def _predicting_raw_text(self) -> bool:
+        return self.predict_path is not None and self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING
+
     def prepare_data(self) -> None:
+        if self._predicting_raw_text():
+            return  # the checkpoint brings the tokenizer; no dataset needed
         target = self.cache_path
         if (target / "meta.json").exists():
             return
@@ -165,6 +177,9 @@ class IMDBDataModule(LightningDataModule):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def setup(self, stage: str) -> None:
+        if self._predicting_raw_text():
+            self.predict_rows = read_reviews(self.predict_path)
+            return
         if self.splits:
             return
         path = self.cache_path
@@ -246,4 +261,14 @@ class IMDBDataModule(LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        """Batches of (ids (B, T), row index (B,)): the index places each probability in the output."""
+        if self.predict_rows is None:
+            test = self.splits["test"]
+            self.splits["predict"] = TokenizedReviews(test.ids.numpy(), np.arange(len(test)))
+        else:
+            if self.tokenizer is None:
+                raise InputError("ckpt_path: predicting raw text needs a checkpoint (it carries the tokenizer); pass --ckpt_path")
+            rows = self.predict_rows
+            keep = [i for i, error in enumerate(rows.errors) if error != "empty review"]
+            self.splits["predict"] = TokenizedReviews(encode(self.tokenizer, [rows.texts[i] for i in keep]), np.array(keep, dtype=np.int64))
+        return self._loader("predict", shuffle=False)

@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from rnn_lightning.errors import InputError
 from rnn_lightning.models.components.network import Pooling, SentimentRNN
@@ -69,6 +69,8 @@ class SentimentClassifier(LightningModule):
         # Epoch losses as metrics too: weighted by batch size and summed across processes, so the
         # value is the exact mean over all reviews under DDP, whatever the shard sizes.
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # Drawn as images at the end of `test` (TensorBoard), so people look instead of reading numbers.
+        self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,)."""
@@ -81,6 +83,8 @@ class SentimentClassifier(LightningModule):
         metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
         metrics.update(logits.detach().sigmoid(), labels)
         mean_loss.update(loss.detach(), weight=len(labels))
+        if stage == "test":
+            self.test_curves.update(logits.detach().sigmoid(), labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
@@ -96,8 +100,21 @@ class SentimentClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_test_epoch_end(self) -> None:
+        curves = self.test_curves
+        figures = {"test/confusion_matrix": curves["confusion_matrix"].plot(labels=["neg", "pos"])[0], "test/roc": curves["roc"].plot(score=True)[0]}
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
+            for tag, fig in figures.items():
+                experiment.add_figure(tag, fig, global_step=self.global_step)
+        import matplotlib.pyplot as plt
+
+        for fig in figures.values():
+            plt.close(fig)
+        curves.reset()
+
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Probability of a positive review, (B,)."""
+        """Probability of a positive review, (B,). ``batch`` is (tokens (B, T), row index (B,))."""
         return torch.sigmoid(self(batch[0]))
 
 

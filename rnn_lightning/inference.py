@@ -1,0 +1,101 @@
+"""Use a trained checkpoint on raw text from Python, and export it for serving without Lightning.
+
+    from rnn_lightning.inference import SentimentPredictor
+    predictor = SentimentPredictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+    predictor(["A wonderful film.", "Dull and far too long."])   # -> [0.93, 0.08] (probability of positive)
+
+    python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
+"""
+
+import argparse
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from rnn_lightning.data.tokenizer import encode
+from rnn_lightning.errors import InputError
+from rnn_lightning.models.classifier import SentimentClassifier
+
+
+class SentimentPredictor:
+    """A network and its tokenizer: texts -> probabilities of a positive review.
+
+    Empty or whitespace-only texts get NaN (the CLI's prediction file gives them an error field).
+    """
+
+    def __init__(self, net: torch.nn.Module, tokenizer: Tokenizer, batch_size: int = 1024) -> None:
+        self.net, self.tokenizer, self.batch_size = net.eval(), tokenizer, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SentimentPredictor":
+        """Load with ``weights_only=True``: tensors and plain types only, no code from the file runs."""
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"ckpt_path: {path!r} does not exist") from None
+        except Exception as e:
+            raise InputError(f"ckpt_path: {path!r} is not a readable checkpoint ({type(e).__name__})") from None
+        try:
+            accepted = inspect.signature(SentimentClassifier).parameters  # LightningCLI adds e.g. _instantiator
+            model = SentimentClassifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted})
+            model.load_state_dict(ckpt["state_dict"])
+            tokenizer = Tokenizer.from_str(ckpt["IMDBDataModule"]["tokenizer"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise InputError(f"ckpt_path: {path!r} is not an rnn-lightning checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        return cls(model.net.to(map_location), tokenizer)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> list[float]:
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        probs = [math.nan] * len(texts)
+        device = next(self.net.parameters()).device
+        for start in range(0, len(keep), self.batch_size):
+            rows = keep[start : start + self.batch_size]
+            ids = torch.from_numpy(encode(self.tokenizer, [texts[i] for i in rows])).long().to(device)
+            for i, p in zip(rows, torch.sigmoid(self.net(ids)).tolist()):
+                probs[i] = p
+        return probs
+
+    def export(self, out_dir: str) -> Path:
+        """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.
+
+        The exported graph uses the ``fused`` kernels (PyTorch's own recurrent ops), which any
+        PyTorch runtime has; ``rnn_lightning.serving.ExportedPredictor`` runs it without Lightning.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        net = self.net
+        previous, net.implementation = net.implementation, "fused"
+        try:
+            max_len = self.tokenizer.truncation["max_length"]
+            example = torch.ones(2, max_len, dtype=torch.long, device=next(net.parameters()).device)
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+        finally:
+            net.implementation = previous
+        torch.export.save(program, out / "model.pt2")
+        (out / "tokenizer.json").write_text(self.tokenizer.to_str())
+        (out / "meta.json").write_text(json.dumps({"output": "logit of a positive review", "max_len": max_len}))
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m rnn_lightning.inference", description="Export a checkpoint for serving.")
+    sub = p.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write model.pt2 + tokenizer.json")
+    ex.add_argument("ckpt_path")
+    ex.add_argument("out_dir")
+    args = p.parse_args()
+    try:
+        out = SentimentPredictor.from_checkpoint(args.ckpt_path).export(args.out_dir)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"exported to {out}")
+
+
+if __name__ == "__main__":
+    main()

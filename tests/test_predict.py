@@ -1,0 +1,132 @@
+"""Using a trained checkpoint: predict on raw text through the CLI and from Python, export, TensorBoard."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rnn_lightning.errors import InputError
+from rnn_lightning.inference import SentimentPredictor
+from rnn_lightning.serving import ExportedPredictor
+from tests.conftest import ROOT
+from tests.test_cli import run_cli
+
+REVIEWS = ["A wonderful, brilliant movie. Loved it.", "terrible boring awful film", "the plot was superb <br /><br />great"]
+
+
+@pytest.fixture(scope="module")
+def trained(parquet_dir, tmp_path_factory):
+    """A tiny model fitted and tested once through the CLI: (run directory, base CLI args, best checkpoint)."""
+    root = tmp_path_factory.mktemp("trained")
+    args = [
+        "--config", str(ROOT / "configs" / "base.yaml"), "--data.dataset", str(parquet_dir),
+        "--data.cache_dir", str(root / "cache"), "--data.vocab_size", "64", "--data.max_len", "24",
+        "--data.batch_size", "16", "--model.embed_dim", "16", "--model.hidden_size", "8",
+        "--optimizer.init_args.lr", "0.01", "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    run_cli("fit", *args)
+    run_dir = root / "lightning_logs" / "version_0"
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    run_cli("test", *args, "--ckpt_path", str(best))
+    return run_dir, args, best
+
+
+def predict_cli(trained, predict_path: str, output, stdin: bytes | None = None) -> list[dict]:
+    run_dir, _, best = trained
+    cmd = [sys.executable, str(ROOT / "cli.py"), "predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+           "--data.predict_path", predict_path, "--prediction_writer.output", str(output), "--trainer.logger", "false"]  # fmt: skip
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    if output.suffix == ".jsonl":
+        return [json.loads(line) for line in output.read_text().splitlines()]
+    with open(output, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_text_file_with_empty_bad_and_huge_lines(trained, tmp_path):
+    lines = [REVIEWS[0].encode(), b"", b"   \t", b"\xff\xfe not utf-8 but great", REVIEWS[1].encode(), (b"boring " * 150_000).strip()]
+    (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
+    rows = predict_cli(trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5", "6"]  # every input line, in order
+    assert [r["error"] for r in rows] == ["", "empty review", "empty review", "invalid UTF-8 replaced", "", ""]
+    assert rows[1]["prob_positive"] == "" and rows[1]["label"] == ""
+    assert len(lines[5]) > 1_000_000 and rows[5]["label"] == "neg"  # a 1 MB review is classified from its end
+    predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
+    expected = predictor([REVIEWS[0], REVIEWS[1]])
+    assert float(rows[0]["prob_positive"]) == pytest.approx(expected[0], abs=1e-6)
+    assert float(rows[4]["prob_positive"]) == pytest.approx(expected[1], abs=1e-6)
+    assert rows[0]["label"] == "pos" and rows[4]["label"] == "neg"  # the tiny model learned the sentiment words
+    assert not list(tmp_path.glob(".out.csv.*"))  # no temporary file left behind
+
+
+def test_tables_folders_and_stdin_give_the_same_probabilities(trained, tmp_path):
+    pd.DataFrame({"id": ["a", "b", "c"], "text": REVIEWS}).to_csv(tmp_path / "in.csv", index=False)
+    pd.DataFrame({"text": REVIEWS}).to_parquet(tmp_path / "in.parquet")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in REVIEWS))
+    folder = tmp_path / "reviews" / "pos"
+    folder.mkdir(parents=True)
+    for i, text in enumerate(REVIEWS):
+        (folder / f"{i}_9.txt").write_text(text)
+    results = {
+        "csv": predict_cli(trained, str(tmp_path / "in.csv"), tmp_path / "csv.jsonl"),
+        "parquet": predict_cli(trained, str(tmp_path / "in.parquet"), tmp_path / "parquet.csv"),
+        "jsonl": predict_cli(trained, str(tmp_path / "in.jsonl"), tmp_path / "jsonl.csv"),
+        "folder": predict_cli(trained, str(tmp_path / "reviews"), tmp_path / "folder.csv"),
+        "stdin": predict_cli(trained, "-", tmp_path / "stdin.csv", stdin="\n".join(REVIEWS).encode()),
+    }
+    assert [r["id"] for r in results["csv"]] == ["a", "b", "c"]
+    assert [r["id"] for r in results["folder"]] == ["pos/0_9.txt", "pos/1_9.txt", "pos/2_9.txt"]
+    reference = [float(r["prob_positive"]) for r in results["stdin"]]
+    for name, rows in results.items():
+        assert [float(r["prob_positive"]) for r in rows] == pytest.approx(reference, abs=1e-6), name
+
+
+def test_table_without_text_column_is_refused(trained, tmp_path):
+    pd.DataFrame({"review": REVIEWS}).to_csv(tmp_path / "in.csv", index=False)
+    run_dir, _, best = trained
+    proc = run_cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "in.csv"), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "data.predict_path" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_python_api_and_export_round_trip(trained, tmp_path):
+    predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
+    probs = predictor([*REVIEWS, "  "])
+    assert all(0 < p < 1 for p in probs[:3]) and math.isnan(probs[3])
+    predictor.export(str(tmp_path / "exported"))
+    served = ExportedPredictor(str(tmp_path / "exported"))([*REVIEWS, "  "])
+    assert served[:3] == pytest.approx(probs[:3], abs=1e-5) and math.isnan(served[3])
+    assert ExportedPredictor(str(tmp_path / "exported"))(REVIEWS[:1]) == pytest.approx(probs[:1], abs=1e-5)  # batch of 1
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="ckpt_path: .* is not a readable checkpoint"):
+        SentimentPredictor.from_checkpoint(str(tmp_path / "junk.ckpt"))
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="is not an rnn-lightning checkpoint"):
+        SentimentPredictor.from_checkpoint(str(tmp_path / "other.ckpt"))
+
+
+def test_tensorboard_has_the_scalars_hparams_and_test_images(trained):
+    run_dir = trained[0]
+    fit = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    fit.Reload()
+    scalars = set(fit.Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/auroc", "lr-Adam", "hp/best_val_acc"):
+        assert tag in scalars, tag
+    assert fit.Scalars("train/loss")[-1].value < fit.Scalars("train/loss")[0].value  # it learned
+    hparams = fit.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    test_run = run_dir.parent / "version_1"  # `test` writes a run of its own
+    test = EventAccumulator(str(test_run), size_guidance={"images": 0})
+    test.Reload()
+    assert {"test/confusion_matrix", "test/roc"} <= set(test.Tags()["images"])
+    assert {"test/acc", "test/auroc"} <= set(test.Tags()["scalars"])
