@@ -1,17 +1,26 @@
 """The command line: LightningCLI wired to the IMDB data module and the classifier."""
 
+import pickle
+import shutil
 import sys
-from typing import NoReturn
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from rnn_lightning.callbacks import HParamsWithMetrics, PredictionWriter
 from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.errors import InputError
+from rnn_lightning.checkpoint_io import AtomicCheckpointIO
+from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.runtime import tune_cpu_runtime
 
@@ -33,13 +42,20 @@ class ParameterSummary(ModelSummary):
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """LightningCLI's config saver, except that a test/predict run without a logger (so without a
-    run directory of its own) does not write ``config.yaml`` into ``default_root_dir``, where a
-    second such run would collide with it."""
+    """LightningCLI's config saver, except that
+    - a test/predict run without a logger (so without a run directory of its own) does not write
+      ``config.yaml`` into ``default_root_dir``, where a second such run would collide with it;
+    - a fit resumed into its own run directory keeps the ``config.yaml`` it started with (the CLI
+      marks it ``already_saved``)."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" or trainer.logger is not None:
-            super().setup(trainer, pl_module, stage)
+        if stage != "fit" and trainer.logger is None:
+            return
+        super().setup(trainer, pl_module, stage)
+
+
+def _is_inside(path: str, folder: str | None) -> bool:
+    return folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -66,13 +82,17 @@ class RNNLightningCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Lightning (2.6) writes a save_last checkpoint only when a best checkpoint was written in the
+        # same step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:02d}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(ParameterSummary, "summary")
@@ -80,10 +100,120 @@ class RNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
 
 
+    # ---------------------------------------------------------------- checks before any work
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        self._resolve_resume()
+        self._check_checkpoint()
+        self._check_output_dirs()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    before_test = before_predict = before_validate
+
+    def _run_args(self) -> dict:
+        return self.config_init[self.subcommand]
+
+    def _resolve_resume(self) -> None:
+        """``--ckpt_path last`` resumes the newest run that has a ``last.ckpt``; resuming from a
+        checkpoint inside a run directory continues that TensorBoard run instead of opening a new one."""
+        cfg, logger = self._run_args(), self.trainer.logger
+        if not isinstance(logger, TensorBoardLogger) or not cfg.get("ckpt_path"):
+            return
+        root = Path(logger.root_dir)
+        if cfg["ckpt_path"] == "last":
+            runs = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1].name))
+            if not runs:
+                raise InputError(f"ckpt_path: 'last' but no run under {root} has checkpoints/last.ckpt")
+            cfg["ckpt_path"] = str(runs[-1])
+        ckpt = Path(cfg["ckpt_path"])
+        if logger._version is None and ckpt.parent.name == "checkpoints" and _is_inside(str(ckpt), str(root)):
+            version = _version_number(ckpt.parents[1].name)
+            if version is not None:
+                logger._version = version
+                for callback in self.trainer.callbacks:
+                    if isinstance(callback, SaveConfigCallback):
+                        callback.already_saved = True  # the run's config.yaml stays as it started
+                rank_zero_info(f"Resuming {ckpt}: the TensorBoard run {ckpt.parents[1].name} continues")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the model's hyperparameters from ``--ckpt_path`` before anything else
+        (so a checkpoint brings its own shape); check the file first, so that a missing, truncated,
+        foreign or pickle-carrying file is refused in one line instead of a traceback."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            path = self.config[subcommand].get("ckpt_path")
+            if path and path not in ("last", "best", "hpc", "registry") and "://" not in str(path):
+                check_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def _check_checkpoint(self) -> None:
+        cfg = self._run_args()
+        if cfg.get("weights_only") is None:
+            cfg["weights_only"] = True  # rnn-lightning checkpoints hold tensors and plain types only
+        path = cfg.get("ckpt_path")
+        if path and Path(path).is_file():  # e.g. "last" resolved to a file by _resolve_resume
+            check_checkpoint(path)
+
+    def _check_output_dirs(self) -> None:
+        """Fail before training if run logs and checkpoints cannot be written, or the disk is nearly full."""
+        logger, trainer = self.trainer.logger, self.trainer
+        folders = {Path(getattr(logger, "root_dir", None) or trainer.default_root_dir)}
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+            folders.add(Path(trainer.checkpoint_callback.dirpath))
+        param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        need = 2 * 3 * param_bytes + 64 * 2**20  # best + last, each weights and two Adam moments; logs
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder) as probe:
+                    probe.write(b"ok")
+            except OSError as e:
+                raise InputError(f"trainer.default_root_dir: cannot write run logs/checkpoints under {folder} ({e.strerror or e})") from None
+            free = shutil.disk_usage(folder).free
+            if free < need:
+                raise InputError(
+                    f"trainer.default_root_dir: only {free / 2**20:.0f} MB free under {folder}; "
+                    f"this run needs about {need / 2**20:.0f} MB for checkpoints and logs"
+                )
+
+
+def _version_number(name: str) -> int | None:
+    return int(name[len("version_") :]) if name.startswith("version_") and name[len("version_") :].isdigit() else None
+
+
+def check_checkpoint(path: str) -> dict:
+    """Load ``path`` with ``weights_only=True`` (no code from the file runs) and check that it is an
+    rnn-lightning checkpoint: weights, plain-typed hyperparameters and the tokenizer."""
+    if not Path(path).is_file():
+        raise InputError(f"ckpt_path: {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"ckpt_path: {path!r} holds pickled Python objects, which weights_only loading refuses "
+            "(rnn-lightning checkpoints hold only tensors and plain types; this one came from elsewhere)"
+        ) from None
+    except Exception as e:
+        raise InputError(f"ckpt_path: {path!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", "IMDBDataModule"} <= ckpt.keys():
+        raise InputError(f"ckpt_path: {path!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)")
+    return ckpt
+
+
 def main(args=None) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
     tune_cpu_runtime()
     try:
         RNNLightningCLI(args=args)
-    except InputError as e:
+    except (InputError, NonFiniteLossError) as e:
         sys.exit(f"error: {e}")

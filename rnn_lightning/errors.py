@@ -6,3 +6,7 @@ class InputError(ValueError):
 
     ``cli.py`` prints it as a single line instead of a traceback.
     """
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss or gradient and ``model.on_nonfinite`` is ``stop``."""

@@ -53,13 +53,14 @@ def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, od
     assert [row.split(",")[0] for row in outputs["two"].splitlines()[1:]] == [str(i) for i in range(1, 24)]
 
 
-@pytest.mark.slow
 def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
-    run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "1")
-    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    resumed = run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "2", "--ckpt_path", str(last))
-    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     import torch
 
-    state = torch.load(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["epoch"] == 1 and state["global_step"] > torch.load(last, weights_only=True)["global_step"]
+    run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "1")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    resumed = run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # the run continues
+    state = torch.load(last, weights_only=True)
+    assert (first["epoch"], state["epoch"]) == (0, 1) and state["global_step"] == 2 * first["global_step"]

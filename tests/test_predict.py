@@ -28,7 +28,7 @@ def trained(parquet_dir, tmp_path_factory):
         "--config", str(ROOT / "configs" / "base.yaml"), "--data.dataset", str(parquet_dir),
         "--data.cache_dir", str(root / "cache"), "--data.vocab_size", "64", "--data.max_len", "24",
         "--data.batch_size", "16", "--model.embed_dim", "16", "--model.hidden_size", "8",
-        "--optimizer.init_args.lr", "0.01", "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(root),
+        "--model.pooling", "max", "--optimizer.init_args.lr", "0.02", "--trainer.max_epochs", "8", "--trainer.default_root_dir", str(root),
         "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     run_cli("fit", *args)

@@ -14,10 +14,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rnn_lightning.data import sources
 from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
@@ -47,6 +47,27 @@ class TokenizedReviews(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices)
         return self.ids[idx], self.labels[idx]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A new random order each epoch, determined by (seed, epoch) alone.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
+    same orders as the run that wrote it; a plain shuffling DataLoader draws from the global RNG.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -116,6 +137,7 @@ class IMDBDataModule(LightningDataModule):
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.predict_path = predict_path
+        self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
         self.predict_rows: Optional[ReviewRows] = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.tokenizer: Optional[Tokenizer] = None
@@ -153,7 +175,19 @@ class IMDBDataModule(LightningDataModule):
         raw = sources.load_labelled(self.dataset)
         train_texts, train_labels = raw["train"]
         test_texts, test_labels = raw["test"]
+        for name, labels in (("train", train_labels), ("test", test_labels)):
+            classes = set(np.unique(labels).tolist())
+            if classes != {0, 1}:
+                raise InputError(f"data.dataset: the {name} split holds only label(s) {sorted(classes)}; a classifier needs reviews of both 0 and 1")
+        empty = sum(1 for t in train_texts if not t.strip())
+        if empty:
+            rank_zero_warn(f"data.dataset: {empty} empty training review(s) kept; they encode as padding only")
         fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed)
+        if len(val_idx) == 0 or len(np.unique(train_labels[val_idx])) < 2:
+            raise InputError(
+                f"data.val_fraction: {self.val_fraction} of {len(train_labels)} training reviews leaves a validation set "
+                "without both classes; raise it or use more data"
+            )
         tokenizer = train_tokenizer((train_texts[i] for i in fit_idx), self.vocab_size, self.max_len)
         learned = tokenizer.get_vocab_size()
         if learned < self.vocab_size:
@@ -235,16 +269,21 @@ class IMDBDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        sampler = None
         trainer = self.trainer
-        if not shuffle and trainer is not None and trainer.world_size > 1:
+        distributed = trainer is not None and trainer.world_size > 1
+        if shuffle and distributed:  # seeded by (seed, epoch) too, and the same on every process
+            sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.shuffle_seed)
+        elif shuffle:
+            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
+        elif distributed:
             # Evaluation under DDP: each review on exactly one process. Lightning's default
             # DistributedSampler would pad the last shard with repeated reviews and skew the metrics.
             sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,

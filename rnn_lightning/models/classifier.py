@@ -1,14 +1,15 @@
 """The LightningModule: loss, metrics and the train/val/test/predict steps around ``SentimentRNN``."""
 
-from typing import get_args
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.models.components.network import Pooling, SentimentRNN
 from rnn_lightning.models.components.recurrent import Cell, Implementation
 
@@ -32,6 +33,8 @@ class SentimentClassifier(LightningModule):
         pooling: ``last`` state, or ``max`` / ``mean`` over the (unpadded) time steps.
         implementation: ``auto`` (fused on GPU, bptt on CPU), ``fused``, ``bptt`` or ``autograd``;
             same results, different speed.
+        on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
+            step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
     """
 
     def __init__(
@@ -46,11 +49,13 @@ class SentimentClassifier(LightningModule):
         bidirectional: bool = False,
         pooling: Pooling = "last",
         implementation: Implementation = "auto",
+        on_nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         _check_choice("model.cell", cell, Cell)
         _check_choice("model.pooling", pooling, Pooling)
         _check_choice("model.implementation", implementation, Implementation)
+        _check_choice("model.on_nonfinite", on_nonfinite, Literal["stop", "skip"])
         for name, value, low in [("vocab_size", vocab_size, 3), ("embed_dim", embed_dim, 1), ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)]:
             if value < low:
                 raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
@@ -59,6 +64,8 @@ class SentimentClassifier(LightningModule):
         if not 0 <= pad_id < vocab_size:
             raise InputError(f"model.pad_id: expected an id in [0, vocab_size={vocab_size}), got {pad_id}")
         self.save_hyperparameters()
+        self._seed = torch.initial_seed()  # set by seed_everything before the CLI builds the model
+        self._restored_rng: Tensor | None = None
         self.net = SentimentRNN(vocab_size, embed_dim, cell, hidden_size, num_layers, dropout, bidirectional, pooling, pad_id, implementation)
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
@@ -71,6 +78,28 @@ class SentimentClassifier(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Drawn as images at the end of `test` (TensorBoard), so people look instead of reading numbers.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+
+    # ---------------------------------------------------------------- exact resume
+    # Dropout draws from a generator of the module's own, saved in every checkpoint, so a run resumed
+    # from a checkpoint draws the same masks as the run that wrote it (the global RNG is also consumed
+    # by things a resume does differently, e.g. the sanity check's DataLoader).
+
+    def on_fit_start(self) -> None:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self._seed + self.global_rank)  # each DDP process its own masks
+        if self._restored_rng is not None:
+            generator.set_state(self._restored_rng)
+        self.net.generator = generator
+
+    def on_fit_end(self) -> None:
+        self.net.generator = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.net.generator is not None:
+            checkpoint["dropout_rng_state"] = self.net.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = checkpoint.get("dropout_rng_state")
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,)."""
@@ -91,8 +120,27 @@ class SentimentClassifier(LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            return self._nonfinite(f"the training loss is {loss.item()}", batch_idx)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads])).all():
+            self._nonfinite("a gradient is NaN/inf", None)
+            optimizer.zero_grad(set_to_none=True)  # skip: parameters without gradients are not updated
+
+    def _nonfinite(self, what: str, batch_idx: int | None) -> None:
+        where = f"global step {self.global_step} (epoch {self.current_epoch}" + (f", batch {batch_idx})" if batch_idx is not None else ")")
+        if self.hparams.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"training stopped: {what} at {where}; no checkpoint was written from this state. "
+                "Lower the learning rate, clip gradients (--trainer.gradient_clip_val 1.0), or set --model.on_nonfinite skip"
+            )
+        rank_zero_warn(f"skipped the update at {where}: {what}")
+        return None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

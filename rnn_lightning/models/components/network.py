@@ -34,6 +34,7 @@ class SentimentRNN(nn.Module):
     ) -> None:
         super().__init__()
         self.dropout, self.pooling, self.pad_id, self.implementation = dropout, pooling, pad_id, implementation
+        self.generator: torch.Generator | None = None  # dropout masks; the global RNG when None
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
@@ -56,7 +57,7 @@ class SentimentRNN(nn.Module):
         for layer in self.layers:
             if self.training and self.dropout > 0:
                 keep = 1.0 - self.dropout
-                mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep).div_(keep)  # (1, B, in)
+                mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep, generator=self.generator).div_(keep)  # (1, B, in)
                 x = x * mask
             x = layer(x, self.implementation)  # (T, B, D*H)
         return self.head(self._pool(x, tokens)).squeeze(-1)

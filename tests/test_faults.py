@@ -1,0 +1,268 @@
+"""Faults: a killed run resumes exactly, checkpoints are atomic, NaN stops cleanly, bad input is refused."""
+
+import argparse
+import shutil
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnn_lightning.cli import RNNLightningCLI
+from rnn_lightning.data.sources import load_labelled
+from rnn_lightning.errors import InputError
+from tests.conftest import ROOT, make_reviews
+from tests.test_cli import run_cli
+from tests.test_data import make_dm
+
+PROGRESS = ["--trainer.callbacks+=tests.helpers.Progress", "--trainer.deterministic", "true"]
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def ckpt_dir(root) -> "os.PathLike":
+    return root / "lightning_logs" / "version_0" / "checkpoints"
+
+
+# ---------------------------------------------------------------- kill and resume
+
+
+def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    def args(root):
+        return [*tiny_args, "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), *PROGRESS]
+
+    run_cli("fit", *args(whole))
+
+    cmd = [sys.executable, str(ROOT / "cli.py"), "fit", *args(killed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("PROGRESS 2 3"):  # epoch 2 (0-based), 4th batch: last.ckpt holds epoch 1
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert torch.load(ckpt_dir(killed) / "last.ckpt", weights_only=True)["epoch"] == 1
+    config = killed / "lightning_logs" / "version_0" / "config.yaml"
+    config_before = config.read_text()
+
+    resumed = run_cli("fit", "--config", str(config), "--ckpt_path", "last")
+    assert "the TensorBoard run version_0 continues" in resumed.stdout + resumed.stderr
+    assert sorted(p.name for p in (killed / "lightning_logs").iterdir()) == ["version_0"]  # no second run
+    assert config.read_text() == config_before
+
+    a = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
+    b = torch.load(ckpt_dir(killed) / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (3, a["global_step"])
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
+    for pa, pb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["IMDBDataModule"]["tokenizer"] == b["IMDBDataModule"]["tokenizer"]
+
+
+def test_resume_with_last_and_no_run_is_refused(tiny_args):
+    line = one_line_error(run_cli("fit", *tiny_args, "--ckpt_path", "last", check=False))
+    assert "ckpt_path: 'last' but no run under" in line
+
+
+# ---------------------------------------------------------------- atomic checkpoints
+
+
+def test_kill_during_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
+    target = tmp_path / "last.ckpt"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from rnn_lightning.checkpoint_io import AtomicCheckpointIO
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({{"w": torch.arange(1000)}}, {str(target)!r})
+        def dying_save(obj, f, *args, **kwargs):  # half a file, then SIGKILL, as a crash mid-save
+            f.write(b"\\x80" * 4096); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        io.save_checkpoint({{"w": torch.zeros(1000)}}, {str(target)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(1000))  # the old one, intact
+    assert list(tmp_path.glob(".last.ckpt.*.tmp"))  # the half-written temporary file...
+    from rnn_lightning.checkpoint_io import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, str(target))
+    assert not list(tmp_path.glob(".last.ckpt.*.tmp"))  # ...is swept by the next successful save
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
+
+
+# ---------------------------------------------------------------- NaN / inf
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_infinite_gradient_stops_with_the_step_and_keeps_checkpoints(tiny_args, tmp_path):
+    # 86 fit reviews / 16 = 6 batches per epoch: step 8 is in epoch 1, after epoch 0's checkpoints.
+    proc = run_cli("fit", *tiny_args, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.PoisonGradient", "--trainer.callbacks.at_step=8", check=False)
+    line = one_line_error(proc)
+    assert "training stopped: a gradient is NaN/inf at global step 8 (epoch 1)" in line
+    last = ckpt_dir(tmp_path) / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] == 0 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+def test_nan_loss_stops_with_the_step(tiny_args, tmp_path):
+    proc = run_cli("fit", *tiny_args, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.PoisonWeights", "--trainer.callbacks.at_step=8", check=False)
+    assert "training stopped: the training loss is nan at global step 8 (epoch 1, batch 2)" in one_line_error(proc)
+    best = next(ckpt_dir(tmp_path).glob("best-*.ckpt"))
+    assert all(torch.isfinite(t).all() for t in torch.load(best, weights_only=True)["state_dict"].values())
+
+
+def test_skip_policy_skips_the_bad_update_and_finishes(tiny_args, tmp_path):
+    proc = run_cli("fit", *tiny_args, "--model.on_nonfinite", "skip", "--trainer.callbacks+=tests.helpers.PoisonGradient", "--trainer.callbacks.at_step=3")
+    assert "skipped the update at global step 3 (epoch 0): a gradient is NaN/inf" in proc.stderr
+    state = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def test_unwritable_log_dir_fails_before_training(tiny_args, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli("fit", *tiny_args, "--trainer.logger.init_args.save_dir", str(blocker / "logs"), check=False)
+    line = one_line_error(proc)
+    assert "trainer.default_root_dir: cannot write run logs/checkpoints under" in line
+    assert "Epoch" not in proc.stdout + proc.stderr
+
+
+def test_nearly_full_disk_fails_before_training(tiny_args, monkeypatch):
+    import rnn_lightning.cli as cli_module
+
+    usage = shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
+    monkeypatch.setattr(cli_module.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(InputError, match=r"only 1 MB free under .*this run needs about \d+ MB"):
+        RNNLightningCLI(args=["fit", *tiny_args])
+
+
+# ---------------------------------------------------------------- bad data
+
+
+def write_split(folder, train: pd.DataFrame, test: pd.DataFrame | None = None):
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(folder / "train.parquet")
+    (train if test is None else test).to_parquet(folder / "test.parquet")
+    return folder
+
+
+def test_one_class_only_is_refused(tmp_path):
+    data = write_split(tmp_path / "d", pd.DataFrame({"text": ["good film"] * 20, "label": [1] * 20}))
+    with pytest.raises(InputError, match=r"the train split holds only label\(s\) \[1\]"):
+        make_dm(data, tmp_path).prepare_data()
+
+
+def test_validation_without_both_classes_is_refused(tmp_path):
+    data = write_split(tmp_path / "d", make_reviews(6, seed=0))
+    with pytest.raises(InputError, match="data.val_fraction"):
+        make_dm(data, tmp_path, val_fraction=0.05).prepare_data()
+
+
+def test_fewer_reviews_than_a_batch_empty_texts_and_a_1mb_review_train(tiny_args, tmp_path):
+    train = make_reviews(12, seed=3)
+    train.loc[0, "text"] = ""
+    train.loc[1, "text"] = "great " * 200_000  # 1.2 MB
+    data = write_split(tmp_path / "d", train)
+    proc = run_cli("fit", *tiny_args, "--data.dataset", str(data), "--data.batch_size", "1024", "--data.val_fraction", "0.3", "--trainer.max_epochs", "1")
+    assert "1 empty training review(s) kept" in proc.stderr
+    assert (ckpt_dir(tmp_path) / "last.ckpt").exists()
+
+
+def test_non_utf8_review_files_are_read_with_replacement(aclimdb_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "aclImdb"
+    shutil.copytree(aclimdb_dir, copy)
+    (copy / "train" / "pos" / "999_10.txt").write_bytes(b"caf\xe9 was great")
+    texts, _ = load_labelled(str(copy))["train"]
+    assert "caf\ufffd was great" in texts
+
+
+def test_missing_split_file_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    make_reviews(10, seed=0).to_parquet(tmp_path / "d" / "train.parquet")
+    with pytest.raises(InputError, match="data.dataset"):
+        load_labelled(str(tmp_path / "d"))
+
+
+# ---------------------------------------------------------------- bad config
+
+
+def test_wrong_type_is_one_line_naming_the_field(tiny_args):
+    assert "data.max_len" in one_line_error(run_cli("fit", *tiny_args, "--data.max_len", "eighty", check=False))
+
+
+def test_vocabulary_larger_than_the_words_warns_and_trains(tiny_args, tmp_path):
+    proc = run_cli("fit", *tiny_args, "--data.vocab_size", "5000", "--trainer.max_epochs", "1")
+    assert "data.vocab_size is 5000 but the training reviews hold only" in proc.stderr
+
+
+# ---------------------------------------------------------------- bad checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(parquet_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    args = ["--config", str(ROOT / "configs" / "base.yaml"), "--data.dataset", str(parquet_dir), "--data.cache_dir", str(root / "cache"),
+            "--data.vocab_size", "64", "--data.max_len", "24", "--data.batch_size", "16", "--model.embed_dim", "16",
+            "--model.hidden_size", "8", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root),
+            "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    run_cli("fit", *args)
+    return args, ckpt_dir(root) / "last.ckpt"
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "pickled_object", "foreign_dict", "missing"])
+def test_bad_checkpoints_are_refused_in_one_line(tiny_ckpt, tmp_path, kind):
+    args, good = tiny_ckpt
+    bad, extra = tmp_path / "bad.ckpt", []
+    if kind == "text":
+        bad.write_text("hello")
+    elif kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "pickled_object":
+        state = torch.load(good, weights_only=True)
+        state["extra"] = argparse.Namespace(anything=1)  # an arbitrary Python object: unpickling would run code
+        torch.save(state, bad)
+    elif kind == "foreign_dict":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    expected = {
+        "text": "is not a readable checkpoint", "truncated": "is not a readable checkpoint",
+        "pickled_object": "weights_only loading refuses",
+        "foreign_dict": "is not an rnn-lightning checkpoint", "missing": "does not exist",
+    }[kind]  # fmt: skip
+    line = one_line_error(run_cli("test", *args, *extra, "--ckpt_path", str(bad), check=False))
+    assert line.startswith("error: ckpt_path:") and expected in line
+
+
+def test_a_checkpoint_brings_its_own_model_shape(tiny_ckpt):
+    # LightningCLI takes the model's hyperparameters from the checkpoint: a config of another shape
+    # still tests the checkpoint's model instead of failing on mismatched weights.
+    args, good = tiny_ckpt
+    proc = run_cli("test", *args, "--model.hidden_size", "4", "--model.cell", "gru", "--ckpt_path", str(good))
+    assert "test/acc" in proc.stdout
+
+
+def test_checkpoints_load_with_weights_only(tiny_ckpt):
+    state = torch.load(tiny_ckpt[1], weights_only=True)
+    assert isinstance(state["IMDBDataModule"]["tokenizer"], str)  # the tokenizer as JSON text
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in state["hyper_parameters"].values())
+    assert np.isfinite(float(state["dropout_rng_state"].float().sum()))
