@@ -111,11 +111,13 @@ class RNNLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        self._resolve_resume()
+        self._resolve_named_checkpoint()
+        self._continue_run()
         self._check_checkpoint()
         self._check_output_dirs()
 
     def before_validate(self) -> None:
+        self._resolve_named_checkpoint()
         self._check_checkpoint()
 
     before_test = before_predict = before_validate
@@ -123,18 +125,28 @@ class RNNLightningCLI(LightningCLI):
     def _run_args(self) -> dict:
         return self.config_init[self.subcommand]
 
-    def _resolve_resume(self) -> None:
-        """``--ckpt_path last`` resumes the newest run that has a ``last.ckpt``; resuming from a
-        checkpoint inside a run directory continues that TensorBoard run instead of opening a new one."""
+    def _resolve_named_checkpoint(self) -> None:
+        """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / ``best-*.ckpt`` under the
+        logger's folder (Lightning's own "best" and "last" only know the current process's fit)."""
+        cfg, logger = self._run_args(), self.trainer.logger
+        name = cfg.get("ckpt_path")
+        if name not in ("last", "best"):
+            return
+        root = Path(logger.root_dir) if isinstance(logger, TensorBoardLogger) else Path(self.trainer.default_root_dir)
+        pattern = "last.ckpt" if name == "last" else "best-*.ckpt"
+        found = [p for p in root.glob(f"version_*/checkpoints/{pattern}") if _version_number(p.parents[1].name) is not None]
+        if not found:
+            raise InputError(f"ckpt_path: {name!r} but no run under {root} has checkpoints/{pattern}; pass a checkpoint's path")
+        cfg["ckpt_path"] = str(max(found, key=lambda p: (_version_number(p.parents[1].name), p.stat().st_mtime)))
+        rank_zero_info(f"ckpt_path {name!r}: {cfg['ckpt_path']}")
+
+    def _continue_run(self) -> None:
+        """Resuming from a checkpoint inside a run directory continues that TensorBoard run instead of
+        opening a new one."""
         cfg, logger = self._run_args(), self.trainer.logger
         if not isinstance(logger, TensorBoardLogger) or not cfg.get("ckpt_path"):
             return
         root = Path(logger.root_dir)
-        if cfg["ckpt_path"] == "last":
-            runs = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1].name))
-            if not runs:
-                raise InputError(f"ckpt_path: 'last' but no run under {root} has checkpoints/last.ckpt")
-            cfg["ckpt_path"] = str(runs[-1])
         ckpt = Path(cfg["ckpt_path"])
         if logger._version is None and ckpt.parent.name == "checkpoints" and _is_inside(str(ckpt), str(root)):
             version = _version_number(ckpt.parents[1].name)
@@ -161,7 +173,7 @@ class RNNLightningCLI(LightningCLI):
         if cfg.get("weights_only") is None:
             cfg["weights_only"] = True  # rnn-lightning checkpoints hold tensors and plain types only
         path = cfg.get("ckpt_path")
-        if path and Path(path).is_file():  # e.g. "last" resolved to a file by _resolve_resume
+        if path and Path(path).is_file():  # e.g. "last" resolved to a file above
             check_checkpoint(path)
 
     def _check_output_dirs(self) -> None:
