@@ -61,7 +61,7 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl):
         torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max_mean"])
 def test_last_and_mean_pooling_agree_across_implementations(pooling):
     torch.manual_seed(0)
     kwargs = dict(vocab_size=30, embed_dim=6, cell="gru", hidden_size=5, num_layers=1, dropout=0.0, bidirectional=True, pooling=pooling)
@@ -76,7 +76,7 @@ def test_last_and_mean_pooling_agree_across_implementations(pooling):
 
 def test_front_padding_does_not_change_mean_or_max_pooling():
     torch.manual_seed(0)
-    for pooling in ("mean", "max"):
+    for pooling in ("mean", "max", "max_mean"):
         net = SentimentRNN(vocab_size=30, embed_dim=6, hidden_size=5, num_layers=1, pooling=pooling).eval()
         words = torch.randint(1, 30, (1, 6))
         padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), words], dim=1)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from rnn_lightning.models.components.recurrent import Cell, Implementation, RecurrentLayer
 
-Pooling = Literal["last", "max", "mean"]
+Pooling = Literal["last", "max", "mean", "max_mean"]
 
 
 class SentimentRNN(nn.Module):
@@ -16,7 +16,8 @@ class SentimentRNN(nn.Module):
     ``dropout`` is Keras' input dropout: before every recurrent layer, one mask per review,
     reused at every time step (a per-step mask would erase a different part of the signal each step).
     ``pooling`` reduces the last layer's outputs over time: ``last`` is the final state (for a
-    bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding.
+    bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding, ``max_mean``
+    concatenates the two.
     """
 
     def __init__(
@@ -38,7 +39,7 @@ class SentimentRNN(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
-        self.head = nn.Linear(sizes[-1], 1)
+        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -70,6 +71,9 @@ class SentimentRNN(nn.Module):
                 return x[-1]
             return torch.cat([x[-1, :, :h], x[0, :, h:]], dim=-1)  # reverse direction ends at t = 0
         real = (tokens.t() != self.pad_id).unsqueeze(-1)  # (T, B, 1)
-        if self.pooling == "max":
-            return x.masked_fill(~real, float("-inf")).amax(dim=0).nan_to_num(neginf=0.0)
-        return (x * real).sum(dim=0) / real.sum(dim=0).clamp(min=1)
+        pooled = []
+        if self.pooling in ("max", "max_mean"):
+            pooled.append(x.masked_fill(~real, float("-inf")).amax(dim=0).nan_to_num(neginf=0.0))
+        if self.pooling in ("mean", "max_mean"):
+            pooled.append((x * real).sum(dim=0) / real.sum(dim=0).clamp(min=1))
+        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
