@@ -49,7 +49,19 @@ def main() -> None:
                 correct += ((net(tokens) > 0).long() == labels).sum().item()
         t2 = time.perf_counter()
         acc = correct / len(dm.splits["val"])
-        print(json.dumps({"event": "epoch", "epoch": epoch, "train_s": t1 - t0, "val_s": t2 - t1, "reviews": reviews, "val_acc": acc}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "epoch",
+                    "epoch": epoch,
+                    "train_s": t1 - t0,
+                    "val_s": t2 - t1,
+                    "reviews": reviews,
+                    "val_acc": acc,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

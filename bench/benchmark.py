@@ -45,7 +45,10 @@ def tf_epochs(python: str, anchors: Path, epochs: int, no_val: bool) -> list[flo
     npz = Path(tempfile.gettempdir()) / "imdb_keras.npz"
     if not npz.exists():
         run([python, str(anchors / "keras_style_imdb.py")])
-    out = run([python, str(anchors / "seed_tf.py"), str(epochs)] + (["--no-val"] if no_val else []), env={"TF_USE_LEGACY_KERAS": "1"})
+    out = run(
+        [python, str(anchors / "seed_tf.py"), str(epochs)] + (["--no-val"] if no_val else []),
+        env={"TF_USE_LEGACY_KERAS": "1"},
+    )
     return [float(m) for m in re.findall(r"EPOCH \d+ seconds=([\d.]+)", out)]
 
 
@@ -78,28 +81,62 @@ def main() -> None:
     cache = str(work / "cache")
     for label in ("cold cache", "warm cache"):
         t0 = time.time()
-        out = run(fit_cmd(args.data, 1, cache, str(work / "start"), ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0"]))
+        out = run(
+            fit_cmd(
+                args.data,
+                1,
+                cache,
+                str(work / "start"),
+                ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0"],
+            )
+        )
         first = events(out, "first_step")[0]
-        notes.append(f"{label}: first training step {first['wall'] - t0:.1f} s after launch, {first['since_cli']:.1f} s after the CLI was built (imports and parsing excluded)")
+        notes.append(
+            f"{label}: first training step {first['wall'] - t0:.1f} s after launch, {first['since_cli']:.1f} s after the CLI was built (imports and parsing excluded)"
+        )
 
     if args.tf_python:
         tf_train = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=True)
         tf_full = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=False)
         t_train = median_after_first(tf_train)
-        rows.append(("TensorFlow tutorial program (seed_tf.py)", t_train, median_after_first(tf_full) - t_train, 24 * 1024))
+        rows.append(
+            ("TensorFlow tutorial program (seed_tf.py)", t_train, median_after_first(tf_full) - t_train, 24 * 1024)
+        )
 
     for precision in args.precisions.split(","):
         bf16 = precision.startswith("bf16")
-        out = run([sys.executable, "-m", "bench.bare_loop", "--data", args.data, "--epochs", str(args.epochs)] + (["--bf16"] if bf16 else []), env={"PYTHONPATH": str(ROOT)})
+        out = run(
+            [sys.executable, "-m", "bench.bare_loop", "--data", args.data, "--epochs", str(args.epochs)]
+            + (["--bf16"] if bf16 else []),
+            env={"PYTHONPATH": str(ROOT)},
+        )
         ep = events(out, "epoch")
-        rows.append((f"bare PyTorch loop, {precision}", median_after_first([e["train_s"] for e in ep]), median_after_first([e["val_s"] for e in ep]), ep[-1]["reviews"]))
+        rows.append(
+            (
+                f"bare PyTorch loop, {precision}",
+                median_after_first([e["train_s"] for e in ep]),
+                median_after_first([e["val_s"] for e in ep]),
+                ep[-1]["reviews"],
+            )
+        )
         out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
         ep = events(out, "epoch")
-        rows.append((f"cli.py fit configs/base.yaml, {precision}", median_after_first([e["train_s"] for e in ep]), median_after_first([e["val_s"] for e in ep]), ep[-1]["reviews"]))
-        notes.append(f"fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; val acc per epoch {[round(e['val_acc'], 4) for e in ep]}")
+        rows.append(
+            (
+                f"cli.py fit configs/base.yaml, {precision}",
+                median_after_first([e["train_s"] for e in ep]),
+                median_after_first([e["val_s"] for e in ep]),
+                ep[-1]["reviews"],
+            )
+        )
+        notes.append(
+            f"fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
+        )
 
     ref = rows[0][1] / rows[0][3]
-    print(f"\n| program | train s/epoch | reviews/epoch | ms per 1000 reviews trained | vs {rows[0][0].split(' (')[0]} | eval s/epoch |")
+    print(
+        f"\n| program | train s/epoch | reviews/epoch | ms per 1000 reviews trained | vs {rows[0][0].split(' (')[0]} | eval s/epoch |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, train, ev, n in rows:
         print(f"| {name} | {train:.2f} | {n} | {1e6 * train / n:.1f} | {train / n / ref:.2f}x | {ev:.2f} |")

@@ -28,7 +28,12 @@ class EpochTimer(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time()
-            print(json.dumps({"event": "first_step", "wall": self.first_step_at, "since_cli": self.first_step_at - self.created}), flush=True)
+            print(
+                json.dumps(
+                    {"event": "first_step", "wall": self.first_step_at, "since_cli": self.first_step_at - self.created}
+                ),
+                flush=True,
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.reviews += len(batch[1])

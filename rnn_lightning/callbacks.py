@@ -34,8 +34,10 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._probs = {}
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        self._probs.update(zip(batch[1].tolist(), prediction.float().tolist()))
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._probs.update(zip(batch[1].tolist(), prediction.float().tolist(), strict=True))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         probs = self._probs
@@ -80,7 +82,9 @@ class HParamsWithMetrics(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.logger is None:
             return
-        metrics = {f"hp/{k.replace('/', '_')}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {
+            f"hp/{k.replace('/', '_')}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
             metrics["hp/best_val_acc"] = float(ckpt.best_model_score)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -18,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from rnn_lightning.callbacks import HParamsWithMetrics, PredictionWriter
-from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.checkpoint_io import AtomicCheckpointIO
+from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.runtime import tune_cpu_runtime
@@ -99,7 +98,6 @@ class RNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
 
-
     # ---------------------------------------------------------------- checks before any work
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
@@ -134,9 +132,13 @@ class RNNLightningCLI(LightningCLI):
             return
         root = Path(logger.root_dir) if isinstance(logger, TensorBoardLogger) else Path(self.trainer.default_root_dir)
         pattern = "last.ckpt" if name == "last" else "best-*.ckpt"
-        found = [p for p in root.glob(f"version_*/checkpoints/{pattern}") if _version_number(p.parents[1].name) is not None]
+        found = [
+            p for p in root.glob(f"version_*/checkpoints/{pattern}") if _version_number(p.parents[1].name) is not None
+        ]
         if not found:
-            raise InputError(f"ckpt_path: {name!r} but no run under {root} has checkpoints/{pattern}; pass a checkpoint's path")
+            raise InputError(
+                f"ckpt_path: {name!r} but no run under {root} has checkpoints/{pattern}; pass a checkpoint's path"
+            )
         cfg["ckpt_path"] = str(max(found, key=lambda p: (_version_number(p.parents[1].name), p.stat().st_mtime)))
         rank_zero_info(f"ckpt_path {name!r}: {cfg['ckpt_path']}")
 
@@ -190,7 +192,9 @@ class RNNLightningCLI(LightningCLI):
                 with tempfile.TemporaryFile(dir=folder) as probe:
                     probe.write(b"ok")
             except OSError as e:
-                raise InputError(f"trainer.default_root_dir: cannot write run logs/checkpoints under {folder} ({e.strerror or e})") from None
+                raise InputError(
+                    f"trainer.default_root_dir: cannot write run logs/checkpoints under {folder} ({e.strerror or e})"
+                ) from None
             free = shutil.disk_usage(folder).free
             if free < need:
                 raise InputError(
@@ -216,9 +220,13 @@ def check_checkpoint(path: str) -> dict:
             "(rnn-lightning checkpoints hold only tensors and plain types; this one came from elsewhere)"
         ) from None
     except Exception as e:
-        raise InputError(f"ckpt_path: {path!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})") from None
+        raise InputError(
+            f"ckpt_path: {path!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", "IMDBDataModule"} <= ckpt.keys():
-        raise InputError(f"ckpt_path: {path!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)")
+        raise InputError(
+            f"ckpt_path: {path!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)"
+        )
     return ckpt
 
 

@@ -1,10 +1,10 @@
 """Use a trained checkpoint on raw text from Python, and export it for serving without Lightning.
 
-    from rnn_lightning.inference import SentimentPredictor
-    predictor = SentimentPredictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
-    predictor(["A wonderful film.", "Dull and far too long."])   # -> [0.93, 0.08] (probability of positive)
+from rnn_lightning.inference import SentimentPredictor
+predictor = SentimentPredictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+predictor(["A wonderful film.", "Dull and far too long."])   # -> [0.93, 0.08] (probability of positive)
 
-    python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
+python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
 """
 
 import argparse
@@ -45,7 +45,9 @@ class SentimentPredictor:
             model.load_state_dict(ckpt["state_dict"])
             tokenizer = Tokenizer.from_str(ckpt["IMDBDataModule"]["tokenizer"])
         except (KeyError, TypeError, RuntimeError) as e:
-            raise InputError(f"ckpt_path: {path!r} is not an rnn-lightning checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            raise InputError(
+                f"ckpt_path: {path!r} is not an rnn-lightning checkpoint ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         return cls(model.net.to(map_location), tokenizer)
 
     @torch.no_grad()
@@ -56,7 +58,7 @@ class SentimentPredictor:
         for start in range(0, len(keep), self.batch_size):
             rows = keep[start : start + self.batch_size]
             ids = torch.from_numpy(encode(self.tokenizer, [texts[i] for i in rows])).long().to(device)
-            for i, p in zip(rows, torch.sigmoid(self.net(ids)).tolist()):
+            for i, p in zip(rows, torch.sigmoid(self.net(ids)).tolist(), strict=True):
                 probs[i] = p
         return probs
 
@@ -84,7 +86,9 @@ class SentimentPredictor:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m rnn_lightning.inference", description="Export a checkpoint for serving.")
+    p = argparse.ArgumentParser(
+        prog="python -m rnn_lightning.inference", description="Export a checkpoint for serving."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write model.pt2 + tokenizer.json")
     ex.add_argument("ckpt_path")

@@ -1,7 +1,7 @@
 """Run an exported model (``python -m rnn_lightning.inference export``) with torch and tokenizers only.
 
-    from rnn_lightning.serving import ExportedPredictor
-    ExportedPredictor("exported/")(["A wonderful film."])   # -> [0.93]
+from rnn_lightning.serving import ExportedPredictor
+ExportedPredictor("exported/")(["A wonderful film."])   # -> [0.93]
 """
 
 import math
@@ -26,6 +26,6 @@ class ExportedPredictor:
         probs = [math.nan] * len(texts)
         if keep:
             ids = torch.from_numpy(encode(self.tokenizer, [texts[i] for i in keep])).long()
-            for i, p in zip(keep, torch.sigmoid(self.module(ids)).tolist()):
+            for i, p in zip(keep, torch.sigmoid(self.module(ids)).tolist(), strict=True):
                 probs[i] = p
         return probs

@@ -12,7 +12,9 @@ from tests.conftest import ROOT
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"cli.py {' '.join(args[:1])} failed:\n{proc.stderr[-3000:]}")
     return proc
@@ -38,7 +40,24 @@ def test_fit_then_test_then_predict(tiny_args, tmp_path):
 
 
 def test_model_summary_prints_exact_parameter_count(tiny_args, tmp_path):
-    proc = run_cli("fit", *tiny_args, "--data.vocab_size", "10000", "--data.max_len", "8", "--model.embed_dim", "100", "--model.hidden_size", "64", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    proc = run_cli(
+        "fit",
+        *tiny_args,
+        "--data.vocab_size",
+        "10000",
+        "--data.max_len",
+        "8",
+        "--model.embed_dim",
+        "100",
+        "--model.hidden_size",
+        "64",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    )
     assert "total" in proc.stdout + proc.stderr
     assert "1,018,881" in proc.stdout + proc.stderr
 
@@ -53,8 +72,19 @@ def test_every_config_parses_and_builds(config, parquet_dir, tmp_path):
     if "\nmodel:" not in text:
         args = ["--config", str(ROOT / "configs" / "base.yaml"), *args]
     if "accelerator: gpu" in text:
-        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
-    cli = RNNLightningCLI(args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path)], run=False)
+        args += [
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "32-true",
+        ]
+    cli = RNNLightningCLI(
+        args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path)], run=False
+    )
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size  # linked, never stated twice
     assert cli.model.hparams.pad_id == cli.datamodule.pad_id
 

@@ -31,7 +31,7 @@ def test_parquet_folder_and_aclimdb_folder_both_load(parquet_dir, aclimdb_dir):
 def test_aclimdb_labels_follow_the_folder_names(aclimdb_dir):
     texts, labels = load_labelled(str(aclimdb_dir))["train"]
     positive = {"great", "wonderful", "excellent", "superb", "loved", "brilliant"}
-    for text, label in zip(texts, labels):
+    for text, label in zip(texts, labels, strict=True):
         assert bool(positive & set(text.lower().replace(".", " ").replace("!", " ").split())) == bool(label)
 
 
@@ -41,7 +41,7 @@ def test_batches_hold_front_padded_ids_and_labels(parquet_dir, tmp_path):
     assert ids.shape == (8, 12) and ids.dtype == torch.int64 and labels.shape == (8,)
     assert int(ids.max()) < 40
     lengths = (ids != dm.pad_id).sum(1)
-    for row, n in zip(ids, lengths):  # padding only at the front
+    for row, n in zip(ids, lengths, strict=True):  # padding only at the front
         assert torch.all(row[: 12 - n] == dm.pad_id) and torch.all(row[12 - n :] != dm.pad_id)
 
 

@@ -47,7 +47,17 @@ def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, od
     outputs = {}
     for name, extra in (("two", DDP), ("one", [])):
         out = tmp_path / f"{name}.csv"
-        run_cli("predict", *args, *extra, "--ckpt_path", last, "--data.predict_path", str(tmp_path / "in.txt"), "--prediction_writer.output", str(out))
+        run_cli(
+            "predict",
+            *args,
+            *extra,
+            "--ckpt_path",
+            last,
+            "--data.predict_path",
+            str(tmp_path / "in.txt"),
+            "--prediction_writer.output",
+            str(out),
+        )
         outputs[name] = out.read_text()
     assert outputs["two"] == outputs["one"]
     assert [row.split(",")[0] for row in outputs["two"].splitlines()[1:]] == [str(i) for i in range(1, 24)]

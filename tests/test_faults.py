@@ -1,9 +1,9 @@
 """Faults: a killed run resumes exactly, checkpoints are atomic, NaN stops cleanly, bad input is refused."""
 
 import argparse
-import shutil
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,12 +41,28 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
     def args(root):
-        return [*tiny_args, "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), *PROGRESS]
+        return [
+            *tiny_args,
+            "--trainer.max_epochs",
+            "4",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+            *PROGRESS,
+        ]
 
     run_cli("fit", *args(whole))
 
     cmd = [sys.executable, str(ROOT / "cli.py"), "fit", *args(killed)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for line in proc.stdout:
         if line.startswith("PROGRESS 2 3"):  # epoch 2 (0-based), 4th batch: last.ckpt holds epoch 1
             proc.send_signal(signal.SIGKILL)
@@ -66,7 +82,9 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (3, a["global_step"])
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
-    for pa, pb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+    for pa, pb in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
+    ):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert a["lr_schedulers"] == b["lr_schedulers"]
     assert a["IMDBDataModule"]["tokenizer"] == b["IMDBDataModule"]["tokenizer"]
@@ -112,7 +130,15 @@ def digest(path) -> str:
 
 def test_infinite_gradient_stops_with_the_step_and_keeps_checkpoints(tiny_args, tmp_path):
     # 86 fit reviews / 16 = 6 batches per epoch: step 8 is in epoch 1, after epoch 0's checkpoints.
-    proc = run_cli("fit", *tiny_args, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.PoisonGradient", "--trainer.callbacks.at_step=8", check=False)
+    proc = run_cli(
+        "fit",
+        *tiny_args,
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.callbacks+=tests.helpers.PoisonGradient",
+        "--trainer.callbacks.at_step=8",
+        check=False,
+    )
     line = one_line_error(proc)
     assert "training stopped: a gradient is NaN/inf at global step 8 (epoch 1)" in line
     last = ckpt_dir(tmp_path) / "last.ckpt"
@@ -121,14 +147,29 @@ def test_infinite_gradient_stops_with_the_step_and_keeps_checkpoints(tiny_args, 
 
 
 def test_nan_loss_stops_with_the_step(tiny_args, tmp_path):
-    proc = run_cli("fit", *tiny_args, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.PoisonWeights", "--trainer.callbacks.at_step=8", check=False)
+    proc = run_cli(
+        "fit",
+        *tiny_args,
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.callbacks+=tests.helpers.PoisonWeights",
+        "--trainer.callbacks.at_step=8",
+        check=False,
+    )
     assert "training stopped: the training loss is nan at global step 8 (epoch 1, batch 2)" in one_line_error(proc)
     best = next(ckpt_dir(tmp_path).glob("best-*.ckpt"))
     assert all(torch.isfinite(t).all() for t in torch.load(best, weights_only=True)["state_dict"].values())
 
 
 def test_skip_policy_skips_the_bad_update_and_finishes(tiny_args, tmp_path):
-    proc = run_cli("fit", *tiny_args, "--model.on_nonfinite", "skip", "--trainer.callbacks+=tests.helpers.PoisonGradient", "--trainer.callbacks.at_step=3")
+    proc = run_cli(
+        "fit",
+        *tiny_args,
+        "--model.on_nonfinite",
+        "skip",
+        "--trainer.callbacks+=tests.helpers.PoisonGradient",
+        "--trainer.callbacks.at_step=3",
+    )
     assert "skipped the update at global step 3 (epoch 0): a gradient is NaN/inf" in proc.stderr
     state = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
@@ -182,7 +223,18 @@ def test_fewer_reviews_than_a_batch_empty_texts_and_a_1mb_review_train(tiny_args
     train.loc[0, "text"] = ""
     train.loc[1, "text"] = "great " * 200_000  # 1.2 MB
     data = write_split(tmp_path / "d", train)
-    proc = run_cli("fit", *tiny_args, "--data.dataset", str(data), "--data.batch_size", "1024", "--data.val_fraction", "0.3", "--trainer.max_epochs", "1")
+    proc = run_cli(
+        "fit",
+        *tiny_args,
+        "--data.dataset",
+        str(data),
+        "--data.batch_size",
+        "1024",
+        "--data.val_fraction",
+        "0.3",
+        "--trainer.max_epochs",
+        "1",
+    )
     assert "1 empty training review(s) kept" in proc.stderr
     assert (ckpt_dir(tmp_path) / "last.ckpt").exists()
 

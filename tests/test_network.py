@@ -42,7 +42,16 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl):
     """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
     two bidirectional layers and max pooling (so every time step's output gets a gradient)."""
     torch.manual_seed(0)
-    kwargs = dict(vocab_size=40, embed_dim=12, cell=cell, hidden_size=10, num_layers=2, dropout=0.3, bidirectional=True, pooling="max")
+    kwargs = dict(
+        vocab_size=40,
+        embed_dim=12,
+        cell=cell,
+        hidden_size=10,
+        num_layers=2,
+        dropout=0.3,
+        bidirectional=True,
+        pooling="max",
+    )
     ref = SentimentRNN(**kwargs, implementation="autograd")
     other = SentimentRNN(**kwargs, implementation=impl)
     other.load_state_dict(ref.state_dict())
@@ -64,7 +73,16 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl):
 @pytest.mark.parametrize("pooling", ["last", "mean", "max_mean"])
 def test_last_and_mean_pooling_agree_across_implementations(pooling):
     torch.manual_seed(0)
-    kwargs = dict(vocab_size=30, embed_dim=6, cell="gru", hidden_size=5, num_layers=1, dropout=0.0, bidirectional=True, pooling=pooling)
+    kwargs = dict(
+        vocab_size=30,
+        embed_dim=6,
+        cell="gru",
+        hidden_size=5,
+        num_layers=1,
+        dropout=0.0,
+        bidirectional=True,
+        pooling=pooling,
+    )
     nets = [SentimentRNN(**kwargs, implementation=i) for i in ("autograd", "bptt", "fused")]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
@@ -103,7 +121,12 @@ def test_predict_step_returns_probabilities():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"cell": "transformer"}, "model.cell"), ({"vocab_size": 2}, "model.vocab_size"), ({"dropout": 1.0}, "model.dropout"), ({"num_layers": 0}, "model.num_layers")],
+    [
+        ({"cell": "transformer"}, "model.cell"),
+        ({"vocab_size": 2}, "model.vocab_size"),
+        ({"dropout": 1.0}, "model.dropout"),
+        ({"num_layers": 0}, "model.num_layers"),
+    ],
 )
 def test_bad_model_values_name_the_field(kwargs, field):
     from rnn_lightning.errors import InputError

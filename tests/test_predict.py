@@ -17,7 +17,11 @@ from rnn_lightning.serving import ExportedPredictor
 from tests.conftest import ROOT
 from tests.test_cli import run_cli
 
-REVIEWS = ["A wonderful, brilliant movie. Loved it.", "terrible boring awful film", "the plot was superb <br /><br />great"]
+REVIEWS = [
+    "A wonderful, brilliant movie. Loved it.",
+    "terrible boring awful film",
+    "the plot was superb <br /><br />great",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,14 @@ def predict_cli(trained, predict_path: str, output, stdin: bytes | None = None) 
 
 
 def test_text_file_with_empty_bad_and_huge_lines(trained, tmp_path):
-    lines = [REVIEWS[0].encode(), b"", b"   \t", b"\xff\xfe not utf-8 but great", REVIEWS[1].encode(), (b"boring " * 150_000).strip()]
+    lines = [
+        REVIEWS[0].encode(),
+        b"",
+        b"   \t",
+        b"\xff\xfe not utf-8 but great",
+        REVIEWS[1].encode(),
+        (b"boring " * 150_000).strip(),
+    ]
     (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
     rows = predict_cli(trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
     assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5", "6"]  # every input line, in order
@@ -91,7 +102,16 @@ def test_tables_folders_and_stdin_give_the_same_probabilities(trained, tmp_path)
 def test_table_without_text_column_is_refused(trained, tmp_path):
     pd.DataFrame({"review": REVIEWS}).to_csv(tmp_path / "in.csv", index=False)
     run_dir, _, best = trained
-    proc = run_cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "in.csv"), check=False)
+    proc = run_cli(
+        "predict",
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--ckpt_path",
+        str(best),
+        "--data.predict_path",
+        str(tmp_path / "in.csv"),
+        check=False,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "data.predict_path" in proc.stderr.strip().splitlines()[-1]
 
@@ -103,7 +123,9 @@ def test_python_api_and_export_round_trip(trained, tmp_path):
     predictor.export(str(tmp_path / "exported"))
     served = ExportedPredictor(str(tmp_path / "exported"))([*REVIEWS, "  "])
     assert served[:3] == pytest.approx(probs[:3], abs=1e-5) and math.isnan(served[3])
-    assert ExportedPredictor(str(tmp_path / "exported"))(REVIEWS[:1]) == pytest.approx(probs[:1], abs=1e-5)  # batch of 1
+    assert ExportedPredictor(str(tmp_path / "exported"))(REVIEWS[:1]) == pytest.approx(
+        probs[:1], abs=1e-5
+    )  # batch of 1
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):

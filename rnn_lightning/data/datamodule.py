@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -119,7 +118,7 @@ class IMDBDataModule(LightningDataModule):
         split_seed: int = 42,
         cache_dir: str = "~/.cache/rnn_lightning",
         num_workers: int = 0,
-        predict_path: Optional[str] = None,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         if vocab_size < 3:
@@ -138,11 +137,11 @@ class IMDBDataModule(LightningDataModule):
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.predict_path = predict_path
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
-        self.predict_rows: Optional[ReviewRows] = None
+        self.predict_rows: ReviewRows | None = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
-        self.tokenizer: Optional[Tokenizer] = None
+        self.tokenizer: Tokenizer | None = None
         self.splits: dict[str, TokenizedReviews] = {}
-        self._encoded_with: Optional[str] = None  # tokenizer JSON that produced self.splits
+        self._encoded_with: str | None = None  # tokenizer JSON that produced self.splits
 
     @property
     def pad_id(self) -> int:
@@ -163,7 +162,9 @@ class IMDBDataModule(LightningDataModule):
         return self.cache_dir / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     def _predicting_raw_text(self) -> bool:
-        return self.predict_path is not None and self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING
+        return (
+            self.predict_path is not None and self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING
+        )
 
     def prepare_data(self) -> None:
         if self._predicting_raw_text():
@@ -178,7 +179,9 @@ class IMDBDataModule(LightningDataModule):
         for name, labels in (("train", train_labels), ("test", test_labels)):
             classes = set(np.unique(labels).tolist())
             if classes != {0, 1}:
-                raise InputError(f"data.dataset: the {name} split holds only label(s) {sorted(classes)}; a classifier needs reviews of both 0 and 1")
+                raise InputError(
+                    f"data.dataset: the {name} split holds only label(s) {sorted(classes)}; a classifier needs reviews of both 0 and 1"
+                )
         empty = sum(1 for t in train_texts if not t.strip())
         if empty:
             rank_zero_warn(f"data.dataset: {empty} empty training review(s) kept; they encode as padding only")
@@ -191,7 +194,9 @@ class IMDBDataModule(LightningDataModule):
         tokenizer = train_tokenizer((train_texts[i] for i in fit_idx), self.vocab_size, self.max_len)
         learned = tokenizer.get_vocab_size()
         if learned < self.vocab_size:
-            rank_zero_info(f"data.vocab_size is {self.vocab_size} but the training reviews hold only {learned} distinct tokens; ids above stay unused")
+            rank_zero_info(
+                f"data.vocab_size is {self.vocab_size} but the training reviews hold only {learned} distinct tokens; ids above stay unused"
+            )
         train_ids = encode(tokenizer, train_texts)
         arrays = {
             "fit_ids": train_ids[fit_idx], "fit_labels": train_labels[fit_idx],
@@ -218,7 +223,9 @@ class IMDBDataModule(LightningDataModule):
             return
         path = self.cache_path
         if not (path / "meta.json").exists():
-            raise InputError(f"data: no token cache at {path}; prepare_data did not run or cache_dir is not shared between nodes")
+            raise InputError(
+                f"data: no token cache at {path}; prepare_data did not run or cache_dir is not shared between nodes"
+            )
         tokenizer_json = (path / "tokenizer.json").read_text()
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self._encoded_with = tokenizer_json
@@ -236,7 +243,9 @@ class IMDBDataModule(LightningDataModule):
         mine = torch.tensor([int(digest[i : i + 4], 16) for i in range(0, 16, 4)], dtype=torch.int64)
         everyone = trainer.strategy.all_gather(mine.to(trainer.strategy.root_device)).view(-1, 4).cpu()
         if not torch.all(everyone == mine):
-            raise InputError(f"data: the processes hold different tokenizers ({everyone.tolist()}); clear data.cache_dir and rerun")
+            raise InputError(
+                f"data: the processes hold different tokenizers ({everyone.tolist()}); clear data.cache_dir and rerun"
+            )
         rank_zero_info(f"Tokenizer {digest} identical on all {trainer.world_size} processes")
 
     # ---------------------------------------------------------------- checkpoint
@@ -272,7 +281,9 @@ class IMDBDataModule(LightningDataModule):
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
         if shuffle and distributed:  # seeded by (seed, epoch) too, and the same on every process
-            sampler = DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.shuffle_seed)
+            sampler = DistributedSampler(
+                dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.shuffle_seed
+            )
         elif shuffle:
             sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
         elif distributed:
@@ -306,8 +317,12 @@ class IMDBDataModule(LightningDataModule):
             self.splits["predict"] = TokenizedReviews(test.ids.numpy(), np.arange(len(test)))
         else:
             if self.tokenizer is None:
-                raise InputError("ckpt_path: predicting raw text needs a checkpoint (it carries the tokenizer); pass --ckpt_path")
+                raise InputError(
+                    "ckpt_path: predicting raw text needs a checkpoint (it carries the tokenizer); pass --ckpt_path"
+                )
             rows = self.predict_rows
             keep = [i for i, error in enumerate(rows.errors) if error != "empty review"]
-            self.splits["predict"] = TokenizedReviews(encode(self.tokenizer, [rows.texts[i] for i in keep]), np.array(keep, dtype=np.int64))
+            self.splits["predict"] = TokenizedReviews(
+                encode(self.tokenizer, [rows.texts[i] for i in keep]), np.array(keep, dtype=np.int64)
+            )
         return self._loader("predict", shuffle=False)

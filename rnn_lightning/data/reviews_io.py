@@ -50,7 +50,9 @@ def read_reviews(path: str) -> ReviewRows:
         return rows
     p = Path(path).expanduser()
     if not p.exists():
-        raise InputError(f"data.predict_path: {path!r} does not exist; expected a .txt/.csv/.jsonl/.parquet file, a folder of .txt files, or -")
+        raise InputError(
+            f"data.predict_path: {path!r} does not exist; expected a .txt/.csv/.jsonl/.parquet file, a folder of .txt files, or -"
+        )
     if p.is_dir():
         files = sorted(p.rglob("*.txt"))
         if not files:
@@ -87,7 +89,9 @@ def _read_table(p: Path) -> ReviewRows:
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise InputError(f"data.predict_path: line {number} of {str(p)!r} is not JSON ({e.msg})") from None
+                        raise InputError(
+                            f"data.predict_path: line {number} of {str(p)!r} is not JSON ({e.msg})"
+                        ) from None
     if records and "text" not in records[0]:
         raise InputError(f"data.predict_path: {str(p)!r} has no 'text' column (columns: {sorted(records[0])})")
     rows = ReviewRows()

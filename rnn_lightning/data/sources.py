@@ -45,10 +45,14 @@ def fingerprint(dataset: str, exclude: Path | None = None) -> str:
     if path.is_dir() and is_aclimdb(path):
         entries = [path / s / c for s in ("train", "test") for c in ("pos", "neg") if (path / s / c).is_dir()]
     elif path.is_dir():
-        entries = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and not _hidden_or_under(p, path, exclude))
+        entries = sorted(
+            p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and not _hidden_or_under(p, path, exclude)
+        )
     else:
         entries = [path]
-    facts = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
+    facts = [
+        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries
+    ]
     return str(path) + ":" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
@@ -68,7 +72,9 @@ def load_labelled(dataset: str, splits: tuple[str, ...] = ("train", "test")) -> 
     out = {}
     for s in splits:
         if s not in ds:
-            raise InputError(f"data.dataset: {dataset!r} has no {s!r} split (found {sorted(ds)}); expected train and test")
+            raise InputError(
+                f"data.dataset: {dataset!r} has no {s!r} split (found {sorted(ds)}); expected train and test"
+            )
         out[s] = _columns(ds[s], dataset, s)
     return out
 
@@ -95,7 +101,9 @@ def _load_dataset(dataset: str):
     try:
         return datasets.load_dataset(path)
     except Exception as e:
-        raise InputError(f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")) from None
+        raise InputError(
+            f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")
+        ) from None
 
 
 def _columns(split, dataset: str, name: str) -> Split:
@@ -129,7 +137,9 @@ def _read_aclimdb(path: Path, split: str) -> Split:
     for label_name, label in LABEL_NAMES.items():
         folder = path / split / label_name
         if not folder.is_dir():
-            raise InputError(f"data.dataset: {str(folder)!r} is missing; an aclImdb folder needs {split}/pos and {split}/neg")
+            raise InputError(
+                f"data.dataset: {str(folder)!r} is missing; an aclImdb folder needs {split}/pos and {split}/neg"
+            )
         for f in sorted(folder.glob("*.txt")):
             texts.append(f.read_text(encoding="utf-8", errors="replace"))
             labels.append(label)

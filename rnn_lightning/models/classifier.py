@@ -56,7 +56,12 @@ class SentimentClassifier(LightningModule):
         _check_choice("model.pooling", pooling, Pooling)
         _check_choice("model.implementation", implementation, Implementation)
         _check_choice("model.on_nonfinite", on_nonfinite, Literal["stop", "skip"])
-        for name, value, low in [("vocab_size", vocab_size, 3), ("embed_dim", embed_dim, 1), ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)]:
+        for name, value, low in [
+            ("vocab_size", vocab_size, 3),
+            ("embed_dim", embed_dim, 1),
+            ("hidden_size", hidden_size, 1),
+            ("num_layers", num_layers, 1),
+        ]:
             if value < low:
                 raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
         if not 0.0 <= dropout < 1.0:
@@ -66,7 +71,18 @@ class SentimentClassifier(LightningModule):
         self.save_hyperparameters()
         self._seed = torch.initial_seed()  # set by seed_everything before the CLI builds the model
         self._restored_rng: Tensor | None = None
-        self.net = SentimentRNN(vocab_size, embed_dim, cell, hidden_size, num_layers, dropout, bidirectional, pooling, pad_id, implementation)
+        self.net = SentimentRNN(
+            vocab_size,
+            embed_dim,
+            cell,
+            hidden_size,
+            num_layers,
+            dropout,
+            bidirectional,
+            pooling,
+            pad_id,
+            implementation,
+        )
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
         # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
@@ -77,7 +93,9 @@ class SentimentClassifier(LightningModule):
         # value is the exact mean over all reviews under DDP, whatever the shard sizes.
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Drawn as images at the end of `test` (TensorBoard), so people look instead of reading numbers.
-        self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+        self.test_curves = MetricCollection(
+            {"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)}
+        )
 
     # ---------------------------------------------------------------- exact resume
     # Dropout draws from a generator of the module's own, saved in every checkpoint, so a run resumed
@@ -133,7 +151,9 @@ class SentimentClassifier(LightningModule):
             optimizer.zero_grad(set_to_none=True)  # skip: parameters without gradients are not updated
 
     def _nonfinite(self, what: str, batch_idx: int | None) -> None:
-        where = f"global step {self.global_step} (epoch {self.current_epoch}" + (f", batch {batch_idx})" if batch_idx is not None else ")")
+        where = f"global step {self.global_step} (epoch {self.current_epoch}" + (
+            f", batch {batch_idx})" if batch_idx is not None else ")"
+        )
         if self.hparams.on_nonfinite == "stop":
             raise NonFiniteLossError(
                 f"training stopped: {what} at {where}; no checkpoint was written from this state. "
@@ -150,7 +170,10 @@ class SentimentClassifier(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         curves = self.test_curves
-        figures = {"test/confusion_matrix": curves["confusion_matrix"].plot(labels=["neg", "pos"])[0], "test/roc": curves["roc"].plot(score=True)[0]}
+        figures = {
+            "test/confusion_matrix": curves["confusion_matrix"].plot(labels=["neg", "pos"])[0],
+            "test/roc": curves["roc"].plot(score=True)[0],
+        }
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
             for tag, fig in figures.items():

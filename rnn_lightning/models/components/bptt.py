@@ -29,7 +29,9 @@ def _scaled(w: Tensor, rows: slice | None) -> Tensor:
 
 class _RNNTanh(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None
+    ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
         x, gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
@@ -48,7 +50,9 @@ class _RNNTanh(torch.autograd.Function):
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs = ctx.saved_tensors
         T, B, H = gout.shape
-        deriv = torch.addcmul(torch.ones((), dtype=hs.dtype), hs[1:], hs[1:], value=-1)  # (T, B, H): tanh' = 1 - h^2, all steps
+        deriv = torch.addcmul(
+            torch.ones((), dtype=hs.dtype), hs[1:], hs[1:], value=-1
+        )  # (T, B, H): tanh' = 1 - h^2, all steps
         dz = torch.empty_like(deriv)  # gradient of each step's pre-activation
         dh = gout[T - 1].clone()
         for t in range(T - 1, -1, -1):
@@ -60,7 +64,9 @@ class _RNNTanh(torch.autograd.Function):
 
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None
+    ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
         n_rows = slice(2 * H, 3 * H)
@@ -75,7 +81,7 @@ class _GRU(torch.autograd.Function):
             g = gates[t]
             torch.add(gi[t, :, : 2 * H], gh[:, : 2 * H], out=g[:, : 2 * H])
             ghn[t].copy_(gh[:, 2 * H :])
-            torch.addcmul(gi[t, :, 2 * H :], g[:, : H].sigmoid_(), gh[:, 2 * H :], out=g[:, 2 * H :])
+            torch.addcmul(gi[t, :, 2 * H :], g[:, :H].sigmoid_(), gh[:, 2 * H :], out=g[:, 2 * H :])
             g[:, H:].sigmoid_()
             n, z = g[:, 2 * H :].mul_(2).sub_(1), g[:, H : 2 * H]
             torch.addcmul(n, z, hs[t] - n, out=hs[t + 1])  # h = n + z * (h_prev - n)
@@ -107,7 +113,9 @@ class _GRU(torch.autograd.Function):
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, lowp: torch.dtype | None
+    ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
         g_rows = slice(2 * H, 3 * H)
@@ -190,7 +198,9 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
 _FUNCTIONS = {"rnn": _RNNTanh, "gru": _GRU, "lstm": _LSTM}
 
 
-def bptt_layer(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, reverse: bool = False) -> Tensor:
+def bptt_layer(
+    cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, reverse: bool = False
+) -> Tensor:
     """One direction of a recurrent layer: x (T, B, in) -> outputs (T, B, H), zero initial state.
 
     Under autocast (e.g. Lightning's ``precision: bf16-mixed``) the large input and weight-gradient

@@ -58,7 +58,9 @@ class SentimentRNN(nn.Module):
         for layer in self.layers:
             if self.training and self.dropout > 0:
                 keep = 1.0 - self.dropout
-                mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep, generator=self.generator).div_(keep)  # (1, B, in)
+                mask = (
+                    x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep, generator=self.generator).div_(keep)
+                )  # (1, B, in)
                 x = x * mask
             x = layer(x, self.implementation)  # (T, B, D*H)
         return self.head(self._pool(x, tokens)).squeeze(-1)

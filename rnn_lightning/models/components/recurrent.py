@@ -66,7 +66,12 @@ class RecurrentLayer(nn.Module):
     def direction_weights(self, sfx: str) -> list[Tensor]:
         """[weight_ih, weight_hh, bias_ih, bias_hh] of one direction (bias_hh is zeros for rnn)."""
         b_hh = self.zero_bias if self.cell == "rnn" else getattr(self, "bias_hh" + sfx)
-        return [getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx), getattr(self, "bias_ih" + sfx), b_hh]
+        return [
+            getattr(self, "weight_ih" + sfx),
+            getattr(self, "weight_hh" + sfx),
+            getattr(self, "bias_ih" + sfx),
+            b_hh,
+        ]
 
     def forward(self, x: Tensor, implementation: Implementation = "auto") -> Tensor:
         """x (T, B, in) -> outputs (T, B, D*H), time-major; D = 2 when bidirectional.
@@ -80,7 +85,9 @@ class RecurrentLayer(nn.Module):
         if implementation == "bptt":
             from rnn_lightning.models.components.bptt import bptt_layer
 
-            outs = [bptt_layer(self.cell, x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
+            outs = [
+                bptt_layer(self.cell, x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions
+            ]
         else:
             outs = [self._loop(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
