@@ -51,23 +51,27 @@ def aclimdb_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture()
-def tiny_args(parquet_dir, tmp_path) -> list[str]:
-    """CLI arguments for a fast run of configs/base.yaml on the tiny parquet data, all output in tmp_path."""
+def tiny_cli_args(dataset: Path, root: Path) -> list[str]:
+    """CLI arguments for a fast run of configs/base.yaml on tiny data, all output under ``root``."""
     return [
         "--config", str(ROOT / "configs" / "base.yaml"),
-        "--data.dataset", str(parquet_dir),
-        "--data.cache_dir", str(tmp_path / "cache"),
+        "--data.dataset", str(dataset),
+        "--data.cache_dir", str(root / "cache"),
         "--data.vocab_size", "64",
         "--data.max_len", "24",
         "--data.batch_size", "16",
         "--model.embed_dim", "16",
         "--model.hidden_size", "8",
         "--trainer.max_epochs", "2",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
+
+
+@pytest.fixture()
+def tiny_args(parquet_dir, tmp_path) -> list[str]:
+    return tiny_cli_args(parquet_dir, tmp_path)
 
 
 ROOT = Path(__file__).resolve().parents[1]

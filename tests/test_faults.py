@@ -17,7 +17,7 @@ import torch
 from rnn_lightning.cli import RNNLightningCLI
 from rnn_lightning.data.sources import load_labelled
 from rnn_lightning.errors import InputError
-from tests.conftest import ROOT, make_reviews
+from tests.conftest import ROOT, make_reviews, tiny_cli_args
 from tests.test_cli import run_cli
 from tests.test_data import make_dm
 
@@ -274,10 +274,7 @@ def test_vocabulary_larger_than_the_words_warns_and_trains(tiny_args, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_ckpt(parquet_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    args = ["--config", str(ROOT / "configs" / "base.yaml"), "--data.dataset", str(parquet_dir), "--data.cache_dir", str(root / "cache"),
-            "--data.vocab_size", "64", "--data.max_len", "24", "--data.batch_size", "16", "--model.embed_dim", "16",
-            "--model.hidden_size", "8", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root),
-            "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    args = [*tiny_cli_args(parquet_dir, root), "--trainer.max_epochs", "1"]
     run_cli("fit", *args)
     return args, ckpt_dir(root) / "last.ckpt"
 

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rnn_lightning.errors import InputError
 from rnn_lightning.inference import SentimentPredictor
 from rnn_lightning.serving import ExportedPredictor
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_cli_args
 from tests.test_cli import run_cli
 
 REVIEWS = [
@@ -29,12 +29,14 @@ def trained(parquet_dir, tmp_path_factory):
     """A tiny model fitted and tested once through the CLI: (run directory, base CLI args, best checkpoint)."""
     root = tmp_path_factory.mktemp("trained")
     args = [
-        "--config", str(ROOT / "configs" / "base.yaml"), "--data.dataset", str(parquet_dir),
-        "--data.cache_dir", str(root / "cache"), "--data.vocab_size", "64", "--data.max_len", "24",
-        "--data.batch_size", "16", "--model.embed_dim", "16", "--model.hidden_size", "8",
-        "--model.pooling", "max", "--optimizer.init_args.lr", "0.02", "--trainer.max_epochs", "8", "--trainer.default_root_dir", str(root),
-        "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
+        *tiny_cli_args(parquet_dir, root),
+        "--model.pooling",
+        "max",
+        "--optimizer.init_args.lr",
+        "0.02",
+        "--trainer.max_epochs",
+        "8",
+    ]
     run_cli("fit", *args)
     run_dir = root / "lightning_logs" / "version_0"
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
