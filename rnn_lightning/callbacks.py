@@ -1,4 +1,4 @@
-"""Callbacks: prediction file writer, hyperparameters with final metrics for TensorBoard."""
+"""Callbacks: prediction file writer, hyperparameters with final metrics for TensorBoard, LR suggestion."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateFinder
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning.errors import InputError
@@ -90,3 +90,37 @@ class HParamsWithMetrics(Callback):
             metrics["hp/best_val_acc"] = float(ckpt.best_model_score)
         params = {**dict(pl_module.hparams), **{f"data.{k}": v for k, v in trainer.datamodule.hparams.items()}}
         trainer.logger.log_hyperparams({k: ("None" if v is None else v) for k, v in params.items()}, metrics)
+
+
+class LearningRateSuggestion(LearningRateFinder):
+    """Lightning's learning-rate finder at the start of ``fit``, reporting rather than applying.
+
+    The learning rate lives in the optimizer's config (``--optimizer.init_args.lr``), not in the
+    model, so Lightning's finder cannot set it; this one prints the suggestion and saves the
+    loss-versus-learning-rate plot as ``lr_finder.png`` in the run directory. Training then goes on.
+    """
+
+    def __init__(self, min_lr: float = 1e-6, max_lr: float = 1.0, num_training_steps: int = 100) -> None:
+        super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, update_attr=False)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        finder = self.optimal_lr
+        if finder is None or not trainer.is_global_zero:
+            return
+        lr = finder.suggestion()
+        out = Path(trainer.log_dir or trainer.default_root_dir) / "lr_finder.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig = finder.plot(suggest=lr is not None)
+        fig.savefig(out)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        if lr is None:
+            rank_zero_info(
+                f"The learning-rate finder has no suggestion (too few steps, or the loss diverged); plot: {out}"
+            )
+        else:
+            rank_zero_info(
+                f"Suggested learning rate: {lr:.3g} (use it with --optimizer.init_args.lr {lr:.3g}); plot: {out}"
+            )

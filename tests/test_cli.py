@@ -1,5 +1,6 @@
 """The command line, end to end on tiny data: fit -> test -> predict, configs, and one-line errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,12 @@ def test_aclimdb_folder_trains_through_the_cli(tiny_args, aclimdb_dir, tmp_path)
         "--trainer.accumulate_grad_batches", "2", "--trainer.gradient_clip_val", "1.0", "--trainer.precision", "bf16-mixed",
     )  # fmt: skip
     assert list(Path(tmp_path, "lightning_logs", "version_0", "checkpoints").glob("last.ckpt"))
+
+
+def test_learning_rate_finder_runs_from_the_cli(tiny_args, tmp_path):
+    proc = run_cli(
+        "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.callbacks.LearningRateSuggestion",
+        "--trainer.callbacks.num_training_steps=30", "--trainer.max_epochs", "1", "--data.batch_size", "2",
+    )  # fmt: skip
+    assert re.search(r"Suggested learning rate: [\d.e-]+", proc.stdout + proc.stderr)
+    assert (tmp_path / "lightning_logs" / "version_0" / "lr_finder.png").exists()
