@@ -10,15 +10,14 @@ python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + token
 import argparse
 import inspect
 import json
-import math
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from rnn_lightning.data.tokenizer import encode
 from rnn_lightning.errors import InputError
 from rnn_lightning.models.classifier import SentimentClassifier
+from rnn_lightning.serving import probabilities
 
 
 class SentimentPredictor:
@@ -52,15 +51,8 @@ class SentimentPredictor:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[float]:
-        keep = [i for i, t in enumerate(texts) if t.strip()]
-        probs = [math.nan] * len(texts)
         device = next(self.net.parameters()).device
-        for start in range(0, len(keep), self.batch_size):
-            rows = keep[start : start + self.batch_size]
-            ids = torch.from_numpy(encode(self.tokenizer, [texts[i] for i in rows])).long().to(device)
-            for i, p in zip(rows, torch.sigmoid(self.net(ids)).tolist(), strict=True):
-                probs[i] = p
-        return probs
+        return probabilities(texts, self.tokenizer, lambda ids: self.net(ids.to(device)), self.batch_size)
 
     def export(self, out_dir: str) -> Path:
         """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.

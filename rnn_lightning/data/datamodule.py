@@ -86,6 +86,19 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return fit_idx, val_idx
 
 
+def encode_splits(
+    tokenizer: Tokenizer, raw: dict, fit_idx: np.ndarray, val_idx: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Raw ``train``/``test`` (texts, labels) -> {"fit", "val", "test": (ids (N, T), labels (N,))}."""
+    (train_texts, train_labels), (test_texts, test_labels) = raw["train"], raw["test"]
+    train_ids = encode(tokenizer, train_texts)
+    return {
+        "fit": (train_ids[fit_idx], train_labels[fit_idx]),
+        "val": (train_ids[val_idx], train_labels[val_idx]),
+        "test": (encode(tokenizer, test_texts), test_labels),
+    }
+
+
 class IMDBDataModule(LightningDataModule):
     """IMDB reviews, tokenized once and cached on disk.
 
@@ -197,12 +210,11 @@ class IMDBDataModule(LightningDataModule):
             rank_zero_info(
                 f"data.vocab_size is {self.vocab_size} but the training reviews hold only {learned} distinct tokens; ids above stay unused"
             )
-        train_ids = encode(tokenizer, train_texts)
         arrays = {
-            "fit_ids": train_ids[fit_idx], "fit_labels": train_labels[fit_idx],
-            "val_ids": train_ids[val_idx], "val_labels": train_labels[val_idx],
-            "test_ids": encode(tokenizer, test_texts), "test_labels": test_labels,
-        }  # fmt: skip
+            f"{split}_{kind}": a
+            for split, pair in encode_splits(tokenizer, raw, fit_idx, val_idx).items()
+            for kind, a in zip(("ids", "labels"), pair, strict=True)
+        }
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         # Written to a temporary folder and renamed: a crash or a second process never sees half a cache.
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
@@ -264,14 +276,8 @@ class IMDBDataModule(LightningDataModule):
             rank_zero_info("The checkpoint's tokenizer differs from the cached one: encoding the data again with it")
             raw = sources.load_labelled(self.dataset)
             fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed)
-            ids = encode(self.tokenizer, raw["train"][0])
-            labels = raw["train"][1]
-            test_texts, test_labels = raw["test"]
-            self.splits = {
-                "fit": TokenizedReviews(ids[fit_idx], labels[fit_idx]),
-                "val": TokenizedReviews(ids[val_idx], labels[val_idx]),
-                "test": TokenizedReviews(encode(self.tokenizer, test_texts), test_labels),
-            }
+            encoded = encode_splits(self.tokenizer, raw, fit_idx, val_idx)
+            self.splits = {split: TokenizedReviews(ids, labels) for split, (ids, labels) in encoded.items()}
             self._encoded_with = tokenizer_json
 
     # ---------------------------------------------------------------- loaders
