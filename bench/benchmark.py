@@ -41,6 +41,12 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
+def summary(name: str, epochs: list[dict]) -> tuple[str, float, float, int]:
+    """A table row from per-epoch JSON lines: name, train s/epoch, eval s/epoch, reviews/epoch."""
+    train = median_after_first([e["train_s"] for e in epochs])
+    return name, train, median_after_first([e["val_s"] for e in epochs]), epochs[-1]["reviews"]
+
+
 def tf_epochs(python: str, anchors: Path, epochs: int, no_val: bool) -> list[float]:
     npz = Path(tempfile.gettempdir()) / "imdb_keras.npz"
     if not npz.exists():
@@ -110,25 +116,10 @@ def main() -> None:
             + (["--bf16"] if bf16 else []),
             env={"PYTHONPATH": str(ROOT)},
         )
-        ep = events(out, "epoch")
-        rows.append(
-            (
-                f"bare PyTorch loop, {precision}",
-                median_after_first([e["train_s"] for e in ep]),
-                median_after_first([e["val_s"] for e in ep]),
-                ep[-1]["reviews"],
-            )
-        )
+        rows.append(summary(f"bare PyTorch loop, {precision}", events(out, "epoch")))
         out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
         ep = events(out, "epoch")
-        rows.append(
-            (
-                f"cli.py fit configs/base.yaml, {precision}",
-                median_after_first([e["train_s"] for e in ep]),
-                median_after_first([e["val_s"] for e in ep]),
-                ep[-1]["reviews"],
-            )
-        )
+        rows.append(summary(f"cli.py fit configs/base.yaml, {precision}", ep))
         notes.append(
             f"fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
         )

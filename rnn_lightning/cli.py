@@ -111,12 +111,12 @@ class RNNLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         self._resolve_named_checkpoint()
         self._continue_run()
-        self._check_checkpoint()
+        self._default_weights_only()
         self._check_output_dirs()
 
     def before_validate(self) -> None:
         self._resolve_named_checkpoint()
-        self._check_checkpoint()
+        self._default_weights_only()
 
     before_test = before_predict = before_validate
 
@@ -140,6 +140,7 @@ class RNNLightningCLI(LightningCLI):
                 f"ckpt_path: {name!r} but no run under {root} has checkpoints/{pattern}; pass a checkpoint's path"
             )
         cfg["ckpt_path"] = str(max(found, key=lambda p: (_version_number(p.parents[1].name), p.stat().st_mtime)))
+        check_checkpoint(cfg["ckpt_path"])  # explicit paths were checked in _parse_ckpt_path
         rank_zero_info(f"ckpt_path {name!r}: {cfg['ckpt_path']}")
 
     def _continue_run(self) -> None:
@@ -170,13 +171,10 @@ class RNNLightningCLI(LightningCLI):
                 check_checkpoint(path)
         super()._parse_ckpt_path()
 
-    def _check_checkpoint(self) -> None:
+    def _default_weights_only(self) -> None:
         cfg = self._run_args()
         if cfg.get("weights_only") is None:
             cfg["weights_only"] = True  # rnn-lightning checkpoints hold tensors and plain types only
-        path = cfg.get("ckpt_path")
-        if path and Path(path).is_file():  # e.g. "last" resolved to a file above
-            check_checkpoint(path)
 
     def _check_output_dirs(self) -> None:
         """Fail before training if run logs and checkpoints cannot be written, or the disk is nearly full."""
