@@ -133,3 +133,59 @@ def test_bad_model_values_name_the_field(kwargs, field):
 
     with pytest.raises(InputError, match=field):
         SentimentClassifier(**kwargs)
+
+
+def test_masked_embedding_is_embedding_times_mask_in_float32():
+    from rnn_lightning.models.components.masked import masked_embedding
+
+    torch.manual_seed(0)
+    weight = torch.randn(20, 6, requires_grad=True)
+    tokens = torch.randint(0, 20, (9, 4))
+    tokens[:3, 0] = 0  # padding
+    mask = torch.rand(1, 4, 6).round() * 2
+    upstream = torch.randn(9, 4, 6)
+    ours = masked_embedding(tokens, weight, mask, padding_idx=0)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), weight)
+    ref = torch.nn.functional.embedding(tokens, weight, padding_idx=0) * mask
+    (grad_ref,) = torch.autograd.grad((ref * upstream).sum(), weight)
+    assert torch.equal(ours, ref)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-6, rtol=0)
+    assert torch.all(grad_ours[0] == 0)  # the pad row never learns
+
+
+def test_bf16_embedding_gradient_is_summed_in_float32():
+    """A frequent token's gradient is the sum of thousands of small terms: bfloat16 sums would stall."""
+    from rnn_lightning.models.components.masked import masked_embedding
+
+    weight = torch.randn(5, 8, requires_grad=True)
+    tokens = torch.full((80, 1024), 3)
+    out = masked_embedding(tokens, weight, None, padding_idx=0, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad(out, weight, grad_outputs=torch.full_like(out, 1e-3))
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad[3], torch.full((8,), 80 * 1024 * 1e-3), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_bf16_autocast_stays_close_to_float32(cell):
+    """Under bf16 autocast (the fast CPU path) outputs and gradients stay within bfloat16's precision of
+    the float32 reference, and every gradient arrives in float32."""
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
+    ref = SentimentRNN(**kwargs, implementation="autograd")
+    fast = SentimentRNN(**kwargs, implementation="bptt")
+    fast.load_state_dict(ref.state_dict())
+    tokens = torch.randint(1, 50, (32, 20))
+    results = []
+    for net, bf16 in ((ref, False), (fast, True)):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(tokens).float()
+        (logits * torch.randn(32, generator=torch.Generator().manual_seed(2))).sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    (out_ref, grads_ref), (out_fast, grads_fast) = results
+    torch.testing.assert_close(out_fast, out_ref, atol=2e-2, rtol=0)
+    for name, g in grads_ref.items():
+        assert grads_fast[name].dtype == torch.float32
+        rel = (grads_fast[name] - g).norm() / g.norm()
+        assert rel < 5e-2, f"{name}: relative error {rel:.3g}"

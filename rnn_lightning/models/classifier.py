@@ -134,9 +134,23 @@ class SentimentClassifier(LightningModule):
             self.test_curves.update(logits.detach().sigmoid(), labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log a stage's epoch metrics; Lightning computes them (synced across processes) and resets them.
+
+        Logged once per epoch from the epoch-end hooks, not from every step with ``on_epoch=True``:
+        the result is the same, and each ``self.log`` of a metric costs ~1 ms of Python, ~5% of a
+        base-model training step on a 2-core CPU.
+        """
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage != "train")
+        self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage != "train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         loss = self._step(batch, "train")
@@ -169,6 +183,7 @@ class SentimentClassifier(LightningModule):
         self._step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
         curves = self.test_curves
         figures = {
             "test/confusion_matrix": curves["confusion_matrix"].plot(labels=["neg", "pos"])[0],

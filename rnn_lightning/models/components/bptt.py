@@ -161,17 +161,19 @@ class _LSTM(torch.autograd.Function):
         return _weight_grads(ctx, dgates, x, hs, w_ih)
 
 
-def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None) -> Tensor:
-    """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: ~3x faster on CPUs with AVX512-BF16) if given."""
+def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
+    """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: ~3x faster on CPUs with AVX512-BF16) if given;
+    the result in float32 unless ``keep_lowp``."""
     if lowp is None:
         return a @ b
-    return (a.to(lowp) @ b.to(lowp)).float()
+    out = a.to(lowp) @ b.to(lowp)
+    return out if keep_lowp else out.float()
 
 
 def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None) -> tuple[Tensor, Tensor]:
     """Input projections of all steps as one GEMM: x (T, B, in) -> x as saved for backward, (T, B, G*H)."""
     T, B, _ = x.shape
-    x = x if lowp is None else x.to(lowp)  # saved in lowp too: the weight gradient GEMM reads it so
+    x = x if lowp is None else x.to(lowp)  # (usually lowp already) saved so: the weight gradient GEMM reads it so
     return x, _mm(x.reshape(T * B, -1), w.t(), lowp).add_(b).view(T, B, -1)
 
 
@@ -189,7 +191,8 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
     if lowp is not None:  # cast each operand once, not once per GEMM
         flat_i = flat_i.to(lowp)
         flat_h = flat_i if dgh is dgi else flat_h.to(lowp)
-    dx = _mm(flat_i, w_ih, lowp).view(T, B, -1) if need[0] else None
+    # dx in x's dtype: under autocast x is lowp, and its producer (masked.py) takes a lowp gradient.
+    dx = _mm(flat_i, w_ih, lowp, keep_lowp=x.dtype == lowp).view(T, B, -1) if need[0] else None
     dw_ih = _mm(flat_i.t(), x.reshape(T * B, -1), lowp) if need[1] else None
     dw_hh = _mm(flat_h.t(), hs[:-1].reshape(T * B, -1), lowp) if need[2] else None
     return dx, dw_ih, dw_hh, db_ih, db_hh, None
@@ -204,13 +207,13 @@ def bptt_layer(
     """One direction of a recurrent layer: x (T, B, in) -> outputs (T, B, H), zero initial state.
 
     Under autocast (e.g. Lightning's ``precision: bf16-mixed``) the large input and weight-gradient
-    GEMMs run in the autocast dtype; the recurrence itself always stays in float32, where its
-    80 chained steps keep their precision.
+    GEMMs run in the autocast dtype (x, best given in that dtype already, gets its gradient in it);
+    the recurrence itself always stays in float32, where its 80 chained steps keep their precision.
     """
     device = x.device.type
     lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     with torch.autocast(device, enabled=False):
-        x = x.float() if lowp is not None else x
+        x = x.to(lowp) if lowp is not None else x  # a no-op when the network made x in lowp
         if reverse:
             return _FUNCTIONS[cell].apply(x.flip(0), w_ih, w_hh, b_ih, b_hh, lowp).flip(0)
         return _FUNCTIONS[cell].apply(x, w_ih, w_hh, b_ih, b_hh, lowp)

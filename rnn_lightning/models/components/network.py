@@ -5,6 +5,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rnn_lightning.models.components.masked import masked_cast, masked_embedding
 from rnn_lightning.models.components.recurrent import Cell, Implementation, RecurrentLayer
 
 Pooling = Literal["last", "max", "mean", "max_mean"]
@@ -54,16 +55,30 @@ class SentimentRNN(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) int ids, padded at the front -> logits (B,)."""
-        x = self.embedding(tokens.t())  # (T, B, E): time-major, so each step is one contiguous block
-        for layer in self.layers:
-            if self.training and self.dropout > 0:
-                keep = 1.0 - self.dropout
-                mask = (
-                    x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep, generator=self.generator).div_(keep)
-                )  # (1, B, in)
-                x = x * mask
+        device = tokens.device.type
+        # Under autocast (precision: bf16-mixed) the inputs of the recurrent layers are made in the
+        # autocast dtype directly, masked while gathered or cast (see masked.py); the recurrences
+        # themselves decide what runs in which precision.
+        lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        x = masked_embedding(  # (T, B, E): time-major, so each step is one contiguous block
+            tokens.t(), self.embedding.weight, self._dropout_mask(tokens.shape[0], 0), self.pad_id, lowp
+        )
+        for i, layer in enumerate(self.layers):
+            mask = self._dropout_mask(tokens.shape[0], i) if i else None
+            if mask is not None:
+                x = masked_cast(x, mask, lowp)
             x = layer(x, self.implementation)  # (T, B, D*H)
         return self.head(self._pool(x, tokens)).squeeze(-1)
+
+    def _dropout_mask(self, batch: int, layer: int) -> Tensor | None:
+        """Input dropout before layer ``layer``: (1, B, in), one draw per review and feature, or None."""
+        if not (self.training and self.dropout > 0):
+            return None
+        width = self.embedding.embedding_dim if layer == 0 else self.layers[layer - 1].output_size
+        weight = self.embedding.weight
+        keep = 1.0 - self.dropout
+        mask = torch.empty(1, batch, width, dtype=weight.dtype, device=weight.device)
+        return mask.bernoulli_(keep, generator=self.generator).div_(keep)
 
     def _pool(self, x: Tensor, tokens: Tensor) -> Tensor:
         """x (T, B, D*H) -> (B, D*H)."""

@@ -1,0 +1,66 @@
+"""The network's input path under mixed precision: gather, dropout mask and cast in as few passes as possible.
+
+Why this exists: the tensors feeding the recurrent layers are the largest of a training step
+(80 x 1024 x 100 floats, 33 MB for the base model, more than this CPU's L3 cache), so every pass over
+them is a trip to main memory. ``F.embedding`` then ``x * mask`` then autocast's cast to bfloat16
+makes three such passes forward and three back. Here, under autocast, the embedding rows are gathered
+straight from a bfloat16 copy of the table and masked in place (half the bytes, one pass), and the
+dropout mask between layers is applied while casting. The embedding's gradient is still summed in
+float32: summing thousands of a frequent token's gradients in bfloat16 loses them (see the tests).
+
+Without autocast (``dtype`` float32) both ops compute exactly ``F.embedding(tokens, w) * mask``.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class _MaskedEmbedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tokens: Tensor, weight: Tensor, mask: Tensor | None, padding_idx: int, dtype: torch.dtype):
+        out = F.embedding(tokens, weight.to(dtype))
+        if mask is not None:
+            out.mul_(mask.to(dtype))
+        ctx.save_for_backward(tokens, mask)
+        ctx.num_weights, ctx.padding_idx, ctx.weight_dtype = weight.shape[0], padding_idx, weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        tokens, mask = ctx.saved_tensors
+        if mask is not None:
+            grad = grad * mask.to(grad.dtype)
+        grad_weight = torch.ops.aten.embedding_dense_backward(
+            grad.float(), tokens, ctx.num_weights, ctx.padding_idx, False
+        )  # summed in float32 whatever the compute dtype
+        return None, grad_weight.to(ctx.weight_dtype), None, None, None
+
+
+class _MaskedCast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor, dtype: torch.dtype):
+        ctx.save_for_backward(mask)
+        return torch.mul(x, mask, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask.to(grad.dtype), None, None  # autograd casts it to x's dtype
+
+
+def masked_embedding(
+    tokens: Tensor, weight: Tensor, mask: Tensor | None, padding_idx: int, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``(F.embedding(tokens, weight) * mask)`` in ``dtype`` (default: the weight's); the pad row gets no gradient.
+
+    tokens (T, B); mask broadcastable to (T, B, E), e.g. (1, B, E), or None.
+    """
+    return _MaskedEmbedding.apply(tokens, weight, mask, padding_idx, dtype or weight.dtype)
+
+
+def masked_cast(x: Tensor, mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``(x * mask).to(dtype)`` in one pass over x."""
+    if dtype is None or dtype == x.dtype:
+        return x * mask
+    return _MaskedCast.apply(x, mask, dtype)
