@@ -36,7 +36,7 @@ class _RNNTanh(torch.autograd.Function):
         H = w_hh.shape[1]
         x, gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
         w_hh2 = _scaled(w_hh, None).t()
-        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)  # hs[t + 1] = h_t; hs[0] = initial state
+        hs = _states(T, B, H, x.device)  # hs[t + 1] = h_t; hs[0] = initial state (zero)
         for t in range(T):
             h = hs[t + 1]
             torch.sigmoid(gi[t].addmm_(hs[t], w_hh2), out=h)  # in place: addmm with out= would copy gi[t] first
@@ -72,7 +72,7 @@ class _GRU(torch.autograd.Function):
         n_rows = slice(2 * H, 3 * H)
         x, gi = _project(x, _scaled(w_ih, n_rows), _scaled(b_ih, n_rows), lowp)
         w_hh2, b_hh2 = _scaled(w_hh, n_rows).t(), _scaled(b_hh, n_rows)
-        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
+        hs = _states(T, B, H, x.device)
         gates = torch.empty(T, B, 3 * H, dtype=torch.float32, device=x.device)  # r, z, n after activation
         ghn = torch.empty(T, B, H, dtype=torch.float32, device=x.device)  # W_hn h + b_hn (times 2)
         gh = torch.empty(B, 3 * H, dtype=torch.float32, device=x.device)
@@ -121,8 +121,8 @@ class _LSTM(torch.autograd.Function):
         g_rows = slice(2 * H, 3 * H)
         x, gates = _project(x, _scaled(w_ih, g_rows), _scaled(b_ih + b_hh, g_rows), lowp)  # -> i, f, g, o in place
         w_hh2 = _scaled(w_hh, g_rows).t()
-        hs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
-        cs = x.new_zeros(T + 1, B, H, dtype=torch.float32)
+        hs = _states(T, B, H, x.device)
+        cs = _states(T, B, H, x.device)
         tcs = torch.empty(T, B, H, dtype=torch.float32, device=x.device)  # tanh(c_t)
         for t in range(T):
             g = gates[t]
@@ -161,6 +161,14 @@ class _LSTM(torch.autograd.Function):
         return _weight_grads(ctx, dgates, x, hs, w_ih)
 
 
+def _states(T: int, B: int, H: int, device: torch.device) -> Tensor:
+    """(T + 1, B, H) float32 states with a zero initial state; the rest is written by the loop
+    (zeroing all of it would be one more pass over a tensor larger than the CPU's caches)."""
+    states = torch.empty(T + 1, B, H, dtype=torch.float32, device=device)
+    states[0].zero_()
+    return states
+
+
 def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
     """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: ~3x faster on CPUs with AVX512-BF16) if given;
     the result in float32 unless ``keep_lowp``."""
@@ -173,8 +181,11 @@ def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False)
 def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None) -> tuple[Tensor, Tensor]:
     """Input projections of all steps as one GEMM: x (T, B, in) -> x as saved for backward, (T, B, G*H)."""
     T, B, _ = x.shape
-    x = x if lowp is None else x.to(lowp)  # (usually lowp already) saved so: the weight gradient GEMM reads it so
-    return x, _mm(x.reshape(T * B, -1), w.t(), lowp).add_(b).view(T, B, -1)
+    if lowp is None:
+        return x, torch.addmm(b, x.reshape(T * B, -1), w.t()).view(T, B, -1)
+    x = x.to(lowp)  # (usually lowp already) saved so: the weight gradient GEMM reads it so
+    # The bias joins the low-precision GEMM, as autocast does for nn.Linear: one pass less over the output.
+    return x, torch.addmm(b.to(lowp), x.reshape(T * B, -1), w.t().to(lowp)).float().view(T, B, -1)
 
 
 def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None):
