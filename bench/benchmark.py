@@ -4,7 +4,7 @@
         [--tf-python /tmp/tf-venv/bin/python --anchors ../shared/anchors]
 
 Runs each program alone, one after another, on this machine, and prints medians over epochs 2..N
-(the first epoch carries warm-up and graph tracing) and ratios. Compare ratios from one run, not
+(the first epoch carries warm-up and graph tracing), pooled over --rounds, and ratios. Compare ratios from one run, not
 seconds across runs. The TensorFlow program is optional (see ../shared/anchors/README.md to install it).
 Also: tokenizer training + encoding of all 50,000 labelled reviews, time to the first training step
 with a cold and a warm token cache, and resident memory per epoch of `fit`.
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TF = "TensorFlow tutorial program (seed_tf.py)"
 
 
 def run(cmd: list[str], env: dict | None = None) -> str:
@@ -35,16 +36,6 @@ def run(cmd: list[str], env: dict | None = None) -> str:
 def events(out: str, kind: str) -> list[dict]:
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return [r for r in rows if r.get("event") == kind]
-
-
-def median_after_first(values: list[float]) -> float:
-    return statistics.median(values[1:] if len(values) > 1 else values)
-
-
-def summary(name: str, epochs: list[dict]) -> tuple[str, float, float, int]:
-    """A table row from per-epoch JSON lines: name, train s/epoch, eval s/epoch, reviews/epoch."""
-    train = median_after_first([e["train_s"] for e in epochs])
-    return name, train, median_after_first([e["val_s"] for e in epochs]), epochs[-1]["reviews"]
 
 
 def tf_epochs(python: str, anchors: Path, epochs: int, no_val: bool) -> list[float]:
@@ -72,9 +63,9 @@ def main() -> None:
     p.add_argument("--tf-python", help="a Python with tensorflow-cpu and tf-keras; omit to skip TensorFlow")
     p.add_argument("--anchors", default=str(ROOT.parent / "shared" / "anchors"))
     p.add_argument("--precisions", default="32-true,bf16-mixed")
+    p.add_argument("--rounds", type=int, default=1, help="run the programs in turn this many times; pool the epochs")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rnn-bench-"))
-    rows: list[tuple[str, float, float, int]] = []  # name, train s/epoch, eval s/epoch, reviews/epoch
     notes: list[str] = []
 
     # Tokenization and start-up.
@@ -101,28 +92,55 @@ def main() -> None:
             f"{label}: first training step {first['wall'] - t0:.1f} s after launch, {first['since_cli']:.1f} s after the CLI was built (imports and parsing excluded)"
         )
 
-    if args.tf_python:
-        tf_train = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=True)
-        tf_full = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=False)
-        t_train = median_after_first(tf_train)
-        rows.append(
-            ("TensorFlow tutorial program (seed_tf.py)", t_train, median_after_first(tf_full) - t_train, 24 * 1024)
-        )
+    # Programs run one after another, the whole sequence --rounds times: this VM's speed drifts by
+    # 10-20% over minutes, and interleaving spreads the drift over all programs alike.
+    runs: dict[str, dict] = {}  # name -> {"train": [...], "eval": [...], "reviews": n}
 
-    for precision in args.precisions.split(","):
-        bf16 = precision.startswith("bf16")
-        out = run(
-            [sys.executable, "-m", "bench.bare_loop", "--data", args.data, "--epochs", str(args.epochs)]
-            + (["--bf16"] if bf16 else []),
-            env={"PYTHONPATH": str(ROOT)},
-        )
-        rows.append(summary(f"bare PyTorch loop, {precision}", events(out, "epoch")))
-        out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
-        ep = events(out, "epoch")
-        rows.append(summary(f"cli.py fit configs/base.yaml, {precision}", ep))
-        notes.append(
-            f"fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
-        )
+    def add(name: str, train: list[float], ev: list[float], reviews: int) -> None:
+        run_ = runs.setdefault(name, {"train": [], "eval": [], "reviews": reviews, "rounds": []})
+        run_["train"] += train[1:] if len(train) > 1 else train  # the first epoch carries warm-up
+        run_["rounds"].append(statistics.median(train[1:] if len(train) > 1 else train))
+        run_["eval"] += ev[1:] if len(ev) > 1 else ev
+
+    for round_ in range(args.rounds):
+        if args.tf_python:
+            tf_train = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=True)
+            tf_full = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=False)
+            # Its evaluation time: epochs with validation minus epochs without (medians, at the end).
+            add(TF, tf_train, [], 24 * 1024)
+            add(TF + " with validation", tf_full, [], 24 * 1024)
+        for precision in args.precisions.split(","):
+            bf16 = precision.startswith("bf16")
+            out = run(
+                [sys.executable, "-m", "bench.bare_loop", "--data", args.data, "--epochs", str(args.epochs)]
+                + (["--bf16"] if bf16 else []),
+                env={"PYTHONPATH": str(ROOT)},
+            )
+            ep = events(out, "epoch")
+            add(
+                f"bare PyTorch loop, {precision}",
+                [e["train_s"] for e in ep],
+                [e["val_s"] for e in ep],
+                ep[-1]["reviews"],
+            )
+            out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
+            ep = events(out, "epoch")
+            add(
+                f"cli.py fit configs/base.yaml, {precision}",
+                [e["train_s"] for e in ep],
+                [e["val_s"] for e in ep],
+                ep[-1]["reviews"],
+            )
+            notes.append(
+                f"round {round_ + 1}, fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; "
+                f"val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
+            )
+    tf_full = runs.pop(TF + " with validation", None)
+    rows = []
+    for name, r in runs.items():
+        train = statistics.median(r["train"])
+        ev = statistics.median(tf_full["train"]) - train if name == TF else statistics.median(r["eval"])
+        rows.append((name, train, ev, r["reviews"]))
 
     ref = rows[0][1] / rows[0][3]
     print(
@@ -132,6 +150,9 @@ def main() -> None:
     for name, train, ev, n in rows:
         print(f"| {name} | {train:.2f} | {n} | {1e6 * train / n:.1f} | {train / n / ref:.2f}x | {ev:.2f} |")
     print()
+    notes += [
+        f"{name}: train s/epoch, median of each round {[round(v, 2) for v in r['rounds']]}" for name, r in runs.items()
+    ]
     for note in notes:
         print("-", note)
 
