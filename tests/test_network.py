@@ -125,6 +125,7 @@ def test_predict_step_returns_probabilities():
         ({"cell": "transformer"}, "model.cell"),
         ({"vocab_size": 2}, "model.vocab_size"),
         ({"dropout": 1.0}, "model.dropout"),
+        ({"word_dropout": -0.1}, "model.word_dropout"),
         ({"num_layers": 0}, "model.num_layers"),
     ],
 )
@@ -189,3 +190,20 @@ def test_bf16_autocast_stays_close_to_float32(cell):
         assert grads_fast[name].dtype == torch.float32
         rel = (grads_fast[name] - g).norm() / g.norm()
         assert rel < 5e-2, f"{name}: relative error {rel:.3g}"
+
+
+def test_word_dropout_hides_words_while_training_only():
+    """Each of 200 distinct words appears once: about half get no gradient with word_dropout 0.5,
+    all of them with 0, and evaluation sees every word."""
+    torch.manual_seed(0)
+    tokens = torch.arange(1, 201).view(4, 50)
+    learned = {}
+    for p in (0.0, 0.5):
+        net = SentimentRNN(vocab_size=201, embed_dim=8, hidden_size=6, num_layers=1, dropout=0.0, word_dropout=p)
+        net(tokens).sum().backward()
+        learned[p] = int((net.embedding.weight.grad.abs().sum(1) > 0).sum())
+        net.eval()
+        with torch.no_grad():
+            assert torch.equal(net(tokens), net(tokens))  # no randomness at evaluation
+    assert learned[0.0] == 200
+    assert 70 < learned[0.5] < 130

@@ -35,6 +35,7 @@ class SentimentClassifier(LightningModule):
             same results, different speed.
         on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
             step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
+        word_dropout: probability of replacing each token of a training review by padding.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class SentimentClassifier(LightningModule):
         pooling: Pooling = "last",
         implementation: Implementation = "auto",
         on_nonfinite: Literal["stop", "skip"] = "stop",
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_choice("model.cell", cell, Cell)
@@ -64,8 +66,9 @@ class SentimentClassifier(LightningModule):
         ]:
             if value < low:
                 raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
-        if not 0.0 <= dropout < 1.0:
-            raise InputError(f"model.dropout: expected a number in [0, 1), got {dropout}")
+        for name, value in (("dropout", dropout), ("word_dropout", word_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise InputError(f"model.{name}: expected a number in [0, 1), got {value}")
         if not 0 <= pad_id < vocab_size:
             raise InputError(f"model.pad_id: expected an id in [0, vocab_size={vocab_size}), got {pad_id}")
         self.save_hyperparameters()
@@ -82,6 +85,7 @@ class SentimentClassifier(LightningModule):
             pooling,
             pad_id,
             implementation,
+            word_dropout,
         )
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})

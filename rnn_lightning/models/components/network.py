@@ -16,6 +16,8 @@ class SentimentRNN(nn.Module):
 
     ``dropout`` is Keras' input dropout: before every recurrent layer, one mask per review,
     reused at every time step (a per-step mask would erase a different part of the signal each step).
+    ``word_dropout`` replaces each real token by padding (a zero vector) with that probability while
+    training, so the model cannot lean on a few memorable words (names, titles) of a review.
     ``pooling`` reduces the last layer's outputs over time: ``last`` is the final state (for a
     bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding, ``max_mean``
     concatenates the two.
@@ -33,9 +35,11 @@ class SentimentRNN(nn.Module):
         pooling: Pooling = "last",
         pad_id: int = 0,
         implementation: Implementation = "auto",
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.dropout, self.pooling, self.pad_id, self.implementation = dropout, pooling, pad_id, implementation
+        self.word_dropout = word_dropout
         self.generator: torch.Generator | None = None  # dropout masks; the global RNG when None
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
@@ -60,8 +64,14 @@ class SentimentRNN(nn.Module):
         # autocast dtype directly, masked while gathered or cast (see masked.py); the recurrences
         # themselves decide what runs in which precision.
         lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        words = tokens
+        if self.training and self.word_dropout > 0:
+            drop = torch.empty(tokens.shape, device=tokens.device).bernoulli_(
+                self.word_dropout, generator=self.generator
+            )
+            words = tokens.masked_fill(drop.bool(), self.pad_id)  # pooling still sees the real length
         x = masked_embedding(  # (T, B, E): time-major, so each step is one contiguous block
-            tokens.t(), self.embedding.weight, self._dropout_mask(tokens.shape[0], 0), self.pad_id, lowp
+            words.t(), self.embedding.weight, self._dropout_mask(tokens.shape[0], 0), self.pad_id, lowp
         )
         for i, layer in enumerate(self.layers):
             mask = self._dropout_mask(tokens.shape[0], i) if i else None
