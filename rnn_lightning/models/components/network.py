@@ -77,8 +77,9 @@ class SentimentRNN(nn.Module):
             mask = self._dropout_mask(tokens.shape[0], i) if i else None
             if mask is not None:
                 x = masked_cast(x, mask, lowp)
-            x = layer(x, self.implementation)  # (T, B, D*H)
-        return self.head(self._pool(x, tokens)).squeeze(-1)
+            final = self.pooling == "last" and i == len(self.layers) - 1
+            x = layer(x, self.implementation, last_only=final)  # (T, B, D*H), or (B, D*H) if final
+        return self.head(x if self.pooling == "last" else self._pool(x, tokens)).squeeze(-1)
 
     def _dropout_mask(self, batch: int, layer: int) -> Tensor | None:
         """Input dropout before layer ``layer``: (1, B, in), one draw per review and feature, or None."""
@@ -91,12 +92,7 @@ class SentimentRNN(nn.Module):
         return mask.bernoulli_(keep, generator=self.generator).div_(keep)
 
     def _pool(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """x (T, B, D*H) -> (B, D*H)."""
-        if self.pooling == "last":
-            h = self.layers[-1].hidden_size
-            if x.shape[-1] == h:
-                return x[-1]
-            return torch.cat([x[-1, :, :h], x[0, :, h:]], dim=-1)  # reverse direction ends at t = 0
+        """x (T, B, D*H) -> (B, D*H), over the real (unpadded) steps: max, mean or both."""
         real = (tokens.t() != self.pad_id).unsqueeze(-1)  # (T, B, 1)
         pooled = []
         if self.pooling in ("max", "max_mean"):

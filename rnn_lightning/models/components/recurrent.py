@@ -73,24 +73,32 @@ class RecurrentLayer(nn.Module):
             b_hh,
         ]
 
-    def forward(self, x: Tensor, implementation: Implementation = "auto") -> Tensor:
+    def forward(self, x: Tensor, implementation: Implementation = "auto", last_only: bool = False) -> Tensor:
         """x (T, B, in) -> outputs (T, B, D*H), time-major; D = 2 when bidirectional.
 
         The reverse direction's output at step t has read x[t:], so its final state is at t = 0.
+        ``last_only``: return only each direction's final state, (B, D*H); the ``bptt``
+        implementation then stores and back-propagates nothing for the other steps' outputs.
         """
         if implementation == "auto":
             implementation = "fused" if x.is_cuda else "bptt"
-        if implementation == "fused":
-            return self._fused(x)
         if implementation == "bptt":
             from rnn_lightning.models.components.bptt import bptt_layer
 
             outs = [
-                bptt_layer(self.cell, x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions
+                bptt_layer(self.cell, x, *self.direction_weights(sfx), reverse=sfx != "", last_only=last_only)
+                for sfx in self.directions
             ]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if implementation == "fused":
+            out = self._fused(x)
         else:
             outs = [self._loop(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if not last_only:
+            return out
+        h = self.hidden_size
+        return out[-1] if len(self.directions) == 1 else torch.cat([out[-1, :, :h], out[0, :, h:]], dim=-1)
 
     def _fused(self, x: Tensor) -> Tensor:
         weights = [w for sfx in self.directions for w in self.direction_weights(sfx)]
