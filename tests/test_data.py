@@ -53,6 +53,9 @@ def test_validation_is_a_seeded_stratified_part_of_train(parquet_dir, tmp_path):
     a, b = stratified_split(labels, 0.2, seed=3), stratified_split(labels, 0.2, seed=3)
     assert np.array_equal(a[1], b[1]) and not np.array_equal(a[1], stratified_split(labels, 0.2, seed=4)[1])
     assert not set(a[0]) & set(a[1]) and len(a[0]) + len(a[1]) == 100
+    # A source sorted by label (IMDB's is) still gives validation batches with both classes.
+    _, val = stratified_split(np.array([0] * 500 + [1] * 500), 0.2, seed=0)
+    assert 0 < np.array([0] * 500 + [1] * 500)[val[:32]].sum() < 32
 
 
 def test_tokenizer_is_trained_on_the_fit_part_only(tmp_path):
