@@ -102,6 +102,10 @@ def main() -> None:
         run_["rounds"].append(statistics.median(train[1:] if len(train) > 1 else train))
         run_["eval"] += ev[1:] if len(ev) > 1 else ev
 
+    def add_epochs(name: str, epochs: list[dict]) -> None:
+        """add() from the per-epoch JSON lines of bench/bare_loop.py or bench/timing.py."""
+        add(name, [e["train_s"] for e in epochs], [e["val_s"] for e in epochs], epochs[-1]["reviews"])
+
     for round_ in range(args.rounds):
         if args.tf_python:
             tf_train = tf_epochs(args.tf_python, Path(args.anchors), args.epochs, no_val=True)
@@ -116,21 +120,10 @@ def main() -> None:
                 + (["--bf16"] if bf16 else []),
                 env={"PYTHONPATH": str(ROOT)},
             )
-            ep = events(out, "epoch")
-            add(
-                f"bare PyTorch loop, {precision}",
-                [e["train_s"] for e in ep],
-                [e["val_s"] for e in ep],
-                ep[-1]["reviews"],
-            )
+            add_epochs(f"bare PyTorch loop, {precision}", events(out, "epoch"))
             out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
             ep = events(out, "epoch")
-            add(
-                f"cli.py fit configs/base.yaml, {precision}",
-                [e["train_s"] for e in ep],
-                [e["val_s"] for e in ep],
-                ep[-1]["reviews"],
-            )
+            add_epochs(f"cli.py fit configs/base.yaml, {precision}", ep)
             notes.append(
                 f"round {round_ + 1}, fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; "
                 f"val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
