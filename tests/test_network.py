@@ -209,3 +209,22 @@ def test_word_dropout_hides_words_while_training_only():
             assert torch.equal(net(tokens), net(tokens))  # no randomness at evaluation
     assert learned[0.0] == 200
     assert 70 < learned[0.5] < 130
+
+
+@pytest.mark.parametrize("impl", ["fused", "autograd", "bptt"])
+def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl):
+    """The bf16 input path hands bfloat16 inputs to the layers: each implementation must take them."""
+    for cell in ("rnn", "gru", "lstm"):
+        for pooling in ("last", "max_mean"):
+            net = SentimentRNN(
+                vocab_size=50, embed_dim=16, cell=cell, hidden_size=8, num_layers=2,
+                bidirectional=True, pooling=pooling, implementation=impl,
+            )  # fmt: skip
+            tokens = torch.randint(1, 50, (4, 10))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = net(tokens)
+            logits.float().sum().backward()
+            assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+            net.eval()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                assert net(tokens).shape == (4,)
