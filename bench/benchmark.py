@@ -98,8 +98,9 @@ def main() -> None:
 
     def add(name: str, train: list[float], ev: list[float], reviews: int) -> None:
         run_ = runs.setdefault(name, {"train": [], "eval": [], "reviews": reviews, "rounds": []})
-        run_["train"] += train[1:] if len(train) > 1 else train  # the first epoch carries warm-up
-        run_["rounds"].append(statistics.median(train[1:] if len(train) > 1 else train))
+        kept = train[1:] if len(train) > 1 else train  # the first epoch carries warm-up
+        run_["train"] += kept
+        run_["rounds"].append(statistics.median(kept))
         run_["eval"] += ev[1:] if len(ev) > 1 else ev
 
     def add_epochs(name: str, epochs: list[dict]) -> None:

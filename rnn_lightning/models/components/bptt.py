@@ -41,7 +41,7 @@ class _RNNTanh(torch.autograd.Function):
     ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        x, gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
+        gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
         w_hh2 = _scaled(w_hh, None).t()
         hs = _states(T, B, H, x.device)  # hs[t + 1] = h_t; hs[0] = initial state (zero)
         gis, hss = gi.unbind(0), hs.unbind(0)  # per-step views made at once, not one indexing op per use
@@ -86,7 +86,7 @@ class _GRU(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         n_rows = slice(2 * H, 3 * H)
-        x, gi = _project(x, _scaled(w_ih, n_rows), _scaled(b_ih, n_rows), lowp)
+        gi = _project(x, _scaled(w_ih, n_rows), _scaled(b_ih, n_rows), lowp)
         w_hh2, b_hh2 = _scaled(w_hh, n_rows).t(), _scaled(b_hh, n_rows)
         hs = _states(T, B, H, x.device)
         gates = torch.empty(T, B, 3 * H, dtype=torch.float32, device=x.device)  # r, z, n after activation
@@ -151,7 +151,7 @@ class _LSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         g_rows = slice(2 * H, 3 * H)
-        x, gates = _project(x, _scaled(w_ih, g_rows), _scaled(b_ih + b_hh, g_rows), lowp)  # -> i, f, g, o in place
+        gates = _project(x, _scaled(w_ih, g_rows), _scaled(b_ih + b_hh, g_rows), lowp)  # -> i, f, g, o in place
         w_hh2 = _scaled(w_hh, g_rows).t()
         hs = _states(T, B, H, x.device)
         cs = _states(T, B, H, x.device)
@@ -232,14 +232,13 @@ def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False)
     return out if keep_lowp else out.float()
 
 
-def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None) -> tuple[Tensor, Tensor]:
-    """Input projections of all steps as one GEMM: x (T, B, in) -> x as saved for backward, (T, B, G*H)."""
+def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None) -> Tensor:
+    """Input projections of all steps as one GEMM: x (T, B, in), already in ``lowp`` if given -> (T, B, G*H) float32."""
     T, B, _ = x.shape
     if lowp is None:
-        return x, torch.addmm(b, x.reshape(T * B, -1), w.t()).view(T, B, -1)
-    x = x.to(lowp)  # (usually lowp already) saved so: the weight gradient GEMM reads it so
+        return torch.addmm(b, x.reshape(T * B, -1), w.t()).view(T, B, -1)
     # The bias joins the low-precision GEMM, as autocast does for nn.Linear: one pass less over the output.
-    return x, torch.addmm(b.to(lowp), x.reshape(T * B, -1), w.t().to(lowp)).float().view(T, B, -1)
+    return torch.addmm(b.to(lowp), x.reshape(T * B, -1), w.t().to(lowp)).float().view(T, B, -1)
 
 
 def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None):
@@ -256,8 +255,8 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
     if lowp is not None:  # cast each operand once, not once per GEMM
         flat_i = flat_i.to(lowp)
         flat_h = flat_i if dgh is dgi else flat_h.to(lowp)
-    # dx in x's dtype: under autocast x is lowp, and its producer (masked.py) takes a lowp gradient.
-    dx = _mm(flat_i, w_ih, lowp, keep_lowp=x.dtype == lowp).view(T, B, -1) if need[0] else None
+    # dx in x's dtype (lowp under autocast, see bptt_layer); autograd casts it for a float32 producer.
+    dx = _mm(flat_i, w_ih, lowp, keep_lowp=True).view(T, B, -1) if need[0] else None
     dw_ih = _mm(flat_i.t(), x.reshape(T * B, -1), lowp) if need[1] else None
     dw_hh = _mm(flat_h.t(), hs[:-1].reshape(T * B, -1), lowp) if need[2] else None
     return dx, dw_ih, dw_hh, db_ih, db_hh, None, None
@@ -287,7 +286,9 @@ def bptt_layer(
     device = x.device.type
     lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     with torch.autocast(device, enabled=False):
-        x = x.to(lowp) if lowp is not None else x  # a no-op when the network made x in lowp
+        # In lowp from here on (a no-op when the network made it so): the Functions save it for the
+        # weight-gradient GEMM, which reads it in lowp.
+        x = x.to(lowp) if lowp is not None else x
         if reverse:
             out = _FUNCTIONS[cell].apply(x.flip(0), w_ih, w_hh, b_ih, b_hh, lowp, last_only)
             return out if last_only else out.flip(0)
