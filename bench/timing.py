@@ -4,6 +4,7 @@ import json
 import resource
 import time
 
+import torch
 from lightning.pytorch import Callback
 
 
@@ -37,6 +38,8 @@ class EpochTimer(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.reviews += len(batch[1])
+        if batch_idx == trainer.num_training_batches - 1 and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()  # the epoch's kernels have run, not only been queued
         self.train_end = time.perf_counter()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -58,6 +58,22 @@ def test_validation_is_a_seeded_stratified_part_of_train(parquet_dir, tmp_path):
     assert 0 < np.array([0] * 500 + [1] * 500)[val[:32]].sum() < 32
 
 
+def test_blocks_split_takes_runs_of_consecutive_reviews_per_class():
+    """``blocks``: each class gives whole runs of 250 neighbouring reviews (a movie's reviews stay on
+    one side), the same share as ``random``, seeded, and in a mixed order."""
+    labels = np.array([0] * 5000 + [1] * 5000)
+    fit, val = stratified_split(labels, 0.1, seed=0, how="blocks")
+    assert np.bincount(labels[val]).tolist() == [500, 500]
+    assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(10_000))
+    runs = np.sort(val).reshape(-1, 250)  # 4 runs of 250, each starting on a block boundary
+    assert np.all(runs[:, 0] % 250 == 0) and np.all(np.diff(runs, axis=1) == 1)
+    assert not np.array_equal(val, np.sort(val))  # batches mix classes
+    assert np.array_equal(val, stratified_split(labels, 0.1, seed=0, how="blocks")[1])
+    assert not np.array_equal(np.sort(val), np.sort(stratified_split(labels, 0.1, seed=1, how="blocks")[1]))
+    _, small = stratified_split(np.array([0] * 20 + [1] * 20), 0.1, seed=0, how="blocks")  # one block a class
+    assert np.bincount(np.array([0] * 20 + [1] * 20)[small]).tolist() == [2, 2]
+
+
 def test_tokenizer_is_trained_on_the_fit_part_only(tmp_path):
     train = pd.DataFrame({"text": ["common word"] * 9 + ["uniqueword"], "label": [0, 1] * 5})
     train.to_parquet(tmp_path / "train.parquet")
@@ -83,7 +99,13 @@ def test_second_run_reuses_the_cache(parquet_dir, tmp_path, monkeypatch):
 def test_cache_key_changes_with_what_changes_the_data(parquet_dir, tmp_path):
     base = make_dm(parquet_dir, tmp_path).cache_path
     assert make_dm(parquet_dir, tmp_path).cache_path == base
-    for change in ({"vocab_size": 41}, {"max_len": 13}, {"val_fraction": 0.2}, {"split_seed": 1}):
+    for change in (
+        {"vocab_size": 41},
+        {"max_len": 13},
+        {"val_fraction": 0.2},
+        {"split_seed": 1},
+        {"val_split": "blocks"},
+    ):
         assert make_dm(parquet_dir, tmp_path, **change).cache_path != base
     assert make_dm(parquet_dir, tmp_path, batch_size=4).cache_path == base  # batching is not in the cache
 
@@ -110,6 +132,7 @@ def test_checkpoint_tokenizer_that_differs_reencodes_the_data(parquet_dir, tmp_p
         ({"max_len": 0}, "data.max_len"),
         ({"batch_size": 0}, "data.batch_size"),
         ({"val_fraction": 1.0}, "data.val_fraction"),
+        ({"val_split": "movies"}, "data.val_split"),
         ({"dataset": "./no/such/folder"}, "data.dataset"),
     ],
 )

@@ -5,6 +5,19 @@ from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.models.components.network import SentimentRNN
 from rnn_lightning.models.components.recurrent import RecurrentLayer
 
+# Where a GPU is present (a device machine; never in CI) the implementation tests run there too, so
+# the fused path is checked against cuDNN and the hand-written backward against CUDA kernels.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def exact_cuda():
+    """float32 as float32 on the GPU: no TF32 in cuDNN's or cuBLAS' products."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -39,7 +52,8 @@ def test_keras_initialisation():
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("impl", ["fused", "bptt"])
 @pytest.mark.parametrize("pooling", ["max", "last"])
-def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling):
+@pytest.mark.parametrize("device", DEVICES)
+def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling, device, exact_cuda):
     """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
     two bidirectional layers, and max pooling (every time step's output gets a gradient) or the
     final states (the last layer computes nothing else)."""
@@ -54,16 +68,16 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl, poolin
         bidirectional=True,
         pooling=pooling,
     )
-    ref = SentimentRNN(**kwargs, implementation="autograd")
-    other = SentimentRNN(**kwargs, implementation=impl)
+    ref = SentimentRNN(**kwargs, implementation="autograd").to(device)
+    other = SentimentRNN(**kwargs, implementation=impl).to(device)
     other.load_state_dict(ref.state_dict())
-    tokens = torch.randint(0, 40, (7, 15))
+    tokens = torch.randint(0, 40, (7, 15), device=device)
     tokens[:2, :5] = 0  # some front padding
     results = []
     for net in (ref, other):
         torch.manual_seed(1)  # the same dropout masks
         logits = net(tokens)
-        (logits * torch.linspace(-1, 1, 7)).sum().backward()
+        (logits * torch.linspace(-1, 1, 7, device=device)).sum().backward()
         results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
     (out_a, grads_a), (out_b, grads_b) = results
     torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=0)
@@ -128,6 +142,7 @@ def test_predict_step_returns_probabilities():
         ({"vocab_size": 2}, "model.vocab_size"),
         ({"dropout": 1.0}, "model.dropout"),
         ({"word_dropout": -0.1}, "model.word_dropout"),
+        ({"bigram_buckets": 1}, "model.bigram_buckets"),
         ({"num_layers": 0}, "model.num_layers"),
     ],
 )
@@ -170,21 +185,23 @@ def test_bf16_embedding_gradient_is_summed_in_float32():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_bf16_autocast_stays_close_to_float32(cell):
-    """Under bf16 autocast (the fast CPU path) outputs and gradients stay within bfloat16's precision of
-    the float32 reference, and every gradient arrives in float32."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
+    """Under bf16 autocast (the fast CPU path; cuDNN's on a GPU) outputs and gradients stay within
+    bfloat16's precision of the float32 reference, and every gradient arrives in float32."""
     torch.manual_seed(0)
     kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
-    ref = SentimentRNN(**kwargs, implementation="autograd")
-    fast = SentimentRNN(**kwargs, implementation="bptt")
+    ref = SentimentRNN(**kwargs, implementation="autograd").to(device)
+    fast = SentimentRNN(**kwargs, implementation="bptt" if device == "cpu" else "fused").to(device)
     fast.load_state_dict(ref.state_dict())
-    tokens = torch.randint(1, 50, (32, 20))
+    tokens = torch.randint(1, 50, (32, 20), device=device)
+    weights = torch.randn(32, generator=torch.Generator().manual_seed(2)).to(device)
     results = []
     for net, bf16 in ((ref, False), (fast, True)):
         torch.manual_seed(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = net(tokens).float()
-        (logits * torch.randn(32, generator=torch.Generator().manual_seed(2))).sum().backward()
+        (logits * weights).sum().backward()
         results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
     (out_ref, grads_ref), (out_fast, grads_fast) = results
     torch.testing.assert_close(out_fast, out_ref, atol=2e-2, rtol=0)
@@ -192,6 +209,19 @@ def test_bf16_autocast_stays_close_to_float32(cell):
         assert grads_fast[name].dtype == torch.float32
         rel = (grads_fast[name] - g).norm() / g.norm()
         assert rel < 5e-2, f"{name}: relative error {rel:.3g}"
+
+
+def test_bigram_rows_hash_word_pairs_and_skip_padding():
+    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, bigram_buckets=1000)
+    tokens = torch.tensor([[0, 0, 5, 7, 5, 7], [0, 5, 7, 9, 5, 7]])
+    rows = net._bigram_rows(tokens)
+    assert rows[0, :3].tolist() == [0, 0, 0]  # padding and the first word: no pair
+    assert rows[1, 1] == 0 and torch.all(rows[rows != 0] >= 1) and torch.all(rows < 1000)
+    assert rows[0, 3] == rows[0, 5] == rows[1, 2] == rows[1, 5]  # every (5, 7) shares a row
+    assert rows[0, 3] != rows[0, 4]  # (5, 7) and (7, 5) do not
+    net(tokens).sum().backward()
+    grad = net.bigrams.weight.grad.abs().sum(1)
+    assert grad[0] == 0 and set(grad.nonzero().flatten().tolist()) == set(rows[rows != 0].tolist())
 
 
 def test_word_dropout_hides_words_while_training_only():
@@ -212,19 +242,20 @@ def test_word_dropout_hides_words_while_training_only():
 
 
 @pytest.mark.parametrize("impl", ["fused", "autograd", "bptt"])
-def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl):
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl, device):
     """The bf16 input path hands bfloat16 inputs to the layers: each implementation must take them."""
     for cell in ("rnn", "gru", "lstm"):
         for pooling in ("last", "max_mean"):
             net = SentimentRNN(
                 vocab_size=50, embed_dim=16, cell=cell, hidden_size=8, num_layers=2,
                 bidirectional=True, pooling=pooling, implementation=impl,
-            )  # fmt: skip
-            tokens = torch.randint(1, 50, (4, 10))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            ).to(device)  # fmt: skip
+            tokens = torch.randint(1, 50, (4, 10), device=device)
+            with torch.autocast(device, dtype=torch.bfloat16):
                 logits = net(tokens)
             logits.float().sum().backward()
             assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
             net.eval()
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
                 assert net(tokens).shape == (4,)

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -74,9 +75,19 @@ def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+ValSplit = Literal["random", "blocks"]
+BLOCK = 250  # reviews per block of the ``blocks`` split
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, how: ValSplit = "random"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, val): ``fraction`` of each class goes to val, chosen by a seeded shuffle.
 
+    ``random`` draws single reviews. ``blocks`` draws runs of ``BLOCK`` consecutive reviews of a
+    class: IMDB keeps a movie's reviews next to each other (file-id order), so whole movies land on
+    one side and validation, like test (whose movies are disjoint from train's), rewards what
+    carries over to unseen movies rather than memorised titles and names.
     The validation indices come in a seeded random order, so that any first batches (e.g. the
     sanity check's) hold both classes even when the source is sorted by label, as IMDB's is.
     """
@@ -84,7 +95,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     val = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        val.append(rng.permutation(members)[: int(round(fraction * len(members)))])
+        want = int(round(fraction * len(members)))
+        if how == "blocks":
+            blocks = np.array_split(members, max(1, -(-len(members) // BLOCK)))
+            chosen = rng.permutation(len(blocks))[: max(1, int(round(fraction * len(blocks))))]
+            val.append(np.concatenate([blocks[b] for b in sorted(chosen)] or [members[:0]])[:want])
+        else:
+            val.append(rng.permutation(members)[:want])
     val_idx = rng.permutation(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
     fit_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return fit_idx, val_idx
@@ -118,6 +135,8 @@ class IMDBDataModule(LightningDataModule):
         max_len: tokens per review; longer reviews keep their end, shorter ones are padded at the front.
         batch_size: reviews per batch (per process under DDP).
         val_fraction: share of the training reviews held out for validation, per class.
+        val_split: ``random`` reviews, or ``blocks`` of 250 consecutive reviews so that a movie's
+            reviews stay on one side (see ``stratified_split``); ``blocks`` is the honest one for tuning.
         split_seed: seed of that split (independent of ``seed_everything``, so the split never moves).
         cache_dir: where the token ids are cached.
         num_workers: DataLoader workers; 0 is fastest here, since a batch is two tensor indexings.
@@ -133,6 +152,7 @@ class IMDBDataModule(LightningDataModule):
         batch_size: int = 1024,
         val_fraction: float = 0.1,
         split_seed: int = 42,
+        val_split: ValSplit = "random",
         cache_dir: str = "~/.cache/rnn_lightning",
         num_workers: int = 0,
         predict_path: str | None = None,
@@ -146,12 +166,15 @@ class IMDBDataModule(LightningDataModule):
             raise InputError(f"data.batch_size: expected an integer >= 1, got {batch_size}")
         if not 0.0 < val_fraction < 1.0:
             raise InputError(f"data.val_fraction: expected a number strictly between 0 and 1, got {val_fraction}")
+        if val_split not in ("random", "blocks"):
+            raise InputError(f"data.val_split: expected 'random' or 'blocks', got {val_split!r}")
         if num_workers < 0:
             raise InputError(f"data.num_workers: expected an integer >= 0, got {num_workers}")
         sources.check_dataset(dataset)
         self.save_hyperparameters()
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.val_split = val_split
         self.predict_path = predict_path
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
         self.predict_rows: ReviewRows | None = None
@@ -175,6 +198,7 @@ class IMDBDataModule(LightningDataModule):
             "max_len": self.max_len,
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed,
+            "val_split": self.val_split,
         }
         return self.cache_dir / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -202,7 +226,7 @@ class IMDBDataModule(LightningDataModule):
         empty = sum(1 for t in train_texts if not t.strip())
         if empty:
             rank_zero_warn(f"data.dataset: {empty} empty training review(s) kept; they encode as padding only")
-        fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed)
+        fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed, self.val_split)
         if len(val_idx) == 0 or len(np.unique(train_labels[val_idx])) < 2:
             raise InputError(
                 f"data.val_fraction: {self.val_fraction} of {len(train_labels)} training reviews leaves a validation set "
@@ -279,7 +303,7 @@ class IMDBDataModule(LightningDataModule):
         if self._encoded_with is not None and self._encoded_with != tokenizer_json:
             rank_zero_info("The checkpoint's tokenizer differs from the cached one: encoding the data again with it")
             raw = sources.load_labelled(self.dataset)
-            fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed)
+            fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed, self.val_split)
             encoded = encode_splits(self.tokenizer, raw, fit_idx, val_idx)
             self.splits = {split: TokenizedReviews(ids, labels) for split, (ids, labels) in encoded.items()}
             self._encoded_with = tokenizer_json

@@ -36,6 +36,8 @@ class SentimentClassifier(LightningModule):
         on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
             step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
         word_dropout: probability of replacing each token of a training review by padding.
+        bigram_buckets: rows of a hashed table of word-pair (bigram) embeddings added to each
+            step's word embedding (0: none). See ``SentimentRNN``.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class SentimentClassifier(LightningModule):
         implementation: Implementation = "auto",
         on_nonfinite: Literal["stop", "skip"] = "stop",
         word_dropout: float = 0.0,
+        bigram_buckets: int = 0,
     ) -> None:
         super().__init__()
         _check_choice("model.cell", cell, Cell)
@@ -66,6 +69,8 @@ class SentimentClassifier(LightningModule):
         ]:
             if value < low:
                 raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
+        if bigram_buckets != 0 and bigram_buckets < 2:
+            raise InputError(f"model.bigram_buckets: expected 0 (no bigrams) or an integer >= 2, got {bigram_buckets}")
         for name, value in (("dropout", dropout), ("word_dropout", word_dropout)):
             if not 0.0 <= value < 1.0:
                 raise InputError(f"model.{name}: expected a number in [0, 1), got {value}")
@@ -86,6 +91,7 @@ class SentimentClassifier(LightningModule):
             pad_id,
             implementation,
             word_dropout,
+            bigram_buckets,
         )
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})

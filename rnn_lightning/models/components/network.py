@@ -21,6 +21,10 @@ class SentimentRNN(nn.Module):
     ``pooling`` reduces the last layer's outputs over time: ``last`` is the final state (for a
     bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding, ``max_mean``
     concatenates the two.
+    ``bigram_buckets`` > 0 adds, at each step, an embedding of the word pair (previous word, this word)
+    from a table of that many rows indexed by a hash of the pair (row 0: no pair, i.e. the first word
+    or next to padding). A pair like "not good" then enters the recurrence as one signal rather than
+    having to be composed by it; colliding pairs share a row.
     """
 
     def __init__(
@@ -36,12 +40,14 @@ class SentimentRNN(nn.Module):
         pad_id: int = 0,
         implementation: Implementation = "auto",
         word_dropout: float = 0.0,
+        bigram_buckets: int = 0,
     ) -> None:
         super().__init__()
         self.dropout, self.pooling, self.pad_id, self.implementation = dropout, pooling, pad_id, implementation
         self.word_dropout = word_dropout
         self.generator: torch.Generator | None = None  # dropout masks; the global RNG when None
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.bigrams = nn.Embedding(bigram_buckets, embed_dim, padding_idx=0) if bigram_buckets else None
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
         self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), 1)
@@ -52,6 +58,10 @@ class SentimentRNN(nn.Module):
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
         with torch.no_grad():
             self.embedding.weight[self.pad_id].zero_()
+        if self.bigrams is not None:
+            nn.init.uniform_(self.bigrams.weight, -0.05, 0.05)
+            with torch.no_grad():
+                self.bigrams.weight[0].zero_()
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         for layer in self.layers:
@@ -70,9 +80,12 @@ class SentimentRNN(nn.Module):
                 self.word_dropout, generator=self.generator
             )
             words = tokens.masked_fill(drop.bool(), self.pad_id)  # pooling still sees the real length
+        mask = self._dropout_mask(tokens.shape[0], 0)
         x = masked_embedding(  # (T, B, E): time-major, so each step is one contiguous block
-            words.t(), self.embedding.weight, self._dropout_mask(tokens.shape[0], 0), self.pad_id, lowp
+            words.t(), self.embedding.weight, mask, self.pad_id, lowp
         )
+        if self.bigrams is not None:
+            x = x + masked_embedding(self._bigram_rows(words).t(), self.bigrams.weight, mask, 0, lowp)
         for i, layer in enumerate(self.layers):
             mask = self._dropout_mask(tokens.shape[0], i) if i else None
             if mask is not None:
@@ -80,6 +93,13 @@ class SentimentRNN(nn.Module):
             final = self.pooling == "last" and i == len(self.layers) - 1
             x = layer(x, self.implementation, last_only=final)  # (T, B, D*H), or (B, D*H) if final
         return self.head(x if self.pooling == "last" else self._pool(x, tokens)).squeeze(-1)
+
+    def _bigram_rows(self, words: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T) rows of ``self.bigrams``: a hash of (previous id, id) in [1, buckets), 0 where
+        either is padding (the first step, the front padding, dropped words)."""
+        prev = torch.nn.functional.pad(words[:, :-1], (1, 0), value=self.pad_id)
+        rows = (prev * 2_654_435_761 + words) % (self.bigrams.num_embeddings - 1) + 1
+        return rows.masked_fill((prev == self.pad_id) | (words == self.pad_id), 0)
 
     def _dropout_mask(self, batch: int, layer: int) -> Tensor | None:
         """Input dropout before layer ``layer``: (1, B, in), one draw per review and feature, or None."""
