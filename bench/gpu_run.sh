@@ -6,13 +6,18 @@
 #   OUT=results DATA=../shared/imdb bash bench/gpu_run.sh
 #
 # Env: DATA (train/test parquet folder), OUT (where logs go), PY (python), EPOCHS (base timing epochs),
-# SWEEP_EPOCHS, SMOKE=1 (a few batches on the CPU, to check the script itself).
+# SPEED (implementation:precision pairs to time), BARE (0/1: bare-loop timings), SWEEP (a file of
+# "name args..." lines, run with seeds 42 and 1 on top of configs/bigru.yaml), SWEEP_EPOCHS,
+# SMOKE=1 (a few batches on the CPU, to check the script itself).
 set -u
 PY=${PY:-python3}
 DATA=${DATA:-../shared/imdb}
 OUT=${OUT:-bench/results}
 EPOCHS=${EPOCHS:-4}
 SWEEP_EPOCHS=${SWEEP_EPOCHS:-6}
+SPEED=${SPEED:-fused:32-true fused:bf16-mixed bptt:32-true bptt:bf16-mixed autograd:32-true autograd:bf16-mixed}
+BARE=${BARE:-1}
+SWEEP=${SWEEP:-bench/sweep_bigru.txt}
 CACHE=${CACHE:-/tmp/rnn-cache}
 RUNS=${RUNS:-/tmp/rnn-runs}
 ACCEL=gpu
@@ -32,8 +37,9 @@ fit() {  # fit SECONDS NAME CONFIG ARGS... -> prints the run's per-epoch JSON li
     shift 3
     timeout "$limit" "$PY" cli.py fit --config "$config" "${common[@]}" --trainer.default_root_dir "$RUNS/$name" \
         --trainer.logger.init_args.save_dir "$RUNS/$name" "$@" >"$RUNS/$name.log" 2>&1
-    echo "== $name rc=$? $*"
-    grep -E '^\{"event": "epoch"|Error|error:' "$RUNS/$name.log" | tail -"$((SWEEP_EPOCHS + 4))"
+    local rc=$? lines  # one write per run: runs that end together do not interleave
+    lines=$(grep -E '^\{"event": "epoch"|Error|error:' "$RUNS/$name.log" | tail -"$((SWEEP_EPOCHS + 4))")
+    printf '== %s rc=%s %s\n%s\n' "$name" "$rc" "$*" "$lines"
 }
 
 {
@@ -49,13 +55,12 @@ fi
 
 # 1. Speed: the base config, alone on the machine, one run after another.
 {
-    for impl in fused bptt autograd; do
-        for prec in 32-true bf16-mixed; do
-            fit 150 "base-$impl-$prec" configs/base.yaml --trainer.max_epochs "$EPOCHS" \
-                --model.implementation "$impl" --trainer.precision "$prec"
-        done
+    for pair in $SPEED; do
+        impl=${pair%%:*} prec=${pair#*:}
+        fit 150 "base-$impl-$prec" configs/base.yaml --trainer.max_epochs "$EPOCHS" \
+            --model.implementation "$impl" --trainer.precision "$prec"
     done
-    if [ "$ACCEL" = gpu ]; then
+    if [ "$ACCEL" = gpu ] && [ "$BARE" = 1 ]; then
         for bf in "" --bf16; do
             echo "== bare loop fused $bf"
             timeout 100 "$PY" bench/bare_loop.py --data "$DATA" --epochs "$EPOCHS" --device cuda --implementation fused $bf 2>&1 | grep '^{'
@@ -64,42 +69,23 @@ fi
 } >"$OUT/speed.txt" 2>&1
 
 # 2. Accuracy sweep, several runs at once (the GPU has room; each run is small). Caches first, once.
-for args in "--data.val_split blocks" "--data.val_split random" "--data.val_split blocks --data.max_len 800"; do
-    "$PY" -c "
-import sys; from rnn_lightning.data import IMDBDataModule
-kw = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-IMDBDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=int(kw.get('--data.max_len', 400)), val_split=kw['--data.val_split']).prepare_data()
-" $args &
+[ -s "$SWEEP" ] || { echo done; exit 0; }
+for len in $(grep -o -- '--data.max_len [0-9]*' "$SWEEP" | awk '{print $2}' | sort -u) 400; do
+    "$PY" -c "from rnn_lightning.data import IMDBDataModule
+IMDBDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=$len, val_split='blocks').prepare_data()" &
 done
+grep -q -- '--data.val_split random' "$SWEEP" && "$PY" -c "from rnn_lightning.data import IMDBDataModule
+IMDBDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=400).prepare_data()" &
 wait
-declare -A variants=(
-    [blocks]=""
-    [random]="--data.val_split random"
-    [bigram128k]="--model.bigram_buckets 131072"
-    [bigram512k]="--model.bigram_buckets 524288"
-    [len800]="--data.max_len 800"
-    [bigram128k-len800]="--model.bigram_buckets 131072 --data.max_len 800"
-    [hidden192]="--model.hidden_size 192"
-    [worddrop03]="--model.word_dropout 0.3"
-    [wd01]="--optimizer.init_args.weight_decay 0.1"
-    [bigram128k-wd01]="--model.bigram_buckets 131072 --optimizer.init_args.weight_decay 0.1"
-)
 {
-    for seed in 42 1; do  # all at once: 20 single-threaded processes on 16 cores and one GPU
-        for name in "${!variants[@]}"; do
+    for seed in 42 1; do  # all at once: single-threaded processes on 16 cores and one GPU
+        while read -r name args; do
+            [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
             # shellcheck disable=SC2086
-            OMP_NUM_THREADS=1 fit 280 "sweep-$name-$seed" configs/bigru.yaml --data.val_split blocks \
-                --seed_everything "$seed" --trainer.max_epochs "$SWEEP_EPOCHS" ${variants[$name]} &
-        done
+            OMP_NUM_THREADS=1 fit "${SWEEP_LIMIT:-280}" "sweep-$name-$seed" configs/bigru.yaml --data.val_split blocks \
+                --seed_everything "$seed" --trainer.max_epochs "$SWEEP_EPOCHS" $args &
+        done <"$SWEEP"
     done
     wait
-    # The shipped preset (random split) and its blocks twin: test once each, to see which
-    # validation split tells the truth about test (both presets' test figures are already published).
-    for name in blocks random; do
-        args="--data.val_split blocks ${variants[$name]}"
-        # shellcheck disable=SC2086
-        "$PY" cli.py test --config configs/bigru.yaml "${common[@]}" --trainer.default_root_dir "$RUNS/sweep-$name-42" \
-            --trainer.logger.init_args.save_dir "$RUNS/sweep-$name-42" $args --ckpt_path best 2>&1 | grep -E "test/acc|Error" | head -3 | sed "s/^/$name: /"
-    done
 } >"$OUT/sweep.txt" 2>&1
 echo done

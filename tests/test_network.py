@@ -83,7 +83,9 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl, poolin
     torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=0)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(
+            grads_b[name], grads_a[name], atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max_mean"])

@@ -59,7 +59,7 @@ class _RNNTanh(torch.autograd.Function):
         x, w_ih, w_hh, hs = ctx.saved_tensors
         T = hs.shape[0] - 1
         deriv = torch.addcmul(
-            torch.ones((), dtype=hs.dtype), hs[1:], hs[1:], value=-1
+            torch.ones((), dtype=hs.dtype, device=hs.device), hs[1:], hs[1:], value=-1
         )  # (T, B, H): tanh' = 1 - h^2, all steps (measured faster than two ops per step)
         dz = torch.empty_like(deriv)  # gradient of each step's pre-activation
         gouts, derivs, dzs = _step_grads(gout, ctx.last_only, T), deriv.unbind(0), dz.unbind(0)
