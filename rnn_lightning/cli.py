@@ -5,7 +5,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -97,6 +97,20 @@ class RNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ParameterSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
+        parser.add_argument(
+            "--lr_scheduler_interval",
+            type=Literal["epoch", "step"],
+            default="epoch",
+            help="step the lr_scheduler after every epoch or every optimizer step (then T_max etc. count steps)",
+        )
+
+    def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
+        """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
+        out = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+        if lr_scheduler is None or self._get(self.config, "lr_scheduler_interval", "epoch") == "epoch":
+            return out
+        config = out["lr_scheduler"] if isinstance(out, dict) else {"scheduler": lr_scheduler}
+        return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": "step"}}
 
     # ---------------------------------------------------------------- checks before any work
 

@@ -130,6 +130,16 @@ def test_aclimdb_folder_trains_through_the_cli(tiny_args, aclimdb_dir, tmp_path)
     assert list(Path(tmp_path, "lightning_logs", "version_0", "checkpoints").glob("last.ckpt"))
 
 
+def test_lr_scheduler_can_step_every_optimizer_step(tiny_args, tmp_path):
+    run_cli(
+        "fit", *tiny_args, "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "100",
+        "--lr_scheduler_interval", "step",
+    )  # fmt: skip
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] > 2  # more steps than epochs
+    assert last["lr_schedulers"][0]["last_epoch"] == last["global_step"]  # stepped once per optimizer step
+
+
 def test_learning_rate_finder_runs_from_the_cli(tiny_args, tmp_path):
     proc = run_cli(
         "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.callbacks.LearningRateSuggestion",
