@@ -26,12 +26,15 @@ REVIEWS = [
 
 @pytest.fixture(scope="module")
 def trained(parquet_dir, tmp_path_factory):
-    """A tiny model fitted and tested once through the CLI: (run directory, base CLI args, best checkpoint)."""
+    """A tiny model (with word-pair embeddings) fitted and tested once through the CLI:
+    (run directory, base CLI args, best checkpoint)."""
     root = tmp_path_factory.mktemp("trained")
     args = [
         *tiny_cli_args(parquet_dir, root),
         "--model.pooling",
         "max",
+        "--model.bigram_buckets",  # the word-pair path goes through predict and export too
+        "101",
         "--optimizer.init_args.lr",
         "0.02",
         "--trainer.max_epochs",

@@ -85,8 +85,8 @@ def stratified_split(
     """Indices (fit, val): ``fraction`` of each class goes to val, chosen by a seeded shuffle.
 
     ``random`` draws single reviews. ``blocks`` draws runs of ``BLOCK`` consecutive reviews of a
-    class: IMDB keeps a movie's reviews next to each other (file-id order), so whole movies land on
-    one side and validation, like test (whose movies are disjoint from train's), rewards what
+    class: IMDB lists a movie's reviews largely next to each other (file-id order), so movies mostly land
+    on one side and validation, like test (whose movies are disjoint from train's), rewards what
     carries over to unseen movies rather than memorised titles and names.
     The validation indices come in a seeded random order, so that any first batches (e.g. the
     sanity check's) hold both classes even when the source is sorted by label, as IMDB's is.

@@ -168,8 +168,9 @@ class SentimentClassifier(LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # The loss and every gradient are checked with one host sync a step: on a GPU each sync stalls
-        # the queue of kernels (two syncs a step made fit 2.8x slower than a bare loop on an H200).
+        # The loss and every gradient are checked together, with one host sync a step instead of two
+        # (each sync makes the host wait for the GPU's queue; on an H200 the base epoch took 0.232 s
+        # after this change against 0.224 s before, on another machine: launches, not syncs, bound it).
         # A non-finite loss gives non-finite gradients, so skipping the update covers both.
         loss, batch_idx = self._checked
         grads = [p.grad for p in self.parameters() if p.grad is not None]
