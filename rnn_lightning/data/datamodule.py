@@ -99,7 +99,7 @@ def stratified_split(
         if how == "blocks":
             blocks = np.array_split(members, max(1, -(-len(members) // BLOCK)))
             chosen = rng.permutation(len(blocks))[: max(1, int(round(fraction * len(blocks))))]
-            val.append(np.concatenate([blocks[b] for b in sorted(chosen)] or [members[:0]])[:want])
+            val.append(np.concatenate([blocks[b] for b in sorted(chosen)])[:want])
         else:
             val.append(rng.permutation(members)[:want])
     val_idx = rng.permutation(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)

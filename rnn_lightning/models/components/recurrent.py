@@ -8,6 +8,7 @@ Every implementation computes the same function from the same parameters:
 - ``auto``: ``fused`` for CUDA tensors, ``bptt`` otherwise.
 """
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -82,19 +83,20 @@ class RecurrentLayer(nn.Module):
         """
         if implementation == "auto":
             implementation = "fused" if x.is_cuda else "bptt"
-        if implementation == "bptt":
-            from rnn_lightning.models.components.bptt import bptt_layer
-
-            outs = [
-                bptt_layer(self.cell, x, *self.direction_weights(sfx), reverse=sfx != "", last_only=last_only)
-                for sfx in self.directions
-            ]
-            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if implementation == "fused":
             out = self._fused(x)
         else:
-            outs = [self._loop(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
+            if implementation == "bptt":
+                from rnn_lightning.models.components.bptt import bptt_layer
+
+                # keeps only the final states itself when last_only: nothing stored for the other steps
+                run = partial(bptt_layer, self.cell, last_only=last_only)
+            else:
+                run = self._loop
+            outs = [run(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            if implementation == "bptt":
+                return out
         if not last_only:
             return out
         h = self.hidden_size
