@@ -41,6 +41,8 @@ class _MaskedCast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, dtype: torch.dtype):
         ctx.save_for_backward(mask)
+        if x.dtype == dtype:  # e.g. bfloat16 states: a mixed-dtype product would run in float32 through a temporary
+            return x * mask.to(dtype)  # exact either way: the mask holds 0 and 1 / (1 - p)
         return torch.mul(x, mask, out=torch.empty(x.shape, dtype=dtype, device=x.device))
 
     @staticmethod
@@ -60,7 +62,7 @@ def masked_embedding(
 
 
 def masked_cast(x: Tensor, mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """``(x * mask).to(dtype)`` in one pass over x."""
-    if dtype is None or dtype == x.dtype:
+    """``(x * mask).to(dtype)`` in one pass over x (x * mask would promote a bfloat16 x to the mask's float32)."""
+    if dtype is None:
         return x * mask
     return _MaskedCast.apply(x, mask, dtype)
