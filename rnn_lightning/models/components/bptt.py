@@ -241,6 +241,16 @@ def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False)
     return out if keep_lowp else out.float()
 
 
+def _mm_tn(a: Tensor, b: Tensor, lowp: torch.dtype | None, chunks: int = 8) -> Tensor:
+    """a^T @ b (float32) for tall a (N, m) and b (N, n), e.g. a weight gradient summed over all steps.
+    In bfloat16 as a batch of ``chunks`` products summed: 2.15 vs 2.51 ms for N = 81,920, m = n = 64 on
+    the 2-core CPU (one long inner dimension runs below the GEMM's peak)."""
+    if lowp is None or a.shape[0] % chunks:
+        return _mm(a.t(), b, lowp)
+    a, b = a.to(lowp).view(chunks, -1, a.shape[1]), b.to(lowp).view(chunks, -1, b.shape[1])
+    return torch.bmm(a.transpose(1, 2), b).float().sum(0)
+
+
 def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
     """Input projections of all steps as one GEMM: x (T, B, in), already in ``lowp`` if given -> (T, B, G*H),
     float32 unless ``keep_lowp``."""
@@ -270,8 +280,8 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
         flat_h = flat_i if dgh is dgi else flat_h.to(lowp)
     # dx in x's dtype (lowp under autocast, see bptt_layer); autograd casts it for a float32 producer.
     dx = _mm(flat_i, w_ih, lowp, keep_lowp=True).view(T, B, -1) if need[0] else None
-    dw_ih = _mm(flat_i.t(), x.reshape(T * B, -1), lowp) if need[1] else None
-    dw_hh = _mm(flat_h.t(), hs[:-1].reshape(T * B, -1), lowp) if need[2] else None
+    dw_ih = _mm_tn(flat_i, x.reshape(T * B, -1), lowp) if need[1] else None
+    dw_hh = _mm_tn(flat_h, hs[:-1].reshape(T * B, -1), lowp) if need[2] else None
     return dx, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 
