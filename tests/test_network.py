@@ -247,6 +247,19 @@ def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell
     assert errors["bptt"][0] <= errors["autograd"][0] and errors["bptt"][1] <= errors["autograd"][1], errors
 
 
+def test_rnn_recurrence_runs_in_bfloat16_only_under_bfloat16_autocast():
+    """bfloat16 has float32's range; under float16 autocast the states stay float32 (a chained
+    recurrence's loss-scaled gradients could overflow float16)."""
+    layer = RecurrentLayer("rnn", 6, 5)
+    x = torch.randn(7, 3, 6)
+    for dtype, states in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (None, torch.float32)):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = layer(x, "bptt")
+        assert out.dtype == states
+        out.float().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
 def test_bigram_rows_hash_word_pairs_and_skip_padding():
     net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, bigram_buckets=1000)
     tokens = torch.tensor([[0, 0, 5, 7, 5, 7], [0, 5, 7, 9, 5, 7]])

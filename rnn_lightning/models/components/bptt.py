@@ -41,12 +41,12 @@ class _RNNTanh(torch.autograd.Function):
     ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        if lowp is None:  # float32: tanh(z) = 2 sigmoid(2z) - 1, the 2 folded into the weights
-            gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), None)
-            w_hh_t, act = _scaled(w_hh, None).t(), _tanh_by_sigmoid
-        else:  # the whole recurrence in lowp (see bptt_layer); there a true tanh is the precise one
+        if lowp == torch.bfloat16:  # the whole recurrence in bfloat16 (see bptt_layer); a true tanh is the precise one
             gi = _project(x, w_ih, b_ih + b_hh, lowp, keep_lowp=True)
             w_hh_t, act = w_hh.t().to(lowp), torch.tanh
+        else:  # float32 (float16's range is too narrow for a chained recurrence's scaled gradients)
+            gi = _project(x, _scaled(w_ih, None), _scaled(b_ih + b_hh, None), lowp)
+            w_hh_t, act = _scaled(w_hh, None).t(), _tanh_by_sigmoid  # tanh(z) = 2 sigmoid(2z) - 1
         hs = _states(T, B, H, x.device, gi.dtype)  # hs[t + 1] = h_t; hs[0] = initial state (zero)
         gis, hss = gi.unbind(0), hs.unbind(0)  # per-step views made at once, not one indexing op per use
         for t in range(T):
@@ -304,7 +304,7 @@ def bptt_layer(
 
     Under autocast (e.g. Lightning's ``precision: bf16-mixed``) the large input and weight-gradient
     GEMMs run in the autocast dtype (x, best given in that dtype already, gets its gradient in it).
-    The ``rnn`` cell runs its whole recurrence in that dtype too, states and gradients, as autocast
+    Under bfloat16 the ``rnn`` cell runs its whole recurrence in it too, states and gradients, as autocast
     runs the ``autograd`` loop's products and cuDNN its RNNs, with a true tanh (2 sigmoid(2z) - 1 from
     a bfloat16 sigmoid would lose precision near h = 0); a test checks it stays at least as close to
     float32 as autocast's own loop over 80 steps. It saves the casts between the loop and the GEMMs
