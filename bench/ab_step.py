@@ -74,7 +74,7 @@ def main() -> None:
             tokens, labels = batches[i % len(batches)]
             for which in ("base", "new") if i % 2 == 0 else ("new", "base"):
                 times[which].append(step(which, tokens, labels))
-    ratios = sorted(b / n for b, n in zip(times["base"], times["new"]))
+    ratios = sorted(b / n for b, n in zip(times["base"], times["new"], strict=True))
     med = {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}
     print(
         f"step ms, median of {args.pairs}: base {args.base} {med['base']:.1f}, working tree {med['new']:.1f}; "
