@@ -166,10 +166,8 @@ class _LSTM(torch.autograd.Function):
             i, f, gg, o = g.split(H, dim=1)
             gg.mul_(2).sub_(1)
             torch.addcmul(f * css[t], i, gg, out=css[t + 1])
-            tc = tcss[t]
-            torch.sigmoid(css[t + 1] * 2, out=tc)
-            tc.mul_(2).sub_(1)
-            torch.mul(o, tc, out=hss[t + 1])
+            _tanh_by_sigmoid(css[t + 1] * 2, out=tcss[t])
+            torch.mul(o, tcss[t], out=hss[t + 1])
         ctx.lowp, ctx.last_only = lowp, last_only
         ctx.save_for_backward(x, w_ih, w_hh, hs, cs, gates, tcs)
         return _outputs(hs, last_only)
