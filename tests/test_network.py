@@ -191,6 +191,17 @@ def test_bf16_embedding_gradient_is_summed_in_float32():
     torch.testing.assert_close(grad[3], torch.full((8,), 80 * 1024 * 1e-3), rtol=1e-3, atol=0)
 
 
+def logits_and_grads(net: SentimentRNN, tokens: torch.Tensor, weights: torch.Tensor, bf16: bool):
+    """Logits and every parameter's gradient of sum(logits * weights), under bf16 autocast or not;
+    the dropout masks drawn from the same seed every call."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(tokens).float()
+    (logits * weights).sum().backward()
+    return logits.detach(), {n: p.grad for n, p in net.named_parameters()}
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
@@ -203,14 +214,8 @@ def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
     fast.load_state_dict(ref.state_dict())
     tokens = torch.randint(1, 50, (32, 20), device=device)
     weights = torch.randn(32, generator=torch.Generator().manual_seed(2)).to(device)
-    results = []
-    for net, bf16 in ((ref, False), (fast, True)):
-        torch.manual_seed(1)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(tokens).float()
-        (logits * weights).sum().backward()
-        results.append((logits.detach(), {n: p.grad for n, p in net.named_parameters()}))
-    (out_ref, grads_ref), (out_fast, grads_fast) = results
+    out_ref, grads_ref = logits_and_grads(ref, tokens, weights, bf16=False)
+    out_fast, grads_fast = logits_and_grads(fast, tokens, weights, bf16=True)
     torch.testing.assert_close(out_fast, out_ref, atol=2e-2, rtol=0)
     for name, g in grads_ref.items():
         assert grads_fast[name].dtype == torch.float32
@@ -228,20 +233,10 @@ def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell
     nets["bptt"].load_state_dict(nets["autograd"].state_dict())
     tokens = torch.randint(1, 50, (32, 80))
     weights = torch.randn(32, generator=torch.Generator().manual_seed(2))
-
-    def run(impl: str, bf16: bool):
-        net = nets[impl]
-        net.zero_grad()
-        torch.manual_seed(1)  # the same dropout masks
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = net(tokens).float()
-        (logits * weights).sum().backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
-
-    out_ref, grads_ref = run("autograd", False)
+    out_ref, grads_ref = logits_and_grads(nets["autograd"], tokens, weights, bf16=False)
     errors = {}
     for impl in ("autograd", "bptt"):
-        out, grads = run(impl, True)
+        out, grads = logits_and_grads(nets[impl], tokens, weights, bf16=True)
         worst_grad = max(((grads[n] - g).norm() / g.norm()).item() for n, g in grads_ref.items())
         errors[impl] = ((out - out_ref).abs().max().item(), worst_grad)
     assert errors["bptt"][0] <= errors["autograd"][0] and errors["bptt"][1] <= errors["autograd"][1], errors
