@@ -1,35 +1,46 @@
-"""Callbacks: prediction file writer, hyperparameters with final metrics for TensorBoard, LR suggestion."""
+"""Callbacks: prediction file writer, hyperparameters with final metrics, exact parameter counts, run config, LR suggestion."""
 
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateFinder
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateFinder, ModelSummary
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from rnn_lightning.errors import InputError
+from rnn_lightning.files import atomic_file, check_writable
 
-FIELDS = ("id", "prob_positive", "label", "error")
+FIELDS = ("id", "prob_positive", "label", "error")  # the columns of a prediction file
+PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes ``predict`` results to ``output`` (``.csv`` or ``.jsonl``): one row per input row, in
     input order (also under DDP), with id, probability of positive, label (``pos``/``neg``) and error.
 
-    The file appears only complete: it is written to a temporary file beside it and renamed at the end.
+    ``output`` unset: ``predictions.csv`` in ``trainer.default_root_dir``. The file appears only
+    complete (``files.atomic_file``); its folder is checked before the first batch.
     """
 
-    def __init__(self, output: str = "predictions.csv", threshold: float = 0.5) -> None:
+    def __init__(self, output: str | None = None, threshold: float = 0.5) -> None:
         super().__init__(write_interval="batch")
-        if Path(output).suffix not in (".csv", ".jsonl"):
+        if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
             raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
         self.output, self.threshold = output, threshold
         self._probs: dict[int, float] = {}
+
+    def path(self, trainer: Trainer) -> Path:
+        return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":
+            check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._probs = {}
@@ -51,27 +62,20 @@ class PredictionWriter(BasePredictionWriter):
     def _write(self, trainer: Trainer, probs: dict[int, float]) -> None:
         rows = trainer.datamodule.predict_rows
         n = len(rows.ids) if rows is not None else len(probs)
-        out = Path(self.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, FIELDS) if out.suffix == ".csv" else None
-                if writer:
-                    writer.writeheader()
-                for i in range(n):
-                    p = probs.get(i)
-                    row = {
-                        "id": rows.ids[i] if rows is not None else str(i),
-                        "prob_positive": None if p is None else round(p, 6),
-                        "label": None if p is None else ("pos" if p >= self.threshold else "neg"),
-                        "error": rows.errors[i] if rows is not None else "",
-                    }
-                    writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        out = self.path(trainer)
+        with atomic_file(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, FIELDS) if out.suffix == ".csv" else None
+            if writer:
+                writer.writeheader()
+            for i in range(n):
+                p = probs.get(i)
+                row = {
+                    "id": rows.ids[i] if rows is not None else str(i),
+                    "prob_positive": None if p is None else round(p, 6),
+                    "label": None if p is None else ("pos" if p >= self.threshold else "neg"),
+                    "error": rows.errors[i] if rows is not None else "",
+                }
+                writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
         rank_zero_info(f"Wrote {n} predictions to {out}")
 
 
@@ -124,3 +128,34 @@ class LearningRateSuggestion(LearningRateFinder):
             rank_zero_info(
                 f"Suggested learning rate: {lr:.3g} (use it with --optimizer.init_args.lr {lr:.3g}); plot: {out}"
             )
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary plus exact parameter counts (its table rounds 1,018,881 to "1.0 M")."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        rows = []
+        for name, child in pl_module.net.named_children():
+            parts = child.named_children() if isinstance(child, nn.ModuleList) else [("", child)]
+            rows += [(f"{name}.{i}" if i else name, sum(p.numel() for p in m.parameters())) for i, m in parts]
+        total = sum(p.numel() for p in pl_module.parameters())
+        lines = [f"  {name:<16} {count:>12,}" for name, count in rows]
+        rank_zero_info("Parameters (exact):\n" + "\n".join(lines) + f"\n  {'total':<16} {total:>12,}")
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """LightningCLI's config saver (``config.yaml`` in the run folder), except that a fit resumed
+    from a checkpoint of its own run keeps the ``config.yaml`` the run started with, and a command
+    without a logger (``predict``) writes none (it has no run folder of its own)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        log_dir, ckpt_path = trainer.log_dir, self.config.get("ckpt_path")
+        if stage == "fit" and ckpt_path and log_dir and os.path.isfile(os.path.join(log_dir, self.config_filename)):
+            if Path(ckpt_path).resolve().is_relative_to(Path(log_dir).resolve()):
+                return
+        super().setup(trainer, pl_module, stage)

@@ -1,60 +1,44 @@
-"""The command line: LightningCLI wired to the IMDB data module and the classifier."""
+"""The command line: LightningCLI wired to the data module and the classifier.
 
-import pickle
-import shutil
+    python cli.py fit  --config configs/base.yaml --data.dataset ../shared/imdb
+    python cli.py test --config configs/base.yaml --data.dataset ../shared/imdb --ckpt_path best
+
+Only wiring lives here: defaults every config shares, argument links, and the checks that must run
+before any work. Callbacks are in ``callbacks.py``, checkpoint knowledge in ``checkpoint.py``.
+"""
+
+import logging
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-import torch
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 
-from rnn_lightning.callbacks import HParamsWithMetrics, PredictionWriter
-from rnn_lightning.checkpoint_io import AtomicCheckpointIO
+from rnn_lightning import checkpoint
+from rnn_lightning.callbacks import HParamsWithMetrics, ParameterSummary, PredictionWriter, RunConfigSaver
 from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
+from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.runtime import tune_cpu_runtime
 
+RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
 
-class ParameterSummary(ModelSummary):
-    """Lightning's model summary plus exact parameter counts (its table rounds 1,018,881 to "1.0 M")."""
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        if not trainer.is_global_zero:
-            return
-        rows = []
-        for name, child in pl_module.net.named_children():
-            parts = child.named_children() if isinstance(child, nn.ModuleList) else [("", child)]
-            rows += [(f"{name}.{i}" if i else name, sum(p.numel() for p in m.parameters())) for i, m in parts]
-        total = sum(p.numel() for p in pl_module.parameters())
-        lines = [f"  {name:<16} {count:>12,}" for name, count in rows]
-        rank_zero_info("Parameters (exact):\n" + "\n".join(lines) + f"\n  {'total':<16} {total:>12,}")
-
-
-class RunConfigSaver(SaveConfigCallback):
-    """LightningCLI's config saver, except that
-    - a test/predict run without a logger (so without a run directory of its own) does not write
-      ``config.yaml`` into ``default_root_dir``, where a second such run would collide with it;
-    - a fit resumed into its own run directory keeps the ``config.yaml`` it started with (the CLI
-      marks it ``already_saved``)."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" and trainer.logger is None:
-            return
-        super().setup(trainer, pl_module, stage)
-
-
-def _is_inside(path: str, folder: str | None) -> bool:
-    return folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())
+# What every config shares; a preset states only what it changes.
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # save_dir follows trainer.default_root_dir (linked below); hp_metric: HParamsWithMetrics logs real ones
+        "init_args": {"save_dir": ".", "name": RUNS_DIR_NAME, "default_hp_metric": False},
+    },
+    "enable_model_summary": False,  # ParameterSummary (below) is the summary, with exact counts
+}
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -68,21 +52,27 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 class RNNLightningCLI(LightningCLI):
-    """``fit``/``validate``/``test``/``predict`` with IMDB wiring that no config has to repeat."""
+    """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", OneLineErrorParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
         super().__init__(SentimentClassifier, IMDBDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The vocabulary cap is known at parse time; the padding id only once the data module exists.
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
+        # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
+        parser.link_arguments(
+            "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        # Lightning (2.6) writes a save_last checkpoint only when a best checkpoint was written in the
-        # same step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
+        # Lightning writes a save_last checkpoint only when a best checkpoint was written in the same
+        # step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
@@ -90,10 +80,11 @@ class RNNLightningCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-epoch{epoch:02d}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
-                "last_checkpoint.filename": "last",
+                "last_checkpoint.filename": checkpoint.LAST_NAME,
                 "last_checkpoint.enable_version_counter": False,
             }
         )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(ParameterSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
@@ -107,144 +98,106 @@ class RNNLightningCLI(LightningCLI):
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
         """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
         out = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
-        if lr_scheduler is None or self._get(self.config, "lr_scheduler_interval", "epoch") == "epoch":
+        if lr_scheduler is None or self.config[self.subcommand].lr_scheduler_interval == "epoch":
             return out
         config = out["lr_scheduler"] if isinstance(out, dict) else {"scheduler": lr_scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": "step"}}
 
-    # ---------------------------------------------------------------- checks before any work
+    # ---------------------------------------------------------------- before anything is built
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then settle ``--ckpt_path``: ``last``/``best`` become a file, and the file is checked
+        before LightningCLI reads the model's hyperparameters from it (so a checkpoint brings its
+        own model shape, and a junk file is one line instead of a traceback)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        path = cfg.get("ckpt_path")
+        if not path or path in ("hpc", "registry") or "://" in str(path):
+            return
+        runs = runs_dir(cfg.trainer)
+        if path in ("last", "best"):
+            cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path))
+            rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
+        self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
+        version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
+        logger = cfg.trainer.get("logger")
+        if subcommand == "fit" and version is not None and isinstance(logger, Namespace):
+            if logger.init_args.get("version") is None:  # resuming a run continues its TensorBoard run
+                logger.init_args.version = version
+                rank_zero_info(f"Resuming {cfg.ckpt_path}: the TensorBoard run version_{version} continues")
+                # its checkpoints/ folder is not empty because it is this run's
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if subcommand != "fit":
+            # The checkpoint's own bookkeeping callbacks, pointed at its folder: Lightning then restores
+            # their state without warning that they are missing or that their folder moved.
+            for key in ("checkpoint", "last_checkpoint"):
+                if cfg[key].get("dirpath") is None:
+                    cfg[key].dirpath = str(Path(cfg.ckpt_path).parent)
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if self.subcommand == "predict":
+            cfg.trainer.logger = False  # a prediction is not a run: no TensorBoard run, no config.yaml
+        if cfg.get("weights_only") is None:
+            cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
+
+    # Private on purpose: LightningCLI adds the callbacks of add_lightning_class_args here with no public
+    # hook to drop them, and Trainer refuses a ModelCheckpoint without checkpointing or an LR monitor
+    # without a logger (checked against Lightning 2.6).
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
+            plugins.append(checkpoint.AtomicCheckpointIO())
         config["plugins"] = plugins
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        self._resolve_named_checkpoint()
-        self._continue_run()
-        self._default_weights_only()
-        self._check_output_dirs()
-
-    def before_validate(self) -> None:
-        self._resolve_named_checkpoint()
-        self._default_weights_only()
-
-    before_test = before_predict = before_validate
-
-    def _run_args(self) -> dict:
-        return self.config_init[self.subcommand]
-
-    def _resolve_named_checkpoint(self) -> None:
-        """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / ``best-*.ckpt`` under the
-        logger's folder (Lightning's own "best" and "last" only know the current process's fit)."""
-        cfg, logger = self._run_args(), self.trainer.logger
-        name = cfg.get("ckpt_path")
-        if name not in ("last", "best"):
-            return
-        root = Path(logger.root_dir) if isinstance(logger, TensorBoardLogger) else Path(self.trainer.default_root_dir)
-        pattern = "last.ckpt" if name == "last" else "best-*.ckpt"
-        found = [
-            p for p in root.glob(f"version_*/checkpoints/{pattern}") if _version_number(p.parents[1].name) is not None
-        ]
-        if not found:
-            raise InputError(
-                f"ckpt_path: {name!r} but no run under {root} has checkpoints/{pattern}; pass a checkpoint's path"
-            )
-        cfg["ckpt_path"] = str(max(found, key=lambda p: (_version_number(p.parents[1].name), p.stat().st_mtime)))
-        check_checkpoint(cfg["ckpt_path"])  # explicit paths were checked in _parse_ckpt_path
-        rank_zero_info(f"ckpt_path {name!r}: {cfg['ckpt_path']}")
-
-    def _continue_run(self) -> None:
-        """Resuming from a checkpoint inside a run directory continues that TensorBoard run instead of
-        opening a new one."""
-        cfg, logger = self._run_args(), self.trainer.logger
-        if not isinstance(logger, TensorBoardLogger) or not cfg.get("ckpt_path"):
-            return
-        root = Path(logger.root_dir)
-        ckpt = Path(cfg["ckpt_path"])
-        if logger._version is None and ckpt.parent.name == "checkpoints" and _is_inside(str(ckpt), str(root)):
-            version = _version_number(ckpt.parents[1].name)
-            if version is not None:
-                logger._version = version
-                for callback in self.trainer.callbacks:
-                    if isinstance(callback, SaveConfigCallback):
-                        callback.already_saved = True  # the run's config.yaml stays as it started
-                rank_zero_info(f"Resuming {ckpt}: the TensorBoard run {ckpt.parents[1].name} continues")
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the model's hyperparameters from ``--ckpt_path`` before anything else
-        (so a checkpoint brings its own shape); check the file first, so that a missing, truncated,
-        foreign or pickle-carrying file is refused in one line instead of a traceback."""
-        subcommand = self.config.get("subcommand")
-        if subcommand:
-            path = self.config[subcommand].get("ckpt_path")
-            if path and path not in ("last", "best", "hpc", "registry") and "://" not in str(path):
-                check_checkpoint(path)
-        super()._parse_ckpt_path()
-
-    def _default_weights_only(self) -> None:
-        cfg = self._run_args()
-        if cfg.get("weights_only") is None:
-            cfg["weights_only"] = True  # rnn-lightning checkpoints hold tensors and plain types only
-
-    def _check_output_dirs(self) -> None:
-        """Fail before training if run logs and checkpoints cannot be written, or the disk is nearly full."""
-        logger, trainer = self.trainer.logger, self.trainer
-        folders = {Path(getattr(logger, "root_dir", None) or trainer.default_root_dir)}
+        trainer = self.trainer
+        folders = {Path(trainer.log_dir or trainer.default_root_dir)}
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
             folders.add(Path(trainer.checkpoint_callback.dirpath))
         param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        need = 2 * 3 * param_bytes + 64 * 2**20  # best + last, each weights and two Adam moments; logs
-        for folder in folders:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryFile(dir=folder) as probe:
-                    probe.write(b"ok")
-            except OSError as e:
-                raise InputError(
-                    f"trainer.default_root_dir: cannot write run logs/checkpoints under {folder} ({e.strerror or e})"
-                ) from None
-            free = shutil.disk_usage(folder).free
-            if free < need:
-                raise InputError(
-                    f"trainer.default_root_dir: only {free / 2**20:.0f} MB free under {folder}; "
-                    f"this run needs about {need / 2**20:.0f} MB for checkpoints and logs"
-                )
-
-
-def _version_number(name: str) -> int | None:
-    return int(name[len("version_") :]) if name.startswith("version_") and name[len("version_") :].isdigit() else None
-
-
-def check_checkpoint(path: str) -> dict:
-    """Load ``path`` with ``weights_only=True`` (no code from the file runs) and check that it is an
-    rnn-lightning checkpoint: weights, plain-typed hyperparameters and the tokenizer."""
-    if not Path(path).is_file():
-        raise InputError(f"ckpt_path: {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(
-            f"ckpt_path: {path!r} holds pickled Python objects, which weights_only loading refuses "
-            "(rnn-lightning checkpoints hold only tensors and plain types; this one came from elsewhere)"
-        ) from None
-    except Exception as e:
-        raise InputError(
-            f"ckpt_path: {path!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})"
-        ) from None
-    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", "IMDBDataModule"} <= ckpt.keys():
-        raise InputError(
-            f"ckpt_path: {path!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)"
+        check_writable(  # best + last, each weights and two Adam moments; plus logs
+            folders, need_bytes=2 * 3 * param_bytes + 64 * 2**20, field="trainer.default_root_dir"
         )
-    return ckpt
+        if self._resumed is not None and self._resumed.get("epoch", -1) + 1 >= (trainer.max_epochs or 0) > 0:
+            rank_zero_info(
+                f"The checkpoint already finished epoch {self._resumed['epoch'] + 1} of trainer.max_epochs="
+                f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
+            )
+
+
+def runs_dir(trainer_cfg: Namespace) -> Path:
+    """The folder holding ``version_N`` runs, from the resolved trainer config."""
+    logger = trainer_cfg.get("logger")
+    if isinstance(logger, Namespace) and logger.get("init_args") and logger.init_args.get("save_dir"):
+        return Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
+    return Path(trainer_cfg.get("default_root_dir") or ".") / RUNS_DIR_NAME
+
+
+def _quiet_lightning() -> None:
+    """Silence, at their source, the messages a user of this CLI cannot act on."""
+    # Lightning's advertisement for its hosted logger, printed by every command.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    # Lightning's own pytree helper uses torch's deprecated LeafSpec constructor.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
 def main(args=None) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
     tune_cpu_runtime()
+    _quiet_lightning()
     try:
         RNNLightningCLI(args=args)
     except (InputError, NonFiniteLossError) as e:

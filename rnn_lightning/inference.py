@@ -8,14 +8,15 @@ python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + token
 """
 
 import argparse
-import inspect
 import json
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
+from rnn_lightning.files import atomic_file
 from rnn_lightning.models.classifier import SentimentClassifier
 from rnn_lightning.serving import probabilities
 
@@ -31,23 +32,17 @@ class SentimentPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SentimentPredictor":
-        """Load with ``weights_only=True``: tensors and plain types only, no code from the file runs."""
+        """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
+        ckpt = checkpoint.load_checkpoint(path)
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"ckpt_path: {path!r} does not exist") from None
-        except Exception as e:
-            raise InputError(f"ckpt_path: {path!r} is not a readable checkpoint ({type(e).__name__})") from None
-        try:
-            accepted = inspect.signature(SentimentClassifier).parameters  # LightningCLI adds e.g. _instantiator
-            model = SentimentClassifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted})
-            model.load_state_dict(ckpt["state_dict"])
-            tokenizer = Tokenizer.from_str(ckpt["IMDBDataModule"]["tokenizer"])
-        except (KeyError, TypeError, RuntimeError) as e:
+            hparams = {k: v for k, v in ckpt[checkpoint.HPARAMS_KEY].items() if not k.startswith("_")}
+            model = SentimentClassifier(**hparams)  # "_instantiator" and the like are LightningCLI's
+            model.load_state_dict(ckpt[checkpoint.WEIGHTS_KEY])
+        except (InputError, TypeError, RuntimeError) as e:
             raise InputError(
-                f"ckpt_path: {path!r} is not an rnn-lightning checkpoint ({type(e).__name__}: {str(e)[:200]})"
+                f"ckpt_path: {path!r} does not hold an rnn-lightning model ({type(e).__name__}: {str(e)[:200]})"
             ) from None
-        return cls(model.net.to(map_location), tokenizer)
+        return cls(model.net.to(map_location), Tokenizer.from_str(checkpoint.tokenizer_json(ckpt)))
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[float]:
@@ -71,9 +66,12 @@ class SentimentPredictor:
             program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
         finally:
             net.implementation = previous
-        torch.export.save(program, out / "model.pt2")
-        (out / "tokenizer.json").write_text(self.tokenizer.to_str())
-        (out / "meta.json").write_text(json.dumps({"output": "logit of a positive review", "max_len": max_len}))
+        with atomic_file(out / "model.pt2", "wb") as f:
+            torch.export.save(program, f)
+        with atomic_file(out / "tokenizer.json") as f:
+            f.write(self.tokenizer.to_str())
+        with atomic_file(out / "meta.json") as f:
+            json.dump({"output": "logit of a positive review", "max_len": max_len}, f)
         return out
 
 

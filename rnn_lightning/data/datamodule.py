@@ -3,8 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -19,10 +17,12 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.data import sources
 from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, train_tokenizer
 from rnn_lightning.errors import InputError
+from rnn_lightning.files import atomic_folder
 
 CACHE_VERSION = 2  # bump when the tokenizer recipe, the split or the cache layout changes
 
@@ -243,17 +243,11 @@ class IMDBDataModule(LightningDataModule):
             for split, pair in encode_splits(tokenizer, raw, fit_idx, val_idx).items()
             for kind, a in zip(("ids", "labels"), pair, strict=True)
         }
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary folder and renamed: a crash or a second process never sees half a cache.
-        tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
-        np.savez(tmp / "arrays.npz", **arrays)
-        (tmp / "tokenizer.json").write_text(tokenizer.to_str())
         meta = {"dataset": self.dataset, "sizes": {k: len(v) for k, v in arrays.items() if k.endswith("labels")}}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(target) as tmp:  # a crash or a second process never sees half a cache
+            np.savez(tmp / "arrays.npz", **arrays)
+            (tmp / "tokenizer.json").write_text(tokenizer.to_str())
+            (tmp / "meta.json").write_text(json.dumps(meta))
 
     def setup(self, stage: str) -> None:
         if self._predicting_raw_text():
@@ -291,12 +285,12 @@ class IMDBDataModule(LightningDataModule):
     # ---------------------------------------------------------------- checkpoint
 
     def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}
+        return {TOKENIZER_KEY: self.tokenizer.to_str() if self.tokenizer else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Take the checkpoint's tokenizer. Lightning calls this after ``setup``, so data already
         encoded with a different tokenizer is encoded again before any batch is made."""
-        tokenizer_json = state.get("tokenizer") if isinstance(state, dict) else None
+        tokenizer_json = state.get(TOKENIZER_KEY) if isinstance(state, dict) else None
         if not isinstance(tokenizer_json, str):
             raise InputError("ckpt_path: the checkpoint holds no tokenizer (was it written by rnn-lightning?)")
         self.tokenizer = Tokenizer.from_str(tokenizer_json)

@@ -1,6 +1,6 @@
 """The LightningModule: loss, metrics and the train/val/test/predict steps around ``SentimentRNN``."""
 
-from typing import Literal, get_args
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -10,89 +10,38 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from rnn_lightning.errors import InputError, NonFiniteLossError
-from rnn_lightning.models.components.network import Pooling, SentimentRNN
-from rnn_lightning.models.components.recurrent import Cell, Implementation
+from rnn_lightning.checkpoint import DROPOUT_RNG_KEY
+from rnn_lightning.models.components.network import SentimentRNN
 
 
 class SentimentClassifier(LightningModule):
-    """Binary sentiment classifier: token ids (B, T) -> logits (B,); positive = 1.
+    """Binary sentiment classifier around ``SentimentRNN``: token ids (B, T) -> logits (B,); positive = 1.
 
     Trains on logits with ``BCEWithLogitsLoss`` (numerically stable, one sigmoid); probabilities
     appear only in ``predict_step``. The optimizer and LR scheduler come from the config
     (LightningCLI's ``optimizer:`` / ``lr_scheduler:``).
 
     Args:
-        vocab_size: rows of the embedding; linked from ``data.vocab_size`` by the CLI.
-        pad_id: id of ``<pad>``; linked from the data module by the CLI.
-        embed_dim: embedding width.
-        cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
-        hidden_size: units per direction of each recurrent layer.
-        num_layers: stacked recurrent layers.
-        dropout: input dropout before every recurrent layer, one mask per review.
-        bidirectional: run each layer in both directions and concatenate.
-        pooling: ``last`` state, or ``max`` / ``mean`` over the (unpadded) time steps.
-        implementation: ``auto`` (fused on GPU, bptt on CPU), ``fused``, ``bptt`` or ``autograd``;
-            same results, different speed.
         on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
             step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
-        word_dropout: probability of replacing each token of a training review by padding.
-        bigram_buckets: rows of a hashed table of word-pair (bigram) embeddings added to each
-            step's word embedding (0: none). See ``SentimentRNN``.
+        **net: the network's hyperparameters, by name: ``SentimentRNN``'s arguments (``model.cell``,
+            ``model.hidden_size``, ...), with its defaults and checks. The CLI lists them from there.
     """
 
-    def __init__(
-        self,
-        vocab_size: int = 10_000,
-        pad_id: int = 0,
-        embed_dim: int = 100,
-        cell: Cell = "rnn",
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        dropout: float = 0.2,
-        bidirectional: bool = False,
-        pooling: Pooling = "last",
-        implementation: Implementation = "auto",
-        on_nonfinite: Literal["stop", "skip"] = "stop",
-        word_dropout: float = 0.0,
-        bigram_buckets: int = 0,
-    ) -> None:
+    def __init__(self, on_nonfinite: Literal["stop", "skip"] = "stop", **net: Any) -> None:
         super().__init__()
-        _check_choice("model.cell", cell, Cell)
-        _check_choice("model.pooling", pooling, Pooling)
-        _check_choice("model.implementation", implementation, Implementation)
-        _check_choice("model.on_nonfinite", on_nonfinite, Literal["stop", "skip"])
-        for name, value, low in [
-            ("vocab_size", vocab_size, 3),
-            ("embed_dim", embed_dim, 1),
-            ("hidden_size", hidden_size, 1),
-            ("num_layers", num_layers, 1),
-        ]:
-            if value < low:
-                raise InputError(f"model.{name}: expected an integer >= {low}, got {value}")
-        if bigram_buckets != 0 and bigram_buckets < 2:
-            raise InputError(f"model.bigram_buckets: expected 0 (no bigrams) or an integer >= 2, got {bigram_buckets}")
-        for name, value in (("dropout", dropout), ("word_dropout", word_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise InputError(f"model.{name}: expected a number in [0, 1), got {value}")
-        if not 0 <= pad_id < vocab_size:
-            raise InputError(f"model.pad_id: expected an id in [0, vocab_size={vocab_size}), got {pad_id}")
+        if on_nonfinite not in ("stop", "skip"):
+            raise InputError(f"model.on_nonfinite: expected one of stop, skip; got {on_nonfinite!r}")
+        try:
+            self.net = SentimentRNN(**net)
+        except InputError as e:
+            raise InputError(f"model.{e}") from None
+        except TypeError as e:  # an argument SentimentRNN does not have
+            raise InputError(f"model: {e}".replace("SentimentRNN.__init__()", "the network")) from None
         self.save_hyperparameters()
+        self.hparams.update(self.net.config)  # every network argument, defaults included, in the checkpoint
         self._seed = torch.initial_seed()  # set by seed_everything before the CLI builds the model
         self._restored_rng: Tensor | None = None
-        self.net = SentimentRNN(
-            vocab_size,
-            embed_dim,
-            cell,
-            hidden_size,
-            num_layers,
-            dropout,
-            bidirectional,
-            pooling,
-            pad_id,
-            implementation,
-            word_dropout,
-            bigram_buckets,
-        )
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
         # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
@@ -124,10 +73,10 @@ class SentimentClassifier(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.net.generator is not None:
-            checkpoint["dropout_rng_state"] = self.net.generator.get_state()
+            checkpoint[DROPOUT_RNG_KEY] = self.net.generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._restored_rng = checkpoint.get("dropout_rng_state")
+        self._restored_rng = checkpoint.get(DROPOUT_RNG_KEY)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,)."""
@@ -150,8 +99,8 @@ class SentimentClassifier(LightningModule):
         """Log a stage's epoch metrics; Lightning computes them (synced across processes) and resets them.
 
         Logged once per epoch from the epoch-end hooks, not from every step with ``on_epoch=True``:
-        the result is the same, and each ``self.log`` of a metric costs ~1 ms of Python, ~5% of a
-        base-model training step on a 2-core CPU.
+        the result is the same, and each ``self.log`` of a metric costs a measurable share of a
+        base-model training step in Python work (BENCHMARKS.md).
         """
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage != "train")
         self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage != "train")
@@ -168,10 +117,9 @@ class SentimentClassifier(LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # The loss and every gradient are checked together, with one host sync a step instead of two
-        # (each sync makes the host wait for the GPU's queue; on an H200 the base epoch took 0.232 s
-        # after this change against 0.224 s before, on another machine: launches, not syncs, bound it).
-        # A non-finite loss gives non-finite gradients, so skipping the update covers both.
+        # The loss and every gradient are checked together: one host sync a step instead of two (each
+        # sync makes the host wait for the GPU's queue). A non-finite loss gives non-finite gradients,
+        # so skipping the update covers both.
         loss, batch_idx = self._checked
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
@@ -220,9 +168,3 @@ class SentimentClassifier(LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Probability of a positive review, (B,). ``batch`` is (tokens (B, T), row index (B,))."""
         return torch.sigmoid(self(batch[0]))
-
-
-def _check_choice(field: str, value: str, choices) -> None:
-    allowed = get_args(choices)
-    if value not in allowed:
-        raise InputError(f"{field}: expected one of {', '.join(allowed)}; got {value!r}")

@@ -1,10 +1,11 @@
 """The network: token ids -> one logit per review. Plain PyTorch; knows nothing of Lightning."""
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from rnn_lightning.errors import InputError
 from rnn_lightning.models.components.masked import masked_cast, masked_embedding
 from rnn_lightning.models.components.recurrent import Cell, Implementation, RecurrentLayer
 
@@ -12,24 +13,39 @@ Pooling = Literal["last", "max", "mean", "max_mean"]
 
 
 class SentimentRNN(nn.Module):
-    """Embedding -> stacked recurrent layers -> linear head.
+    """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits (B,).
 
-    ``dropout`` is Keras' input dropout: before every recurrent layer, one mask per review,
-    reused at every time step (a per-step mask would erase a different part of the signal each step).
-    ``word_dropout`` replaces each real token by padding (a zero vector) with that probability while
-    training, so the model cannot lean on a few memorable words (names, titles) of a review.
-    ``pooling`` reduces the last layer's outputs over time: ``last`` is the final state (for a
-    bidirectional layer, each direction's final state), ``max``/``mean`` ignore padding, ``max_mean``
-    concatenates the two.
-    ``bigram_buckets`` > 0 adds, at each step, an embedding of the word pair (previous word, this word)
-    from a table of that many rows indexed by a hash of the pair (row 0: no pair, i.e. the first word
-    or next to padding). A pair like "not good" then enters the recurrence as one signal rather than
-    having to be composed by it; colliding pairs share a row.
+    This signature is the one place the network's hyperparameters, their defaults and their checks
+    live; the LightningModule and the command line (``model.*``) take them from here. The defaults
+    are the Keras tutorial's model (1,018,881 parameters).
+
+    Args:
+        vocab_size: rows of the embedding; the CLI links it from ``data.vocab_size``.
+        pad_id: id of ``<pad>``; its embedding row stays zero. The CLI links it from the data module.
+        embed_dim: embedding width.
+        cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
+        hidden_size: units per direction of each recurrent layer.
+        num_layers: stacked recurrent layers.
+        dropout: Keras' input dropout before every recurrent layer: one mask per review and feature,
+            reused at every time step (a per-step mask would erase a different part of the signal each step).
+        bidirectional: run each layer in both directions and concatenate.
+        pooling: how the last layer's outputs (T, B, D*H) become one vector per review: ``last``
+            state (for a bidirectional layer each direction's final state), ``max`` or ``mean`` over
+            the real (unpadded) steps, or ``max_mean`` (the two concatenated).
+        implementation: ``auto`` (fused on GPU, bptt on CPU), ``fused``, ``bptt`` or ``autograd``;
+            the same function, different speed (see ``recurrent.py``).
+        word_dropout: probability of replacing each token of a training review by padding, so the
+            model cannot lean on a few memorable words (names, titles).
+        bigram_buckets: rows of a table of word-pair embeddings (0: none). Each step's input is then
+            the word's embedding plus that of (previous word, word), indexed by a hash of the pair
+            (row 0: no pair, i.e. the first word or next to padding); colliding pairs share a row.
+            A pair like "not good" enters the recurrence as one signal instead of being composed by it.
     """
 
     def __init__(
         self,
         vocab_size: int = 10_000,
+        pad_id: int = 0,
         embed_dim: int = 100,
         cell: Cell = "rnn",
         hidden_size: int = 64,
@@ -37,12 +53,13 @@ class SentimentRNN(nn.Module):
         dropout: float = 0.2,
         bidirectional: bool = False,
         pooling: Pooling = "last",
-        pad_id: int = 0,
         implementation: Implementation = "auto",
         word_dropout: float = 0.0,
         bigram_buckets: int = 0,
     ) -> None:
         super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # as passed, by name
+        check_hyperparameters(self.config)
         self.dropout, self.pooling, self.pad_id, self.implementation = dropout, pooling, pad_id, implementation
         self.word_dropout = word_dropout
         self.generator: torch.Generator | None = None  # dropout masks; the global RNG when None
@@ -120,3 +137,20 @@ class SentimentRNN(nn.Module):
         if self.pooling in ("mean", "max_mean"):
             pooled.append((x * real).sum(dim=0) / real.sum(dim=0).clamp(min=1))
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+
+
+def check_hyperparameters(config: dict) -> None:
+    """``SentimentRNN``'s arguments by name, checked before anything is built; the error names the argument."""
+    for name, choices in (("cell", Cell), ("pooling", Pooling), ("implementation", Implementation)):
+        if config[name] not in get_args(choices):
+            raise InputError(f"{name}: expected one of {', '.join(get_args(choices))}; got {config[name]!r}")
+    for name, low in (("vocab_size", 3), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
+        if not isinstance(config[name], int) or config[name] < low:
+            raise InputError(f"{name}: expected an integer >= {low}, got {config[name]!r}")
+    if config["bigram_buckets"] != 0 and config["bigram_buckets"] < 2:
+        raise InputError(f"bigram_buckets: expected 0 (no bigrams) or an integer >= 2, got {config['bigram_buckets']}")
+    for name in ("dropout", "word_dropout"):
+        if not 0.0 <= config[name] < 1.0:
+            raise InputError(f"{name}: expected a number in [0, 1), got {config[name]}")
+    if not 0 <= config["pad_id"] < config["vocab_size"]:
+        raise InputError(f"pad_id: expected an id in [0, vocab_size={config['vocab_size']}), got {config['pad_id']}")

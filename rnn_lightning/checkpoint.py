@@ -1,0 +1,105 @@
+"""Everything rnn-lightning knows about checkpoint files: what they hold, how they are read, found and written.
+
+A checkpoint is Lightning's dictionary plus the data module's state (the tokenizer as JSON text), so
+a checkpoint alone turns raw text into predictions. It holds tensors and plain types only, and is
+always read with ``weights_only=True``: loading never runs code from the file.
+"""
+
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from rnn_lightning.errors import InputError
+from rnn_lightning.files import atomic_file
+
+# Lightning stores a data module's state under its class name (so this is IMDBDataModule.__qualname__).
+DATAMODULE_KEY = "IMDBDataModule"
+TOKENIZER_KEY = "tokenizer"  # the tokenizer's JSON inside DATAMODULE_KEY
+HPARAMS_KEY = "hyper_parameters"
+WEIGHTS_KEY = "state_dict"
+DROPOUT_RNG_KEY = "dropout_rng_state"
+
+LAST_NAME = "last"  # checkpoints/last.ckpt: the latest epoch, for resuming
+BEST_PATTERN = "best-*.ckpt"  # checkpoints/best-epochNN-accX.XXXX.ckpt: the best by val/acc
+NAMED = {"last": f"{LAST_NAME}.ckpt", "best": BEST_PATTERN}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read ``path`` with ``weights_only=True`` and check it is an rnn-lightning checkpoint.
+
+    Every way a file can be wrong (missing, truncated, another format, pickled objects, another
+    program's dictionary) is an ``InputError`` naming the file.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"ckpt_path: {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"ckpt_path: {str(path)!r} holds pickled Python objects, which weights_only loading refuses "
+            "(rnn-lightning checkpoints hold only tensors and plain types; this one came from elsewhere)"
+        ) from None
+    except Exception as e:
+        raise InputError(
+            f"ckpt_path: {str(path)!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})"
+        ) from None
+    if not (
+        isinstance(ckpt, dict)
+        and {WEIGHTS_KEY, HPARAMS_KEY, DATAMODULE_KEY} <= ckpt.keys()
+        and isinstance(ckpt[DATAMODULE_KEY], dict)
+        and isinstance(ckpt[DATAMODULE_KEY].get(TOKENIZER_KEY), str)
+    ):
+        raise InputError(
+            f"ckpt_path: {str(path)!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)"
+        )
+    return ckpt
+
+
+def tokenizer_json(ckpt: dict[str, Any]) -> str:
+    """The tokenizer (JSON text) of a checkpoint read by ``load_checkpoint``."""
+    return ckpt[DATAMODULE_KEY][TOKENIZER_KEY]
+
+
+def run_version(run_dir: Path) -> int | None:
+    """``version_7`` -> 7; anything else -> None."""
+    number = run_dir.name.removeprefix("version_")
+    return int(number) if run_dir.name.startswith("version_") and number.isdigit() else None
+
+
+def find_checkpoint(runs_dir: Path, which: Literal["last", "best"]) -> Path:
+    """The newest run's ``last.ckpt`` or ``best-*.ckpt`` under ``runs_dir`` (``lightning_logs/``).
+
+    Lightning's own ``"last"``/``"best"`` only know the checkpoints of the current process's ``fit``.
+    """
+    found = [p for p in runs_dir.glob(f"version_*/checkpoints/{NAMED[which]}") if run_version(p.parents[1]) is not None]
+    if not found:
+        raise InputError(
+            f"ckpt_path: {which!r} but no run under {runs_dir} has checkpoints/{NAMED[which]}; pass a checkpoint's path"
+        )
+    return max(found, key=lambda p: (run_version(p.parents[1]), p.stat().st_mtime))
+
+
+def run_of(ckpt_path: Path, runs_dir: Path) -> int | None:
+    """The version number of the run a checkpoint belongs to, if it sits in ``runs_dir/version_N/checkpoints/``."""
+    ckpt_path, runs_dir = ckpt_path.resolve(), runs_dir.resolve()
+    if ckpt_path.parent.name != "checkpoints" or ckpt_path.parents[2] != runs_dir:
+        return None
+    return run_version(ckpt_path.parents[1])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, except that a file is complete or absent.
+
+    Lightning writes to the system temp folder and moves the file; across file systems that move is
+    a copy, and a kill during the copy leaves a truncated ``last.ckpt``. Here the temporary file sits
+    beside the target, is synced, and renamed. Remote paths (``s3://`` ...) go to Lightning.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_file(path, "wb", sync=True) as f:
+            torch.save(checkpoint, f)
