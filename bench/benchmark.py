@@ -52,7 +52,7 @@ def tf_epochs(python: str, anchors: Path, epochs: int, no_val: bool) -> list[flo
 def fit_cmd(data: str, epochs: int, cache: str, logdir: str, extra: list[str]) -> list[str]:
     return [sys.executable, "cli.py", "fit", "--config", "configs/base.yaml", "--data.dataset", data,
             "--data.cache_dir", cache, "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-            "--trainer.default_root_dir", logdir, "--trainer.logger.init_args.save_dir", logdir,
+            "--trainer.default_root_dir", logdir,
             "--trainer.callbacks+=bench.timing.EpochTimer", *extra]  # fmt: skip
 
 

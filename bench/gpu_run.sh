@@ -37,8 +37,7 @@ common=(--data.dataset "$DATA" --data.cache_dir "$CACHE" --trainer.accelerator "
 fit() {  # fit SECONDS NAME CONFIG ARGS... -> prints the run's per-epoch JSON lines
     local limit=$1 name=$2 config=$3
     shift 3
-    timeout "$limit" "$PY" cli.py fit --config "$config" "${common[@]}" --trainer.default_root_dir "$RUNS/$name" \
-        --trainer.logger.init_args.save_dir "$RUNS/$name" "$@" >"$RUNS/$name.log" 2>&1
+    timeout "$limit" "$PY" cli.py fit --config "$config" "${common[@]}" --trainer.default_root_dir "$RUNS/$name" "$@" >"$RUNS/$name.log" 2>&1
     local rc=$? lines  # one write per run: runs that end together do not interleave
     lines=$(grep -E '^\{"event": "epoch"|Error|error:' "$RUNS/$name.log" | tail -"$((SWEEP_EPOCHS + 4))")
     printf '== %s rc=%s %s\n%s\n' "$name" "$rc" "$*" "$lines"
@@ -96,7 +95,7 @@ wait
         [ -d "$RUNS/sweep-$name-42" ] || continue
         # shellcheck disable=SC2086
         "$PY" cli.py test --config configs/bigru.yaml "${common[@]}" --trainer.default_root_dir "$RUNS/sweep-$name-42" \
-            --trainer.logger.init_args.save_dir "$RUNS/sweep-$name-42" --data.val_split blocks --seed_everything 42 \
+            --data.val_split blocks --seed_everything 42 \
             $args --ckpt_path best 2>&1 | grep -E "test/acc|Error" | head -3 | sed "s/^/$name: /"
     done
 } >"$OUT/sweep.txt" 2>&1

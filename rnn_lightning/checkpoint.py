@@ -37,7 +37,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"ckpt_path: {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a refused Python object: junk or another format
+            raise InputError(f"ckpt_path: {str(path)!r} is not a readable checkpoint (another format)") from None
         raise InputError(
             f"ckpt_path: {str(path)!r} holds pickled Python objects, which weights_only loading refuses "
             "(rnn-lightning checkpoints hold only tensors and plain types; this one came from elsewhere)"

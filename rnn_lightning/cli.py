@@ -98,7 +98,8 @@ class RNNLightningCLI(LightningCLI):
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
         """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
         out = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
-        if lr_scheduler is None or self.config[self.subcommand].lr_scheduler_interval == "epoch":
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if lr_scheduler is None or config.lr_scheduler_interval == "epoch":
             return out
         config = out["lr_scheduler"] if isinstance(out, dict) else {"scheduler": lr_scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": "step"}}
@@ -138,6 +139,8 @@ class RNNLightningCLI(LightningCLI):
                     cfg[key].dirpath = str(Path(cfg.ckpt_path).parent)
 
     def before_instantiate_classes(self) -> None:
+        if not self.subcommand:
+            return
         cfg = self.config[self.subcommand]
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a prediction is not a run: no TensorBoard run, no config.yaml
@@ -189,6 +192,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )
+    # The model summary's size estimate under bf16 (our summary prints exact counts instead).
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
     # Lightning's own pytree helper uses torch's deprecated LeafSpec constructor.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)

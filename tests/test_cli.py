@@ -1,93 +1,123 @@
-"""The command line, end to end on tiny data: fit -> test -> predict, configs, and one-line errors."""
+"""The command line, end to end on tiny data: fit -> test -> predict, configs, outputs, one-line errors."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from rnn_lightning import checkpoint
 from rnn_lightning.cli import RNNLightningCLI
-from tests.conftest import ROOT
+from tests.helpers import ROOT, ckpt_dir, one_line_error, run_cli, runs
+
+WARNINGS_NOBODY_CAN_ACT_ON = (
+    "Skipping setting a default `ModelSummary`",
+    "litlogger",
+    "LeafSpec",
+    "won't be reloaded",
+    "exists and is not empty",
+    "callbacks used to create the checkpoint need to be provided",
+)
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"cli.py {' '.join(args[:1])} failed:\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def test_fit_then_test_then_predict(tiny_args, tmp_path):
-    run_cli("fit", *tiny_args)
+def test_fit_then_test_then_predict_everything_under_the_root(cli, tiny_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # nothing may land in the current folder
+    before = set(p.name for p in (tmp_path / "..").iterdir())
+    fit = cli("fit", *tiny_args)
     run_dir = tmp_path / "lightning_logs" / "version_0"
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
-    assert (run_dir / "config.yaml").exists()
-    assert list(run_dir.glob("events.out.tfevents.*"))
-    best = next(p for p in (run_dir / "checkpoints").glob("best-*.ckpt"))
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in names and any(name.startswith("best-") for name in names)
+    assert (run_dir / "config.yaml").exists() and list(run_dir.glob("events.out.tfevents.*"))
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    ckpt = checkpoint.load_checkpoint(best)  # plain types only: safe to load
+    assert ckpt["hyper_parameters"]["vocab_size"] == 64 and ckpt["hyper_parameters"]["cell"] == "rnn"
+    assert '"<pad>":0' in checkpoint.tokenizer_json(ckpt)
 
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # plain types only: safe to load
-    assert ckpt["hyper_parameters"]["vocab_size"] == 64
-    assert "tokenizer" in ckpt["IMDBDataModule"] and '"<pad>":0' in ckpt["IMDBDataModule"]["tokenizer"]
+    test = cli("test", *tiny_args, "--ckpt_path", "best")
+    assert re.search(r"test/acc\s+[\d.]+", test.output)
 
-    test = run_cli("test", *tiny_args, "--ckpt_path", str(best))
-    assert "test/acc" in test.stdout
-
-    run_cli("predict", *tiny_args, "--ckpt_path", str(best))
-
-
-def test_model_summary_prints_exact_parameter_count(tiny_args, tmp_path):
-    proc = run_cli(
-        "fit",
-        *tiny_args,
-        "--data.vocab_size",
-        "10000",
-        "--data.max_len",
-        "8",
-        "--model.embed_dim",
-        "100",
-        "--model.hidden_size",
-        "64",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "1",
-        "--trainer.limit_val_batches",
-        "1",
-    )
-    assert "total" in proc.stdout + proc.stderr
-    assert "1,018,881" in proc.stdout + proc.stderr
+    (tmp_path / "in.txt").write_text("great superb film\nawful dull boring\n")
+    predict = cli("predict", *tiny_args, "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "in.txt"))
+    out = tmp_path / "predictions.csv"  # the default name, under trainer.default_root_dir
+    assert f"Wrote 2 predictions to {out}" in predict.output
+    rows = out.read_text().splitlines()
+    assert rows[0] == "id,prob_positive,label,error" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert runs(tmp_path) == ["version_0", "version_1"]  # fit and test; predict opens no run
+    assert set(p.name for p in (tmp_path / "..").iterdir()) == before  # nothing beside the root
+    for output in (fit.output, test.output, predict.output):
+        for warning in WARNINGS_NOBODY_CAN_ACT_ON:
+            assert warning not in output, warning
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_every_config_parses_and_builds(config, parquet_dir, tmp_path):
-    """Every config builds its model, data module and trainer; a trainer fragment (no ``model:``)
-    is combined with base.yaml, and a GPU one is built on the CPU here."""
-    path = ROOT / "configs" / config
-    text = path.read_text()
-    args = ["--config", str(path)]
-    if "\nmodel:" not in text:
-        args = ["--config", str(ROOT / "configs" / "base.yaml"), *args]
-    if "accelerator: gpu" in text:
-        args += [
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.devices",
-            "1",
-            "--trainer.strategy",
-            "auto",
-            "--trainer.precision",
-            "32-true",
-        ]
+def test_model_summary_prints_exact_parameter_count(cli, tiny_args):
+    result = cli(
+        "fit", *tiny_args, "--data.vocab_size", "10000", "--data.max_len", "8", "--model.embed_dim", "100",
+        "--model.hidden_size", "64", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1",
+    )  # fmt: skip
+    assert re.search(r"total\s+1,018,881", result.output)
+
+
+def test_checkpointing_and_logging_can_be_switched_off(cli, tiny_args, tmp_path):
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false")
+    assert runs(tmp_path) == ["version_0"] and not list(tmp_path.rglob("*.ckpt"))
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1", "--trainer.logger", "false")
+    assert runs(tmp_path) == ["version_0"]  # no second TensorBoard run
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()  # without a logger, under the root
+
+
+def test_resuming_a_finished_run_says_how_to_go_on(cli, tiny_args, tmp_path):
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1")
+    again = cli("fit", *tiny_args, "--trainer.max_epochs", "1", "--ckpt_path", "last")
+    assert "raise --trainer.max_epochs" in again.output
+    further = cli("fit", *tiny_args, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert "raise --trainer.max_epochs" not in further.output
+    assert torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert runs(tmp_path) == ["version_0"]  # the run continued
+
+
+def configs() -> list[list[str]]:
+    """Every preset alone, and every fragment layered as its header says."""
+    base, bigru = ROOT / "configs" / "base.yaml", ROOT / "configs" / "bigru.yaml"
+    layered = {
+        "bigru_bigram.yaml": [bigru],
+        "bilstm.yaml": [bigru],
+        "unidirectional.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml"],
+        "bf16.yaml": [base],
+        "ddp.yaml": [base],
+        "ddp_cpu.yaml": [base],
+    }
+    out = []
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        out.append([str(p) for p in [*layered.get(path.name, []), path]])
+    return out
+
+
+@pytest.mark.parametrize("stack", configs(), ids=lambda stack: "+".join(s.rsplit("/", 1)[-1] for s in stack))
+def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
+    """Every config builds its model, data module and trainer (a GPU one is built on the CPU here)."""
+    args = [a for path in stack for a in ("--config", path)]
+    if any("ddp.yaml" in s for s in stack):
+        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
     cli = RNNLightningCLI(
-        args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path)], run=False
-    )
+        args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path),
+              "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )  # fmt: skip
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size  # linked, never stated twice
     assert cli.model.hparams.pad_id == cli.datamodule.pad_id
+    assert cli.trainer.logger.save_dir == str(tmp_path)  # the run goes where default_root_dir says
+
+
+def test_preset_fragments_change_only_what_they_say():
+    bigram = RNNLightningCLI(
+        args=["--config", str(ROOT / "configs" / "bigru.yaml"), "--config", str(ROOT / "configs" / "bigru_bigram.yaml")],
+        run=False,
+    )
+    hp = bigram.model.hparams
+    assert (hp.cell, hp.hidden_size, hp.bidirectional, hp.pooling, hp.dropout, hp.bigram_buckets) == (
+        "gru", 96, True, "max_mean", 0.5, 524_288
+    )
+    assert bigram.datamodule.val_split == "blocks" and bigram.trainer.max_epochs == 2
 
 
 @pytest.mark.parametrize(
@@ -96,54 +126,73 @@ def test_every_config_parses_and_builds(config, parquet_dir, tmp_path):
         (["--model.cell", "transformer"], "model.cell"),
         (["--data.vocab_size", "2"], "data.vocab_size"),
         (["--data.max_len", "0"], "data.max_len"),
+        (["--data.max_len", "eighty"], "data.max_len"),
         (["--data.dataset", "./does/not/exist"], "data.dataset"),
         (["--model.no_such_key", "1"], "no_such_key"),
+        (["--model.hidden_size", "0"], "model.hidden_size"),
+        (["--model.dropout", "1.5"], "model.dropout"),
+        (["--prediction_writer.output", "out.txt"], "prediction_writer.output"),
     ],
 )
-def test_bad_config_fails_at_once_with_one_line_naming_the_field(tiny_args, override, field):
-    proc = run_cli("fit", *tiny_args, *override, check=False)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert field in last, proc.stderr[-2000:]
+def test_bad_config_fails_at_once_with_one_line_naming_the_field(cli, tiny_args, tmp_path, override, field):
+    result = cli("fit", *tiny_args, *override, check=False)
+    assert field in one_line_error(result), result.output[-2000:]
+    assert "Epoch" not in result.output and runs(tmp_path) == []  # nothing done, no empty run left
 
 
-def test_parquet_without_text_column_fails_with_one_line(tiny_args, tmp_path):
+def test_parquet_without_text_column_fails_with_one_line(cli, tiny_args, tmp_path):
     import pandas as pd
 
     bad = tmp_path / "bad"
     bad.mkdir()
     for split in ("train", "test"):
         pd.DataFrame({"review": ["a b c"] * 4, "label": [0, 1] * 2}).to_parquet(bad / f"{split}.parquet")
-    proc = run_cli("fit", *tiny_args, "--data.dataset", str(bad), check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "data.dataset" in proc.stderr.strip().splitlines()[-1] and "'text'" in proc.stderr
+    line = one_line_error(cli("fit", *tiny_args, "--data.dataset", str(bad), check=False))
+    assert "data.dataset" in line and "'text'" in line
 
 
-def test_aclimdb_folder_trains_through_the_cli(tiny_args, aclimdb_dir, tmp_path):
+def test_aclimdb_folder_trains_through_the_cli(cli, tiny_args, aclimdb_dir, tmp_path):
     # Also: an LR scheduler, gradient accumulation, clipping and bf16 autocast chosen on the command line.
-    run_cli(
+    cli(
         "fit", *tiny_args, "--data.dataset", str(aclimdb_dir), "--trainer.max_epochs", "1",
         "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3",
-        "--trainer.accumulate_grad_batches", "2", "--trainer.gradient_clip_val", "1.0", "--trainer.precision", "bf16-mixed",
+        "--trainer.accumulate_grad_batches", "2", "--trainer.gradient_clip_val", "1.0",
+        "--config", str(ROOT / "configs" / "bf16.yaml"),
     )  # fmt: skip
-    assert list(Path(tmp_path, "lightning_logs", "version_0", "checkpoints").glob("last.ckpt"))
+    last = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and last["global_step"] > 0
 
 
-def test_lr_scheduler_can_step_every_optimizer_step(tiny_args, tmp_path):
-    run_cli(
+def test_lr_scheduler_can_step_every_optimizer_step(cli, tiny_args, tmp_path):
+    cli(
         "fit", *tiny_args, "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "100",
         "--lr_scheduler_interval", "step",
     )  # fmt: skip
-    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    last = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
     assert last["global_step"] > 2  # more steps than epochs
     assert last["lr_schedulers"][0]["last_epoch"] == last["global_step"]  # stepped once per optimizer step
 
 
-def test_learning_rate_finder_runs_from_the_cli(tiny_args, tmp_path):
-    proc = run_cli(
+def test_learning_rate_finder_runs_from_the_cli(cli, tiny_args, tmp_path):
+    result = cli(
         "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.callbacks.LearningRateSuggestion",
         "--trainer.callbacks.num_training_steps=30", "--trainer.max_epochs", "1", "--data.batch_size", "2",
     )  # fmt: skip
-    assert re.search(r"Suggested learning rate: [\d.e-]+", proc.stdout + proc.stderr)
+    assert re.search(r"Suggested learning rate: [\d.e-]+", result.output)
     assert (tmp_path / "lightning_logs" / "version_0" / "lr_finder.png").exists()
+
+
+@pytest.mark.slow
+def test_console_of_real_commands_shows_no_warning_nobody_can_act_on(tiny_args, tmp_path):
+    """As a user runs them, in processes of their own: fit, resume, test, predict."""
+    (tmp_path / "in.txt").write_text("great film\n")
+    outputs = [
+        run_cli("fit", *tiny_args, "--trainer.max_epochs", "1"),
+        run_cli("fit", *tiny_args, "--trainer.max_epochs", "2", "--ckpt_path", "last"),
+        run_cli("test", *tiny_args, "--ckpt_path", "best"),
+        run_cli("predict", *tiny_args, "--ckpt_path", "last", "--data.predict_path", str(tmp_path / "in.txt")),
+    ]
+    for proc in outputs:
+        for warning in WARNINGS_NOBODY_CAN_ACT_ON:
+            assert warning not in proc.stdout + proc.stderr, warning
+    assert "Wrote 1 predictions to" in outputs[-1].stdout + outputs[-1].stderr

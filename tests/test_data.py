@@ -1,3 +1,5 @@
+"""The data module: sources, the validation split, the tokenizer, the cache, loaders and bad data."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,11 +10,7 @@ from rnn_lightning.data import datamodule as dm_module
 from rnn_lightning.data.datamodule import stratified_split
 from rnn_lightning.data.sources import load_labelled
 from rnn_lightning.errors import InputError
-
-
-def make_dm(dataset, tmp_path, **kwargs) -> IMDBDataModule:
-    kwargs = {"vocab_size": 40, "max_len": 12, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
-    return IMDBDataModule(dataset=str(dataset), **kwargs)
+from tests.helpers import make_dm
 
 
 def prepared(dm: IMDBDataModule) -> IMDBDataModule:

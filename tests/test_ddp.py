@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT, make_reviews
-from tests.test_cli import run_cli
+from tests.helpers import ROOT, make_reviews, run_cli, runs
 
 DDP = ["--config", str(ROOT / "configs" / "ddp_cpu.yaml")]
+pytestmark = pytest.mark.slow  # each test starts several multi-process runs
 
 
 def parse_test_metrics(stdout: str) -> dict[str, float]:
@@ -28,8 +28,7 @@ def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, od
     args = [*tiny_args, "--data.dataset", str(odd_data), "--data.batch_size", "5"]
     fit = run_cli("fit", *args, *DDP)
     assert re.search(r"Tokenizer [0-9a-f]{16} identical on all 2 processes", fit.stdout + fit.stderr)
-    runs = sorted(p.name for p in (tmp_path / "lightning_logs").iterdir())
-    assert runs == ["version_0"]  # one TensorBoard run, written by rank 0 only
+    assert runs(tmp_path) == ["version_0"]  # one TensorBoard run, written by rank 0 only
     ckpt_dir = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1 and (ckpt_dir / "last.ckpt").exists()
     last = str(ckpt_dir / "last.ckpt")
@@ -71,6 +70,6 @@ def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
     first = torch.load(last, weights_only=True)
     resumed = run_cli("fit", *tiny_args, *DDP, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
-    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # the run continues
+    assert runs(tmp_path) == ["version_0"]  # the run continues
     state = torch.load(last, weights_only=True)
     assert (first["epoch"], state["epoch"]) == (0, 1) and state["global_step"] == 2 * first["global_step"]

@@ -1,9 +1,9 @@
 """Using a trained checkpoint: predict on raw text through the CLI and from Python, export, TensorBoard."""
 
 import csv
+import io
 import json
 import math
-import subprocess
 import sys
 
 import pandas as pd
@@ -11,11 +11,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rnn_lightning.cli import main
 from rnn_lightning.errors import InputError
 from rnn_lightning.inference import SentimentPredictor
 from rnn_lightning.serving import ExportedPredictor
-from tests.conftest import ROOT, tiny_cli_args
-from tests.test_cli import run_cli
+from tests.helpers import one_line_error, tiny_cli_args
 
 REVIEWS = [
     "A wonderful, brilliant movie. Loved it.",
@@ -31,35 +31,31 @@ def trained(parquet_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     args = [
         *tiny_cli_args(parquet_dir, root),
-        "--model.pooling",
-        "max",
-        "--model.bigram_buckets",  # the word-pair path goes through predict and export too
-        "101",
-        "--optimizer.init_args.lr",
-        "0.02",
-        "--trainer.max_epochs",
-        "8",
-    ]
-    run_cli("fit", *args)
+        "--model.pooling", "max",
+        "--model.bigram_buckets", "101",  # the word-pair path goes through predict and export too
+        "--optimizer.init_args.lr", "0.02",
+        "--trainer.max_epochs", "8",
+    ]  # fmt: skip
+    main(["fit", *args])
     run_dir = root / "lightning_logs" / "version_0"
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
-    run_cli("test", *args, "--ckpt_path", str(best))
+    main(["test", *args, "--ckpt_path", str(best)])
     return run_dir, args, best
 
 
-def predict_cli(trained, predict_path: str, output, stdin: bytes | None = None) -> list[dict]:
+def predict_cli(cli, trained, predict_path: str, output, stdin: bytes | None = None, monkeypatch=None) -> list[dict]:
     run_dir, _, best = trained
-    cmd = [sys.executable, str(ROOT / "cli.py"), "predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
-           "--data.predict_path", predict_path, "--prediction_writer.output", str(output), "--trainer.logger", "false"]  # fmt: skip
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+        "--data.predict_path", predict_path, "--prediction_writer.output", str(output))  # fmt: skip
     if output.suffix == ".jsonl":
         return [json.loads(line) for line in output.read_text().splitlines()]
     with open(output, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_text_file_with_empty_bad_and_huge_lines(trained, tmp_path):
+def test_text_file_with_empty_bad_and_huge_lines(cli, trained, tmp_path):
     lines = [
         REVIEWS[0].encode(),
         b"",
@@ -69,7 +65,7 @@ def test_text_file_with_empty_bad_and_huge_lines(trained, tmp_path):
         (b"boring " * 150_000).strip(),
     ]
     (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
-    rows = predict_cli(trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
+    rows = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
     assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5", "6"]  # every input line, in order
     assert [r["error"] for r in rows] == ["", "empty review", "empty review", "invalid UTF-8 replaced", "", ""]
     assert rows[1]["prob_positive"] == "" and rows[1]["label"] == ""
@@ -82,7 +78,7 @@ def test_text_file_with_empty_bad_and_huge_lines(trained, tmp_path):
     assert not list(tmp_path.glob(".out.csv.*"))  # no temporary file left behind
 
 
-def test_tables_folders_and_stdin_give_the_same_probabilities(trained, tmp_path):
+def test_tables_folders_and_stdin_give_the_same_probabilities(cli, trained, tmp_path, monkeypatch):
     pd.DataFrame({"id": ["a", "b", "c"], "text": REVIEWS}).to_csv(tmp_path / "in.csv", index=False)
     pd.DataFrame({"text": REVIEWS}).to_parquet(tmp_path / "in.parquet")
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in REVIEWS))
@@ -91,11 +87,13 @@ def test_tables_folders_and_stdin_give_the_same_probabilities(trained, tmp_path)
     for i, text in enumerate(REVIEWS):
         (folder / f"{i}_9.txt").write_text(text)
     results = {
-        "csv": predict_cli(trained, str(tmp_path / "in.csv"), tmp_path / "csv.jsonl"),
-        "parquet": predict_cli(trained, str(tmp_path / "in.parquet"), tmp_path / "parquet.csv"),
-        "jsonl": predict_cli(trained, str(tmp_path / "in.jsonl"), tmp_path / "jsonl.csv"),
-        "folder": predict_cli(trained, str(tmp_path / "reviews"), tmp_path / "folder.csv"),
-        "stdin": predict_cli(trained, "-", tmp_path / "stdin.csv", stdin="\n".join(REVIEWS).encode()),
+        "csv": predict_cli(cli, trained, str(tmp_path / "in.csv"), tmp_path / "csv.jsonl"),
+        "parquet": predict_cli(cli, trained, str(tmp_path / "in.parquet"), tmp_path / "parquet.csv"),
+        "jsonl": predict_cli(cli, trained, str(tmp_path / "in.jsonl"), tmp_path / "jsonl.csv"),
+        "folder": predict_cli(cli, trained, str(tmp_path / "reviews"), tmp_path / "folder.csv"),
+        "stdin": predict_cli(
+            cli, trained, "-", tmp_path / "stdin.csv", stdin="\n".join(REVIEWS).encode(), monkeypatch=monkeypatch
+        ),
     }
     assert [r["id"] for r in results["csv"]] == ["a", "b", "c"]
     assert [r["id"] for r in results["folder"]] == ["pos/0_9.txt", "pos/1_9.txt", "pos/2_9.txt"]
@@ -104,21 +102,24 @@ def test_tables_folders_and_stdin_give_the_same_probabilities(trained, tmp_path)
         assert [float(r["prob_positive"]) for r in rows] == pytest.approx(reference, abs=1e-6), name
 
 
-def test_table_without_text_column_is_refused(trained, tmp_path):
+def test_table_without_text_column_is_refused(cli, trained, tmp_path):
     pd.DataFrame({"review": REVIEWS}).to_csv(tmp_path / "in.csv", index=False)
     run_dir, _, best = trained
-    proc = run_cli(
-        "predict",
-        "--config",
-        str(run_dir / "config.yaml"),
-        "--ckpt_path",
-        str(best),
-        "--data.predict_path",
-        str(tmp_path / "in.csv"),
-        check=False,
-    )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "data.predict_path" in proc.stderr.strip().splitlines()[-1]
+    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+                 "--data.predict_path", str(tmp_path / "in.csv"), check=False)  # fmt: skip
+    assert "data.predict_path" in one_line_error(result)
+
+
+def test_unwritable_prediction_file_is_refused_before_predicting(cli, trained, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "in.txt").write_text("great\n")
+    run_dir, _, best = trained
+    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+                 "--data.predict_path", str(tmp_path / "in.txt"),
+                 "--prediction_writer.output", str(tmp_path / "a_file" / "out.csv"), check=False)  # fmt: skip
+    line = one_line_error(result)
+    assert "prediction_writer.output" in line and "a_file" in line
+    assert "Predicting" not in result.output
 
 
 def test_python_api_and_export_round_trip(trained, tmp_path):

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from rnn_lightning.cli import RNNLightningCLI
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 IMDB = Path(os.environ.get("RNN_LIGHTNING_IMDB", ROOT.parent / "shared" / "imdb"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (IMDB / "train.parquet").exists(), reason=f"no local IMDB copy at {IMDB}")
 def test_short_real_run_beats_chance_by_far(tmp_path):
     cli = RNNLightningCLI(
@@ -27,12 +28,12 @@ def test_short_real_run_beats_chance_by_far(tmp_path):
             "--optimizer.init_args.lr", "2e-3",
             "--trainer.max_epochs", "4",
             "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false",
         ]
     )  # fmt: skip
     assert cli.trainer.callback_metrics["val/acc"] > 0.5
-    (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
-    # Measured 2026-11-26: val 0.82 after 3 epochs; the tutorial's model reaches ~0.80 in 20.
+    best = cli.trainer.checkpoint_callback.best_model_path
+    (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+    # Bounds well below what this recipe reaches (BENCHMARKS.md), far above chance.
     assert metrics["test/acc"] >= 0.78
     assert metrics["test/auroc"] >= 0.85
