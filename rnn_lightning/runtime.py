@@ -13,7 +13,7 @@ def tune_cpu_runtime() -> None:
 
     - glibc serves allocations above 32 MB (e.g. an 80 x 1024 x 100 float activation) with a fresh
       mmap each time, so every training step page-faults them in again; raising the thresholds lets
-      the heap reuse them (measured ~10% per step on the base model, 2-core CPU).
+      the heap reuse them (a measurable share of a base-model step on a CPU; BENCHMARKS.md).
     - Vanishing gradients through 80 recurrent steps reach denormal range, where CPU arithmetic is
       many times slower; flushing them to zero changes nothing a float32 model can resolve.
     """

@@ -110,12 +110,22 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
 
 def test_preset_fragments_change_only_what_they_say():
     bigram = RNNLightningCLI(
-        args=["--config", str(ROOT / "configs" / "bigru.yaml"), "--config", str(ROOT / "configs" / "bigru_bigram.yaml")],
+        args=[
+            "--config",
+            str(ROOT / "configs" / "bigru.yaml"),
+            "--config",
+            str(ROOT / "configs" / "bigru_bigram.yaml"),
+        ],
         run=False,
     )
     hp = bigram.model.hparams
     assert (hp.cell, hp.hidden_size, hp.bidirectional, hp.pooling, hp.dropout, hp.bigram_buckets) == (
-        "gru", 96, True, "max_mean", 0.5, 524_288
+        "gru",
+        96,
+        True,
+        "max_mean",
+        0.5,
+        524_288,
     )
     assert bigram.datamodule.val_split == "blocks" and bigram.trainer.max_epochs == 2
 

@@ -16,7 +16,16 @@ from rnn_lightning.cli import RNNLightningCLI
 from rnn_lightning.data.sources import load_labelled
 from rnn_lightning.errors import InputError
 from tests.helpers import (
-    ROOT, SUBPROCESS_ENV, ckpt_dir, make_dm, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits,
+    ROOT,
+    SUBPROCESS_ENV,
+    ckpt_dir,
+    make_dm,
+    make_reviews,
+    one_line_error,
+    run_cli,
+    runs,
+    tiny_cli_args,
+    write_splits,
 )  # fmt: skip
 
 PROGRESS = ["--trainer.callbacks+=tests.helpers.Progress", "--trainer.deterministic", "true"]

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
-from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.checkpoint import DROPOUT_RNG_KEY
+from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.models.components.network import SentimentRNN
 
 

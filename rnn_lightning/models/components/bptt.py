@@ -1,8 +1,8 @@
 """Recurrent layers with a hand-written backward through time (``implementation: bptt``).
 
 Why this exists: on a CPU, autograd through a Python loop of 80 steps records ~10 small nodes per
-step and spends most of the backward in their bookkeeping and in tanh (``torch.tanh`` on a 1024x64
-block costs ~5x ``torch.sigmoid`` on the CPU builds measured, see BENCHMARKS.md). Here each layer is one
+step and spends most of the backward in their bookkeeping and in tanh (float32 ``torch.tanh`` costs
+several times ``torch.sigmoid`` on the CPU builds measured, see BENCHMARKS.md). Here each layer is one
 autograd node:
 
 - forward: the input projections of all steps as one GEMM, then per step one small GEMM and one
@@ -199,8 +199,8 @@ class _LSTM(torch.autograd.Function):
 
 
 def _tanh_by_sigmoid(z2: Tensor, out: Tensor) -> None:
-    """out = tanh(z) from z2 = 2z, as 2 sigmoid(2z) - 1: float32 ``torch.tanh`` costs ~5x ``torch.sigmoid``
-    on the CPU builds measured (in bfloat16 the sigmoid's rounding would cost precision: see bptt_layer)."""
+    """out = tanh(z) from z2 = 2z, as 2 sigmoid(2z) - 1: float32 ``torch.tanh`` costs several times
+    ``torch.sigmoid`` on the CPU builds measured (in bfloat16 the sigmoid's rounding would cost precision: see bptt_layer)."""
     torch.sigmoid(z2, out=out).mul_(2).sub_(1)
 
 
@@ -231,7 +231,7 @@ def _states(T: int, B: int, H: int, device: torch.device, dtype: torch.dtype = t
 
 
 def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
-    """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: ~3x faster on CPUs with AVX512-BF16) if given;
+    """a @ b, in ``lowp`` (bfloat16 under bf16 autocast: several times the float32 rate on CPUs with AVX512-BF16) if given;
     the result in float32 unless ``keep_lowp``."""
     if lowp is None:
         return a @ b
@@ -241,8 +241,8 @@ def _mm(a: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False)
 
 def _mm_tn(a: Tensor, b: Tensor, lowp: torch.dtype | None, chunks: int = 8) -> Tensor:
     """a^T @ b (float32) for tall a (N, m) and b (N, n), e.g. a weight gradient summed over all steps.
-    In bfloat16 as a batch of ``chunks`` products summed: 2.15 vs 2.51 ms for N = 81,920, m = n = 64 on
-    the 2-core CPU (one long inner dimension runs below the GEMM's peak)."""
+    In bfloat16 as a batch of ``chunks`` products summed: one long inner dimension runs below the
+    GEMM's peak (BENCHMARKS.md)."""
     if lowp is None or a.shape[0] % chunks:
         return _mm(a.t(), b, lowp)
     a, b = a.to(lowp).view(chunks, -1, a.shape[1]), b.to(lowp).view(chunks, -1, b.shape[1])
@@ -270,7 +270,7 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
     flat_i, flat_h = dgi.reshape(T * B, GH), dgh.reshape(T * B, GH)
     need, lowp = ctx.needs_input_grad, ctx.lowp
     # A bfloat16 sum accumulates in float32 and rounds once at the end (sum(dtype=float32) would first
-    # cast the whole tensor: 1.8 ms a layer for the base model).
+    # cast the whole tensor, one more pass over the largest gradient).
     db_ih = flat_i.sum(0).float() if need[3] else None
     db_hh = flat_h.sum(0).float() if need[4] else None
     if lowp is not None:  # cast each operand once, not once per GEMM
@@ -306,9 +306,8 @@ def bptt_layer(
     runs the ``autograd`` loop's products and cuDNN its RNNs, with a true tanh (2 sigmoid(2z) - 1 from
     a bfloat16 sigmoid would lose precision near h = 0); a test checks it stays at least as close to
     float32 as autocast's own loop over 80 steps. It saves the casts between the loop and the GEMMs
-    and halves the memory traffic: a base-model bf16 step 12-17% faster (BENCHMARKS.md). ``gru`` and
-    ``lstm`` keep float32 recurrences: not tried for them, whose steps are mostly elementwise ops (a
-    bfloat16 sigmoid on a 1024x64 block is no faster than a float32 one here, 19.6 vs 15.2 us).
+    and halves the memory traffic (BENCHMARKS.md has the step times). ``gru`` and ``lstm`` keep float32
+    recurrences: their steps are mostly elementwise ops, where a bfloat16 sigmoid is no faster.
     """
     device = x.device.type
     lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
