@@ -164,3 +164,9 @@ def test_unreachable_hub_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy either
     with pytest.raises(InputError, match="point --data.dataset at a local copy"):
         load_labelled("stanfordnlp/imdb-not-cached-here")
+
+
+def test_checkpoint_key_of_the_data_module_state_is_its_class_name():
+    from rnn_lightning.checkpoint import DATAMODULE_KEY
+
+    assert IMDBDataModule.__qualname__ == DATAMODULE_KEY  # Lightning stores the state under it

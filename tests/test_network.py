@@ -301,3 +301,21 @@ def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl, dev
             net.eval()
             with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
                 assert net(tokens).shape == (4,)
+
+
+def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
+    import inspect
+
+    from rnn_lightning.errors import InputError
+
+    model = SentimentClassifier(cell="gru", hidden_size=5, vocab_size=50)
+    defaults = {k: p.default for k, p in inspect.signature(SentimentRNN).parameters.items()}
+    assert model.net.config == {**defaults, "cell": "gru", "hidden_size": 5, "vocab_size": 50}
+    assert {k: model.hparams[k] for k in defaults} == model.net.config  # the checkpoint holds every one
+    assert model.net.layers[0].cell == "gru" and model.net.layers[0].hidden_size == 5
+    for bad, field in (({"hidden_size": 0}, "model.hidden_size"), ({"pooling": "sum"}, "model.pooling"),
+                       ({"dropout": 1.0}, "model.dropout"), ({"pad_id": 99, "vocab_size": 10}, "model.pad_id")):  # fmt: skip
+        with pytest.raises(InputError, match=field):
+            SentimentClassifier(**bad)
+    with pytest.raises(InputError, match="model: .*unexpected keyword argument 'colour'"):
+        SentimentClassifier(colour="red")
