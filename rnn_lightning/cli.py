@@ -7,6 +7,7 @@ Only wiring lives here: defaults every config shares, argument links, and the ch
 before any work. Callbacks are in ``callbacks.py``, checkpoint knowledge in ``checkpoint.py``.
 """
 
+import inspect
 import logging
 import sys
 import warnings
@@ -26,6 +27,7 @@ from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
+from rnn_lightning.models.base import RecurrentModule
 from rnn_lightning.runtime import tune_cpu_runtime
 
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
@@ -54,18 +56,21 @@ class OneLineErrorParser(LightningArgumentParser):
 class RNNLightningCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, model_class: type[RecurrentModule] = SentimentClassifier, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", OneLineErrorParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
-        super().__init__(SentimentClassifier, IMDBDataModule, *args, **kwargs)
+        super().__init__(model_class, IMDBDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The vocabulary cap is known at parse time; the padding id only once the data module exists.
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
+        if "init_from" in inspect.signature(self.model_class).parameters:
+            # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction.
+            parser.link_arguments("model.init_from", "data.tokenizer_from")
         # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
         parser.link_arguments(
             "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
@@ -74,11 +79,12 @@ class RNNLightningCLI(LightningCLI):
         # Lightning writes a save_last checkpoint only when a best checkpoint was written in the same
         # step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        monitor, mode = self.model_class.CHECKPOINT_MONITOR, self.model_class.CHECKPOINT_MODE
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "best-epoch{epoch:02d}-acc{val/acc:.4f}",
+                "checkpoint.monitor": monitor,
+                "checkpoint.mode": mode,
+                "checkpoint.filename": f"best-epoch{{epoch:02d}}-{monitor.split('/')[-1]}{{{monitor}:.4f}}",
                 "checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.filename": checkpoint.LAST_NAME,
                 "last_checkpoint.enable_version_counter": False,
@@ -199,11 +205,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
-def main(args=None) -> None:
+def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
     tune_cpu_runtime()
     _quiet_lightning()
     try:
-        RNNLightningCLI(args=args)
+        RNNLightningCLI(model_class, args=args)
     except (InputError, NonFiniteLossError) as e:
         sys.exit(f"error: {e}")

@@ -1,6 +1,7 @@
 """IMDB as a LightningDataModule: raw reviews -> cached token ids -> batches."""
 
 import hashlib
+import itertools
 import json
 import os
 from functools import cached_property
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -142,6 +143,12 @@ class IMDBDataModule(LightningDataModule):
         num_workers: DataLoader workers; 0 is fastest here, since a batch is two tensor indexings.
         predict_path: reviews for ``predict`` (see ``reviews_io.read_reviews``); they are encoded with the
             checkpoint's tokenizer and need no dataset. Unset, ``predict`` classifies the test split.
+        unlabelled: also read the dataset's unlabelled reviews (split ``unsupervised``, IMDB's 50,000):
+            the tokenizer learns from them too, and each training batch is a dict ``{"labelled": (ids,
+            labels), "unlabelled": (ids, _)}`` (Lightning's ``CombinedLoader``), the unlabelled batch
+            sized so that both parts run out together: each review once an epoch.
+        tokenizer_from: a checkpoint whose tokenizer to use instead of training one (the CLI links it
+            from ``model.init_from``: one vocabulary from pretraining to prediction).
     """
 
     def __init__(
@@ -156,6 +163,8 @@ class IMDBDataModule(LightningDataModule):
         cache_dir: str = "~/.cache/rnn_lightning",
         num_workers: int = 0,
         predict_path: str | None = None,
+        unlabelled: bool = False,
+        tokenizer_from: str | None = None,
     ) -> None:
         super().__init__()
         if vocab_size < 3:
@@ -176,6 +185,7 @@ class IMDBDataModule(LightningDataModule):
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.val_split = val_split
         self.predict_path = predict_path
+        self.unlabelled, self.tokenizer_from = unlabelled, tokenizer_from
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
         self.predict_rows: ReviewRows | None = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
@@ -199,8 +209,34 @@ class IMDBDataModule(LightningDataModule):
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed,
             "val_split": self.val_split,
+            "unlabelled": self.unlabelled,
+            "tokenizer": self._given_tokenizer_digest(),
         }
         return self.cache_dir / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    @cached_property
+    def _given_tokenizer(self) -> Tokenizer | None:
+        """The tokenizer of ``tokenizer_from``, truncating and padding to this module's ``max_len``."""
+        if self.tokenizer_from is None:
+            return None
+        from rnn_lightning import checkpoint
+
+        try:
+            tok = Tokenizer.from_str(checkpoint.tokenizer_json(checkpoint.load_checkpoint(self.tokenizer_from)))
+        except InputError as e:
+            raise InputError(f"data.tokenizer_from (model.init_from): {str(e).split(': ', 1)[1]}") from None
+        if tok.get_vocab_size() > self.vocab_size:
+            raise InputError(
+                f"data.vocab_size: {self.vocab_size}, but the tokenizer of {self.tokenizer_from!r} has "
+                f"{tok.get_vocab_size()} tokens; set data.vocab_size to the pretraining's"
+            )
+        tok.enable_truncation(self.max_len, direction="left")
+        tok.enable_padding(direction="left", length=self.max_len, pad_id=PAD_ID, pad_token="<pad>")
+        return tok
+
+    def _given_tokenizer_digest(self) -> str | None:
+        tok = self._given_tokenizer
+        return None if tok is None else hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
     def _predicting_raw_text(self) -> bool:
         return (
@@ -232,7 +268,11 @@ class IMDBDataModule(LightningDataModule):
                 f"data.val_fraction: {self.val_fraction} of {len(train_labels)} training reviews leaves a validation set "
                 "without both classes; raise it or use more data"
             )
-        tokenizer = train_tokenizer((train_texts[i] for i in fit_idx), self.vocab_size, self.max_len)
+        unlabelled_texts = sources.load_unlabelled(self.dataset) if self.unlabelled else []
+        tokenizer = self._given_tokenizer
+        if tokenizer is None:
+            texts = itertools.chain((train_texts[i] for i in fit_idx), unlabelled_texts)
+            tokenizer = train_tokenizer(texts, self.vocab_size, self.max_len)
         learned = tokenizer.get_vocab_size()
         if learned < self.vocab_size:
             rank_zero_info(
@@ -243,6 +283,9 @@ class IMDBDataModule(LightningDataModule):
             for split, pair in encode_splits(tokenizer, raw, fit_idx, val_idx).items()
             for kind, a in zip(("ids", "labels"), pair, strict=True)
         }
+        if self.unlabelled:
+            arrays["unlabelled_ids"] = encode(tokenizer, unlabelled_texts)
+            arrays["unlabelled_labels"] = np.full(len(unlabelled_texts), -1, dtype=np.int64)
         meta = {"dataset": self.dataset, "sizes": {k: len(v) for k, v in arrays.items() if k.endswith("labels")}}
         with atomic_folder(target) as tmp:  # a crash or a second process never sees half a cache
             np.savez(tmp / "arrays.npz", **arrays)
@@ -263,8 +306,9 @@ class IMDBDataModule(LightningDataModule):
         tokenizer_json = (path / "tokenizer.json").read_text()
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self._encoded_with = tokenizer_json
+        names = ("fit", "val", "test", "unlabelled") if self.unlabelled else ("fit", "val", "test")
         with np.load(path / "arrays.npz") as a:
-            self.splits = {s: TokenizedReviews(a[f"{s}_ids"], a[f"{s}_labels"]) for s in ("fit", "val", "test")}
+            self.splits = {s: TokenizedReviews(a[f"{s}_ids"], a[f"{s}_labels"]) for s in names}
         self._check_same_tokenizer_everywhere(tokenizer_json)
 
     def _check_same_tokenizer_everywhere(self, tokenizer_json: str) -> None:
@@ -300,20 +344,23 @@ class IMDBDataModule(LightningDataModule):
             fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed, self.val_split)
             encoded = encode_splits(self.tokenizer, raw, fit_idx, val_idx)
             self.splits = {split: TokenizedReviews(ids, labels) for split, (ids, labels) in encoded.items()}
+            if self.unlabelled:
+                ids = encode(self.tokenizer, sources.load_unlabelled(self.dataset))
+                self.splits["unlabelled"] = TokenizedReviews(ids, np.full(len(ids), -1))
             self._encoded_with = tokenizer_json
 
     # ---------------------------------------------------------------- loaders
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None, seed_offset: int = 0) -> DataLoader:
         dataset = self.splits[split]
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
         if shuffle and distributed:  # seeded by (seed, epoch) too, and the same on every process
             sampler = DistributedSampler(
-                dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.shuffle_seed
+                dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.shuffle_seed + seed_offset
             )
         elif shuffle:
-            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
+            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed + seed_offset)
         elif distributed:
             # Evaluation under DDP: each review on exactly one process. Lightning's default
             # DistributedSampler would pad the last shard with repeated reviews and skew the metrics.
@@ -322,15 +369,22 @@ class IMDBDataModule(LightningDataModule):
             sampler = None
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("fit", shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        labelled = self._loader("fit", shuffle=True)
+        if not self.unlabelled:
+            return labelled
+        # As many unlabelled batches as labelled ones: both run out together ("min_size" then ends the epoch).
+        n_batches = len(labelled)
+        size = -(-len(self.splits["unlabelled"]) // (n_batches * (self.trainer.world_size if self.trainer else 1)))
+        unlabelled = self._loader("unlabelled", shuffle=True, batch_size=max(1, size), seed_offset=1)
+        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -124,7 +124,34 @@ def _offline_if_unreachable() -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
-def _load_dataset(dataset: str):
+UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
+
+
+def load_unlabelled(dataset: str) -> list[str]:
+    """Texts of the dataset's unlabelled split (``unsupervised.parquet`` in a folder, ``train/unsup`` in aclImdb)."""
+    check_dataset(dataset)
+    path = Path(dataset).expanduser()
+    if is_local(dataset) and path.is_dir() and is_aclimdb(path):
+        folder = path / "train" / "unsup"
+        if not folder.is_dir():
+            raise InputError(
+                f"data.unlabelled: {str(folder)!r} is missing; an aclImdb folder keeps them in train/unsup"
+            )
+        return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(folder.glob("*.txt"))]
+    ds = _load_dataset(dataset, splits=(UNLABELLED_SPLIT,))
+    if UNLABELLED_SPLIT not in ds:
+        raise InputError(
+            f"data.unlabelled: {dataset!r} has no {UNLABELLED_SPLIT!r} split (found {sorted(ds)}); "
+            f"a folder needs {UNLABELLED_SPLIT}.parquet with a 'text' column"
+        )
+    split = ds[UNLABELLED_SPLIT]
+    if "text" not in split.column_names:
+        raise InputError(f"data.unlabelled: split {UNLABELLED_SPLIT!r} of {dataset!r} has no 'text' column")
+    table = split.data.table if hasattr(split.data, "table") else split.data
+    return ["" if t is None else t for t in table.column("text").to_pylist()]
+
+
+def _load_dataset(dataset: str, splits: tuple[str, ...] = ("train", "test")):
     import datasets
 
     if not is_local(dataset):
@@ -140,8 +167,8 @@ def _load_dataset(dataset: str):
     path = os.path.expanduser(dataset)
     if os.path.isfile(path):
         return datasets.load_dataset("parquet", data_files={"train": path})
-    # Only the labelled splits: IMDB's 50,000 unlabelled reviews are not needed to train a classifier.
-    files = {s: os.path.join(path, f"{s}.parquet") for s in ("train", "test")}
+    # Only the splits asked for: IMDB's 50,000 unlabelled reviews are read only when wanted.
+    files = {s: os.path.join(path, f"{s}.parquet") for s in splits}
     if all(os.path.isfile(f) for f in files.values()):
         return datasets.load_dataset("parquet", data_files=files)
     try:

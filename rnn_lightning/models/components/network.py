@@ -86,11 +86,15 @@ class SentimentRNN(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) int ids, padded at the front -> logits (B,)."""
-        device = tokens.device.type
-        # Under autocast (precision: bf16-mixed) the inputs of the recurrent layers are made in the
-        # autocast dtype directly, masked while gathered or cast (see masked.py); the recurrences
-        # themselves decide what runs in which precision.
-        lowp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        return self.classify(self.embed(tokens), tokens)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> the first layer's input (T, B, E), time-major so each step is one contiguous
+        block; while training with word dropout and the first input dropout mask applied.
+
+        Adversarial training perturbs this tensor and passes it on to ``classify``.
+        """
+        lowp = self._lowp(tokens)
         words = tokens
         if self.training and self.word_dropout > 0:
             drop = torch.empty(tokens.shape, device=tokens.device).bernoulli_(
@@ -98,18 +102,35 @@ class SentimentRNN(nn.Module):
             )
             words = tokens.masked_fill(drop.bool(), self.pad_id)  # pooling still sees the real length
         mask = self._dropout_mask(tokens.shape[0], 0)
-        x = masked_embedding(  # (T, B, E): time-major, so each step is one contiguous block
-            words.t(), self.embedding.weight, mask, self.pad_id, lowp
-        )
+        x = masked_embedding(words.t(), self.embedding.weight, mask, self.pad_id, lowp)
         if self.bigrams is not None:
             x = x + masked_embedding(self._bigram_rows(words).t(), self.bigrams.weight, mask, 0, lowp)
+        return x
+
+    def classify(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """Embedded input x (T, B, E) of ``tokens`` (B, T) -> logits (B,)."""
+        last_only = self.pooling == "last"
+        x = self.encode(x, last_only=last_only)  # (B, D*H) if last_only, else (T, B, D*H)
+        return self.head(x if last_only else self._pool(x, tokens)).squeeze(-1)
+
+    def encode(self, x: Tensor, last_only: bool = False) -> Tensor:
+        """Embedded input x (T, B, E) -> the last layer's outputs at every step (T, B, D*H), or with
+        ``last_only`` each direction's final state (B, D*H) (the ``bptt`` layer then stores nothing else)."""
+        lowp = self._lowp(x)
         for i, layer in enumerate(self.layers):
-            mask = self._dropout_mask(tokens.shape[0], i) if i else None
+            mask = self._dropout_mask(x.shape[1], i) if i else None
             if mask is not None:
                 x = masked_cast(x, mask, lowp)
-            final = self.pooling == "last" and i == len(self.layers) - 1
-            x = layer(x, self.implementation, last_only=final)  # (T, B, D*H), or (B, D*H) if final
-        return self.head(x if self.pooling == "last" else self._pool(x, tokens)).squeeze(-1)
+            x = layer(x, self.implementation, last_only=last_only and i == len(self.layers) - 1)
+        return x
+
+    @staticmethod
+    def _lowp(t: Tensor) -> torch.dtype | None:
+        # Under autocast (precision: bf16-mixed) the inputs of the recurrent layers are made in the
+        # autocast dtype directly, masked while gathered or cast (see masked.py); the recurrences
+        # themselves decide what runs in which precision.
+        device = t.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
     def _bigram_rows(self, words: Tensor) -> Tensor:
         """(B, T) ids -> (B, T) rows of ``self.bigrams``: a hash of (previous id, id) in [1, buckets), 0 where

@@ -1,0 +1,118 @@
+"""Language-model pretraining, starting a classifier from it, and the semi-supervised objectives."""
+
+import pytest
+import torch
+
+from rnn_lightning import checkpoint
+from rnn_lightning.cli import main
+from rnn_lightning.models import LanguageModel, SentimentClassifier
+from rnn_lightning.models.classifier import bernoulli_kl, perturbation
+from tests.helpers import ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
+
+NET = {"vocab_size": 64, "embed_dim": 16, "hidden_size": 12, "num_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def data_with_unlabelled(tmp_path_factory):
+    """train/test parquet plus 200 unlabelled reviews (unsupervised.parquet), the IMDB hub layout."""
+    root = write_splits(tmp_path_factory.mktemp("semi"), make_reviews(96, seed=1), make_reviews(48, seed=2))
+    make_reviews(200, seed=7).drop(columns="label").to_parquet(root / "unsupervised.parquet")
+    return root
+
+
+def lm_args(data, root) -> list[str]:
+    return [*tiny_cli_args(data, root), "--data.unlabelled", "true", "--model.cutoffs", "[8, 20]",
+            "--model.embed_dim", "16", "--model.hidden_size", "12", "--model.num_layers", "1",
+            "--model.bidirectional", "true", "--optimizer.init_args.lr", "0.02", "--trainer.max_epochs", "4"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_with_unlabelled, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    main(["fit", *lm_args(data_with_unlabelled, root)], model_class=LanguageModel)
+    return root, ckpt_dir(root) / "last.ckpt"
+
+
+def test_language_model_loss_falls_on_a_tiny_corpus():
+    torch.manual_seed(0)
+    model = LanguageModel(cutoffs=[8, 20], **NET, bidirectional=True)
+    tokens = torch.randint(2, 64, (8, 20))
+    tokens[:, :5] = 0  # front padding: never a target
+    tokens[:, 5::2] = tokens[:, 5:6]  # a repeated word every other step: something to learn
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(40):
+        nll, count = model(tokens)
+        assert count == 8 * 15 + 8 * 14  # forward: the 15 real words; backward: all but the first (pads never count)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        optimizer.step()
+        losses.append(float(nll / count))
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_pretraining_runs_through_the_cli_and_logs_perplexity(pretrained):
+    root, last = pretrained
+    state = checkpoint.load_checkpoint(last)
+    assert state["epoch"] == 3 and any(k.startswith("output.") for k in state["state_dict"])
+    best = next(ckpt_dir(root).glob("best-epoch*-loss*.ckpt"))  # best by val/loss
+    assert best.exists()
+
+
+def test_init_from_copies_exactly_the_network_but_its_head(pretrained, data_with_unlabelled, tmp_path, cli):
+    _, last = pretrained
+    source = checkpoint.load_checkpoint(last)["state_dict"]
+    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--data.unlabelled", "true", "--model.embed_dim", "16",
+            "--model.hidden_size", "12", "--model.num_layers", "1", "--model.bidirectional", "true",
+            "--model.pooling", "max", "--model.init_from", str(last), "--model.virtual_adversarial", "1",
+            "--trainer.max_epochs", "1", "--optimizer.init_args.lr", "0"]  # fmt: skip
+    result = cli("fit", *args)
+    assert "model.init_from: 7 tensors from" in result.output  # embedding + 3 per direction (rnn cell: one bias)
+    trained = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")
+    copied = [k for k in trained["state_dict"] if k.startswith("net.") and not k.startswith("net.head.")]
+    assert len(copied) == 7
+    for k in copied:  # lr 0: what the classifier holds is what it was given
+        assert torch.equal(trained["state_dict"][k], source[k]), k
+    # the pretraining's tokenizer came along (data.tokenizer_from is linked to model.init_from)
+    assert checkpoint.tokenizer_json(trained) == checkpoint.tokenizer_json(checkpoint.load_checkpoint(last))
+
+
+def test_a_checkpoint_of_another_vocabulary_or_shape_is_refused_in_one_line(pretrained, parquet_dir, tmp_path, cli):
+    _, last = pretrained
+    base = [*tiny_cli_args(parquet_dir, tmp_path), "--model.init_from", str(last), "--model.num_layers", "1",
+            "--model.bidirectional", "true", "--model.embed_dim", "16", "--model.hidden_size", "12"]  # fmt: skip
+    line = one_line_error(cli("fit", *base, "--data.vocab_size", "100", check=False))
+    assert line.startswith("error: model.init_from: embedding.weight is (64, 16)") and "(100, 16) here" in line
+    line = one_line_error(cli("fit", *base, "--model.hidden_size", "10", check=False))
+    assert "model.init_from: layers.0.weight_ih is" in line
+    line = one_line_error(cli("fit", *base, "--data.vocab_size", "20", check=False))
+    assert line.startswith("error: data.vocab_size: 20, but the tokenizer of")
+
+
+def test_perturbations_have_the_configured_norm_and_skip_padding():
+    tokens = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])  # (B, T), the first review front-padded
+    r = perturbation(torch.randn(4, 2, 3), tokens, pad_id=0, norm=2.5)  # (T, B, E)
+    assert torch.all(r[:2, 0] == 0)  # no perturbation on padding
+    assert r.square().sum(dim=(0, 2)).sqrt().tolist() == pytest.approx([2.5, 2.5], rel=1e-5)
+    assert bernoulli_kl(torch.tensor([0.3, -2.0]), torch.tensor([0.3, -2.0])).item() == pytest.approx(0, abs=1e-7)
+    assert bernoulli_kl(torch.tensor([3.0]), torch.tensor([-3.0])).item() > 0
+
+
+@pytest.mark.parametrize("objective", ["adversarial", "virtual_adversarial", "entropy"])
+def test_each_objective_adds_a_finite_loss_with_finite_gradients(objective):
+    torch.manual_seed(0)
+    model = SentimentClassifier(**NET, pooling="max", **{objective: 1.0, "epsilon": 0.5})
+    model.train()
+    tokens, labels = torch.randint(1, 64, (6, 10)), torch.tensor([0, 1, 0, 1, 1, 0])
+    unlabelled = torch.randint(1, 64, (9, 10))
+    plain = SentimentClassifier(**NET, pooling="max")
+    plain.load_state_dict(model.state_dict())
+    model._unlabelled = plain._unlabelled = unlabelled
+    torch.manual_seed(1)
+    loss = model._step((tokens, labels), "train")
+    torch.manual_seed(1)
+    base = plain._step((tokens, labels), "train")
+    assert torch.isfinite(loss) and loss.item() > base.item()  # each objective is a positive addition
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
