@@ -37,7 +37,8 @@ class EpochTimer(Callback):
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.reviews += len(batch[1])
+        parts = batch.values() if isinstance(batch, dict) else [batch]  # labelled + unlabelled reviews
+        self.reviews += sum(len(part[0]) for part in parts)
         if batch_idx == trainer.num_training_batches - 1 and pl_module.device.type == "cuda":
             torch.cuda.synchronize()  # the epoch's kernels have run, not only been queued
         self.train_end = time.perf_counter()

@@ -116,3 +116,27 @@ def test_each_objective_adds_a_finite_loss_with_finite_gradients(objective):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_a_bidirectional_language_model_refuses_what_would_let_it_see_its_targets():
+    from rnn_lightning.errors import InputError
+
+    with pytest.raises(InputError, match="model.num_layers: a bidirectional language model needs 1 layer"):
+        LanguageModel(cutoffs=[8, 20], **{**NET, "num_layers": 2}, bidirectional=True)
+    with pytest.raises(InputError, match="model.bigram_buckets: a bidirectional language model cannot"):
+        LanguageModel(cutoffs=[8, 20], **NET, bidirectional=True, bigram_buckets=50)
+    with pytest.raises(InputError, match="model.cutoffs"):
+        LanguageModel(cutoffs=[20, 8], **NET)
+    LanguageModel(cutoffs=[8, 20], **NET, bigram_buckets=50)  # one direction: the pair holds no future word
+
+
+def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_named(pretrained, caplog):
+    from rnn_lightning.models.classifier import copy_network
+
+    _, last = pretrained
+    model = SentimentClassifier(**{**NET, "bidirectional": True}, bigram_buckets=50)
+    before = model.net.bigrams.weight.clone()
+    with caplog.at_level("INFO"):
+        names = copy_network(str(last), model)
+    assert "bigrams.weight" not in names and torch.equal(model.net.bigrams.weight, before)
+    assert "initialised afresh: bigrams.weight" in caplog.text

@@ -209,10 +209,12 @@ def bernoulli_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
 
 
 def copy_network(path: str, model: "RecurrentModule") -> list[str]:
-    """Copy every tensor of ``path``'s network except its head into ``model.net``; the names copied.
+    """Copy every tensor of ``path``'s network that this network has too, except the head; the names copied.
 
-    Both sides must have the same shape for every tensor copied: a mismatch, e.g. another
-    vocabulary size, is a one-line error naming both shapes.
+    The embedding and the recurrent layers must be there, and every tensor copied must have the same
+    shape on both sides: a mismatch, e.g. another vocabulary size, is a one-line error naming both
+    shapes. Tensors the source lacks (a word-pair table a language model cannot train) keep their
+    initialisation, and are named.
     """
     try:
         ckpt = checkpoint.load_checkpoint(path)
@@ -220,23 +222,23 @@ def copy_network(path: str, model: "RecurrentModule") -> list[str]:
         raise InputError(f"model.init_from: {str(e).split(': ', 1)[1]}") from None
     source = {k[len("net.") :]: v for k, v in ckpt[checkpoint.WEIGHTS_KEY].items() if k.startswith("net.")}
     target = model.net.state_dict()
-    names = [k for k in target if not k.startswith("head.")]
-    missing = [k for k in names if k not in source]
+    wanted = [k for k in target if not k.startswith("head.")]
+    required = [k for k in wanted if k.startswith(("embedding.", "layers."))]
+    missing = [k for k in required if k not in source]
     if missing:
-        raise InputError(
-            f"model.init_from: {path!r} has no {missing[0]} (not this network's kind: cell, layers, bigrams)"
-        )
+        raise InputError(f"model.init_from: {path!r} has no {missing[0]} (another network: cell, layers or directions)")
+    names = [k for k in wanted if k in source]
     for k in names:
         if source[k].shape != target[k].shape:
             raise InputError(
                 f"model.init_from: {k} is {tuple(source[k].shape)} in {path!r} but {tuple(target[k].shape)} here"
-                + (
-                    " (vocabulary: set data.vocab_size to the pretraining's)"
-                    if k == "embedding.weight" and source[k].shape[0] != target[k].shape[0]
-                    else ""
-                )  # fmt: skip
+                + (" (vocabulary: set data.vocab_size to the pretraining's)" if k == "embedding.weight"
+                   and source[k].shape[0] != target[k].shape[0] else "")  # fmt: skip
             )
     with torch.no_grad():
         for k in names:
             target[k].copy_(source[k])
+    kept = sorted(set(wanted) - set(names))
+    if kept:
+        rank_zero_info(f"model.init_from: not in the checkpoint, so initialised afresh: {', '.join(kept)}")
     return names

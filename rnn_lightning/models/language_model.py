@@ -54,6 +54,11 @@ class LanguageModel(RecurrentModule):
                 f"model.num_layers: a bidirectional language model needs 1 layer, got {config['num_layers']} "
                 "(the forward direction would see the words it predicts)"
             )
+        if config["bidirectional"] and config["bigram_buckets"]:
+            raise InputError(
+                "model.bigram_buckets: a bidirectional language model cannot use word-pair embeddings "
+                "(the pair at step t holds word t-1, which the backward direction predicts there); set it to 0"
+            )
         vocab = config["vocab_size"]
         if list(cutoffs) != sorted(set(cutoffs)) or not cutoffs or cutoffs[0] < 2 or cutoffs[-1] >= vocab - 1:
             raise InputError(
