@@ -62,6 +62,7 @@ class RNNLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
+        quiet_lightning()
         super().__init__(model_class, IMDBDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -192,12 +193,16 @@ def runs_dir(trainer_cfg: Namespace) -> Path:
     return Path(trainer_cfg.get("default_root_dir") or ".") / RUNS_DIR_NAME
 
 
-def _quiet_lightning() -> None:
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
     """Silence, at their source, the messages a user of this CLI cannot act on."""
     # Lightning's advertisement for its hosted logger, printed by every command.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_a_tip not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_not_a_tip)
     # The model summary's size estimate under bf16 (our summary prints exact counts instead).
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
     # Lightning's own pytree helper uses torch's deprecated LeafSpec constructor.
@@ -208,7 +213,6 @@ def _quiet_lightning() -> None:
 def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
     tune_cpu_runtime()
-    _quiet_lightning()
     try:
         RNNLightningCLI(model_class, args=args)
     except (InputError, NonFiniteLossError) as e:

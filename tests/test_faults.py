@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rnn_lightning import checkpoint
 from rnn_lightning.cli import RNNLightningCLI
 from rnn_lightning.data.sources import load_labelled
 from rnn_lightning.errors import InputError
@@ -76,7 +77,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp
     ):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert a["lr_schedulers"] == b["lr_schedulers"]
-    assert a["IMDBDataModule"]["tokenizer"] == b["IMDBDataModule"]["tokenizer"]
+    assert checkpoint.tokenizer_json(a) == checkpoint.tokenizer_json(b)
 
 
 def test_resume_with_last_and_no_run_is_refused(cli, tiny_args):
@@ -273,6 +274,6 @@ def test_a_checkpoint_brings_its_own_model_shape(cli, tiny_ckpt):
 
 def test_checkpoints_load_with_weights_only(tiny_ckpt):
     state = torch.load(tiny_ckpt[1], weights_only=True)
-    assert isinstance(state["IMDBDataModule"]["tokenizer"], str)  # the tokenizer as JSON text
+    assert isinstance(checkpoint.tokenizer_json(state), str)  # the tokenizer as JSON text
     assert all(isinstance(v, (int, float, str, bool, type(None))) for v in state["hyper_parameters"].values())
     assert np.isfinite(float(state["dropout_rng_state"].float().sum()))

@@ -232,8 +232,11 @@ def copy_network(path: str, model: "RecurrentModule") -> list[str]:
         if source[k].shape != target[k].shape:
             raise InputError(
                 f"model.init_from: {k} is {tuple(source[k].shape)} in {path!r} but {tuple(target[k].shape)} here"
-                + (" (vocabulary: set data.vocab_size to the pretraining's)" if k == "embedding.weight"
-                   and source[k].shape[0] != target[k].shape[0] else "")  # fmt: skip
+                + (
+                    " (vocabulary: set data.vocab_size to the pretraining's)"
+                    if k == "embedding.weight" and source[k].shape[0] != target[k].shape[0]
+                    else ""
+                )  # fmt: skip
             )
     with torch.no_grad():
         for k in names:
