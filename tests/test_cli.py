@@ -7,6 +7,7 @@ import torch
 
 from rnn_lightning import checkpoint
 from rnn_lightning.cli import RNNLightningCLI
+from rnn_lightning.models import LanguageModel, SentimentClassifier
 from tests.helpers import ROOT, ckpt_dir, one_line_error, run_cli, runs
 
 WARNINGS_NOBODY_CAN_ACT_ON = (
@@ -83,6 +84,8 @@ def configs() -> list[list[str]]:
         "bilstm.yaml": [bigru],
         "unidirectional.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml"],
         "bf16.yaml": [base],
+        "lm.yaml": [bigru],
+        "semi_supervised.yaml": [bigru],
         "ddp.yaml": [base],
         "ddp_cpu.yaml": [base],
     }
@@ -98,7 +101,9 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     args = [a for path in stack for a in ("--config", path)]
     if any("ddp.yaml" in s for s in stack):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
+    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SentimentClassifier  # pretrain.py's
     cli = RNNLightningCLI(
+        model_class,
         args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path),
               "--trainer.default_root_dir", str(tmp_path)],
         run=False,
