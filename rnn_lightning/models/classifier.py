@@ -93,9 +93,8 @@ class SentimentClassifier(RecurrentModule):
         embedded = self.net.embed(tokens)  # (T, B, E)
         logits = self.net.classify(embedded, tokens)
         loss = self.loss(logits, labels.float())
-        self._labels_of_step = labels.float()
         if stage == "train":
-            loss = loss + self._semi_supervised(tokens, embedded, loss)
+            loss = loss + self._semi_supervised(tokens, labels, embedded, loss)
         metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
         metrics.update(logits.detach().sigmoid(), labels)
         mean_loss.update(loss.detach(), weight=len(labels))
@@ -128,14 +127,13 @@ class SentimentClassifier(RecurrentModule):
 
     # ---------------------------------------------------------------- semi-supervised objectives
 
-    def _semi_supervised(self, tokens: Tensor, embedded: Tensor, loss: Tensor) -> Tensor:
+    def _semi_supervised(self, tokens: Tensor, labels: Tensor, embedded: Tensor, loss: Tensor) -> Tensor:
         """The weighted extra losses of one training step (a zero tensor when all weights are 0)."""
         hp, extra = self.hparams, loss.new_zeros(())
         if hp.adversarial > 0:
             (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
             r = perturbation(grad.detach(), tokens, self.net.pad_id, hp.epsilon)
-            labels = self._labels_of_step
-            extra = extra + hp.adversarial * self.loss(self.net.classify(embedded + r, tokens), labels)
+            extra = extra + hp.adversarial * self.loss(self.net.classify(embedded + r, tokens), labels.float())
             self.log("train/adversarial", extra.detach(), on_step=True, on_epoch=False)
         unlabelled = self._unlabelled if self._unlabelled is not None else tokens
         if hp.virtual_adversarial > 0:
