@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.data import sources
 from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
-from rnn_lightning.data.tokenizer import PAD_ID, encode, train_tokenizer
+from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_folder
 
@@ -230,9 +230,7 @@ class IMDBDataModule(LightningDataModule):
                 f"data.vocab_size: {self.vocab_size}, but the tokenizer of {self.tokenizer_from!r} has "
                 f"{tok.get_vocab_size()} tokens; set data.vocab_size to the pretraining's"
             )
-        tok.enable_truncation(self.max_len, direction="left")
-        tok.enable_padding(direction="left", length=self.max_len, pad_id=PAD_ID, pad_token="<pad>")
-        return tok
+        return set_length(tok, self.max_len)
 
     def _given_tokenizer_digest(self) -> str | None:
         tok = self._given_tokenizer

@@ -25,6 +25,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int) -> Toke
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # runs of \w and of punctuation: "great!!" -> great, !!
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    return set_length(tok, max_len)
+
+
+def set_length(tok: Tokenizer, max_len: int) -> Tokenizer:
+    """Make ``tok`` truncate and pad every text to ``max_len`` ids, at the front; returns it."""
     tok.enable_truncation(max_len, direction="left")
     tok.enable_padding(direction="left", length=max_len, pad_id=PAD_ID, pad_token=PAD)
     return tok
