@@ -16,24 +16,30 @@ from torch import nn
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
 
-FIELDS = ("id", "prob_positive", "label", "error")  # the columns of a prediction file
+
+def prediction_fields(class_names: list[str]) -> list[str]:
+    """The columns of a prediction file: id, predicted class, its probability, each class's, error."""
+    return ["id", "label", "prob", *(f"prob_{name}" for name in class_names), "error"]
+
 PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes ``predict`` results to ``output`` (``.csv`` or ``.jsonl``): one row per input row, in
-    input order (also under DDP), with id, probability of positive, label (``pos``/``neg``) and error.
+    input order (also under DDP), with the columns of ``prediction_fields``: the id, the predicted
+    class's name (``label``) and probability (``prob``), every class's probability, and an error for
+    rows that could not be classified (their other fields are empty).
 
     ``output`` unset: ``predictions.csv`` in ``trainer.default_root_dir``. The file appears only
     complete (``files.atomic_file``); its folder is checked before the first batch.
     """
 
-    def __init__(self, output: str | None = None, threshold: float = 0.5) -> None:
+    def __init__(self, output: str | None = None) -> None:
         super().__init__(write_interval="batch")
         if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
             raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
-        self.output, self.threshold = output, threshold
-        self._probs: dict[int, float] = {}
+        self.output = output
+        self._probs: dict[int, list[float]] = {}
 
     def path(self, trainer: Trainer) -> Path:
         return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
@@ -57,24 +63,26 @@ class PredictionWriter(BasePredictionWriter):
             dist.all_gather_object(parts, probs)
             probs = {k: v for part in parts for k, v in part.items()}
         if trainer.is_global_zero:
-            self._write(trainer, probs)
+            self._write(trainer, probs, pl_module.class_names)
 
-    def _write(self, trainer: Trainer, probs: dict[int, float]) -> None:
+    def _write(self, trainer: Trainer, probs: dict[int, list[float]], names: list[str]) -> None:
         rows = trainer.datamodule.predict_rows
         n = len(rows.ids) if rows is not None else len(probs)
         out = self.path(trainer)
+        fields = prediction_fields(names)
         with atomic_file(out, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, FIELDS) if out.suffix == ".csv" else None
+            writer = csv.DictWriter(f, fields) if out.suffix == ".csv" else None
             if writer:
                 writer.writeheader()
             for i in range(n):
                 p = probs.get(i)
-                row = {
-                    "id": rows.ids[i] if rows is not None else str(i),
-                    "prob_positive": None if p is None else round(p, 6),
-                    "label": None if p is None else ("pos" if p >= self.threshold else "neg"),
-                    "error": rows.errors[i] if rows is not None else "",
-                }
+                row = dict.fromkeys(fields)
+                row["id"] = rows.ids[i] if rows is not None else str(i)
+                row["error"] = rows.errors[i] if rows is not None else ""
+                if p is not None:
+                    best = max(range(len(p)), key=p.__getitem__)
+                    row.update({"label": names[best], "prob": round(p[best], 6)})
+                    row.update({f"prob_{name}": round(q, 6) for name, q in zip(names, p, strict=True)})
                 writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
         rank_zero_info(f"Wrote {n} predictions to {out}")
 

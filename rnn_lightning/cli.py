@@ -28,6 +28,7 @@ from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.models.base import RecurrentModule
+from rnn_lightning.models.classifier import DEFAULT_CLASSES
 from rnn_lightning.runtime import tune_cpu_runtime
 
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
@@ -69,6 +70,11 @@ class RNNLightningCLI(LightningCLI):
         # The vocabulary cap is known at parse time; the padding id only once the data module exists.
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
+        if "class_names" in inspect.signature(self.model_class).parameters:
+            # The classes come from the training labels, or, when a checkpoint is given, from it (predicting
+            # raw text reads no dataset; testing checks that the data's classes are the checkpoint's).
+            parser.link_arguments("data", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
+            parser.link_arguments("data", "model.class_counts", compute_fn=self._class_counts, apply_on="instantiate")
         if "init_from" in inspect.signature(self.model_class).parameters:
             # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction.
             parser.link_arguments("model.init_from", "data.tokenizer_from")
@@ -101,6 +107,16 @@ class RNNLightningCLI(LightningCLI):
             default="epoch",
             help="step the lr_scheduler after every epoch or every optimizer step (then T_max etc. count steps)",
         )
+
+    def _class_names(self, data: IMDBDataModule) -> list[str]:
+        if self._resumed is not None:
+            return self._resumed[checkpoint.HPARAMS_KEY].get("class_names") or DEFAULT_CLASSES
+        return data.class_names
+
+    def _class_counts(self, data: IMDBDataModule) -> list[int] | None:
+        if self._resumed is not None:
+            return self._resumed[checkpoint.HPARAMS_KEY].get("class_counts")
+        return data.class_counts
 
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
         """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
@@ -217,3 +233,7 @@ def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) ->
         RNNLightningCLI(model_class, args=args)
     except (InputError, NonFiniteLossError) as e:
         sys.exit(f"error: {e}")
+    except ValueError as e:  # jsonargparse wraps what a link's compute_fn raises (e.g. reading the classes)
+        if isinstance(e.__cause__, InputError):
+            sys.exit(f"error: {e.__cause__}")
+        raise

@@ -2,7 +2,7 @@
 
 from rnn_lightning.inference import SentimentPredictor
 predictor = SentimentPredictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
-predictor(["A wonderful film.", "Dull and far too long."])   # -> [0.93, 0.08] (probability of positive)
+predictor(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}]
 
 python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
 """
@@ -18,17 +18,27 @@ from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file
 from rnn_lightning.models.classifier import SentimentClassifier
-from rnn_lightning.serving import probabilities
+from rnn_lightning.serving import predictions
+
+
+class Probabilities(torch.nn.Module):
+    """A network as what is exported: ids (B, T) -> probabilities (B, K) of the classes, for any K."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net.probabilities(tokens)
 
 
 class SentimentPredictor:
-    """A network and its tokenizer: texts -> probabilities of a positive review.
+    """A network, its tokenizer and class names: texts -> predicted class and probabilities (see
+    ``serving.predictions``). Empty or whitespace-only texts get None (the CLI's prediction file
+    gives them an error field)."""
 
-    Empty or whitespace-only texts get NaN (the CLI's prediction file gives them an error field).
-    """
-
-    def __init__(self, net: torch.nn.Module, tokenizer: Tokenizer, batch_size: int = 1024) -> None:
-        self.net, self.tokenizer, self.batch_size = net.eval(), tokenizer, batch_size
+    def __init__(self, net: torch.nn.Module, tokenizer: Tokenizer, class_names: list[str], batch_size: int = 1024) -> None:
+        self.net, self.tokenizer, self.class_names, self.batch_size = net.eval(), tokenizer, class_names, batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SentimentPredictor":
@@ -42,12 +52,14 @@ class SentimentPredictor:
             raise InputError(
                 f"ckpt_path: {path!r} does not hold an rnn-lightning model ({type(e).__name__}: {str(e)[:200]})"
             ) from None
-        return cls(model.net.to(map_location), Tokenizer.from_str(checkpoint.tokenizer_json(ckpt)))
+        tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
+        return cls(model.net.to(map_location), tokenizer, model.class_names)
 
     @torch.no_grad()
-    def __call__(self, texts: list[str]) -> list[float]:
+    def __call__(self, texts: list[str]) -> list[dict]:
         device = next(self.net.parameters()).device
-        return probabilities(texts, self.tokenizer, lambda ids: self.net(ids.to(device)), self.batch_size)
+        forward = lambda ids: self.net.probabilities(ids.to(device))  # noqa: E731
+        return predictions(texts, self.tokenizer, forward, self.class_names, self.batch_size)
 
     def export(self, out_dir: str) -> Path:
         """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.
@@ -63,7 +75,7 @@ class SentimentPredictor:
             max_len = self.tokenizer.truncation["max_length"]
             example = torch.ones(2, max_len, dtype=torch.long, device=next(net.parameters()).device)
             batch = torch.export.Dim("batch", min=1, max=1 << 20)
-            program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+            program = torch.export.export(Probabilities(net), (example,), dynamic_shapes=({0: batch},))
         finally:
             net.implementation = previous
         with atomic_file(out / "model.pt2", "wb") as f:
@@ -71,7 +83,8 @@ class SentimentPredictor:
         with atomic_file(out / "tokenizer.json") as f:
             f.write(self.tokenizer.to_str())
         with atomic_file(out / "meta.json") as f:
-            json.dump({"output": "logit of a positive review", "max_len": max_len}, f)
+            meta = {"output": "probabilities (B, K) of class_names", "class_names": self.class_names, "max_len": max_len}
+            json.dump(meta, f)
         return out
 
 

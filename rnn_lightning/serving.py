@@ -1,10 +1,10 @@
 """Run an exported model (``python -m rnn_lightning.inference export``) with torch and tokenizers only.
 
 from rnn_lightning.serving import ExportedPredictor
-ExportedPredictor("exported/")(["A wonderful film."])   # -> [0.93]
+ExportedPredictor("exported/")(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {...}}]
 """
 
-import math
+import json
 from pathlib import Path
 
 import torch
@@ -13,26 +13,31 @@ from tokenizers import Tokenizer
 from rnn_lightning.data.tokenizer import encode
 
 
-def probabilities(texts: list[str], tokenizer: Tokenizer, forward, batch_size: int = 1024) -> list[float]:
-    """Probabilities of a positive review for ``texts`` via ``forward`` (ids (B, T) -> logits (B,));
-    NaN for empty or whitespace-only texts."""
+def predictions(texts: list[str], tokenizer: Tokenizer, probabilities, names: list[str], batch_size: int = 1024) -> list[dict]:
+    """One dict per text: the predicted class (``label``), its probability (``prob``) and every class's
+    (``probs``, by name), via ``probabilities`` (ids (B, T) -> (B, K)). An empty or whitespace-only text
+    gets ``None`` for all three."""
+    out: list[dict] = [{"label": None, "prob": None, "probs": None} for _ in texts]
     keep = [i for i, t in enumerate(texts) if t.strip()]
-    probs = [math.nan] * len(texts)
     for start in range(0, len(keep), batch_size):
         rows = keep[start : start + batch_size]
         ids = torch.from_numpy(encode(tokenizer, [texts[i] for i in rows])).long()
-        for i, p in zip(rows, torch.sigmoid(forward(ids)).tolist(), strict=True):
-            probs[i] = p
-    return probs
+        for i, p in zip(rows, probabilities(ids).tolist(), strict=True):
+            best = max(range(len(p)), key=p.__getitem__)
+            out[i] = {"label": names[best], "prob": p[best], "probs": dict(zip(names, p, strict=True))}
+    return out
 
 
 class ExportedPredictor:
+    """An exported folder: ``model.pt2`` (ids (B, T) -> probabilities (B, K)), ``tokenizer.json``, ``meta.json``."""
+
     def __init__(self, folder: str) -> None:
         folder = Path(folder)
         self.module = torch.export.load(folder / "model.pt2").module()
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.class_names = json.loads((folder / "meta.json").read_text())["class_names"]
 
     @torch.no_grad()
-    def __call__(self, texts: list[str]) -> list[float]:
-        """Probabilities of a positive review; NaN for empty texts."""
-        return probabilities(texts, self.tokenizer, self.module)
+    def __call__(self, texts: list[str]) -> list[dict]:
+        """See ``predictions``."""
+        return predictions(texts, self.tokenizer, self.module, self.class_names)

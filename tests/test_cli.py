@@ -41,7 +41,7 @@ def test_fit_then_test_then_predict_everything_under_the_root(cli, tiny_args, tm
     out = tmp_path / "predictions.csv"  # the default name, under trainer.default_root_dir
     assert f"Wrote 2 predictions to {out}" in predict.output
     rows = out.read_text().splitlines()
-    assert rows[0] == "id,prob_positive,label,error" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert rows[0] == "id,label,prob,prob_0,prob_1,error" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     assert runs(tmp_path) == ["version_0", "version_1"]  # fit and test; predict opens no run
     assert set(p.name for p in (tmp_path / "..").iterdir()) == before  # nothing beside the root
     for output in (fit.output, test.output, predict.output):
@@ -113,13 +113,17 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     assert cli.trainer.logger.save_dir == str(tmp_path)  # the run goes where default_root_dir says
 
 
-def test_preset_fragments_change_only_what_they_say():
+def test_preset_fragments_change_only_what_they_say(parquet_dir, tmp_path):
     bigram = RNNLightningCLI(
         args=[
             "--config",
             str(ROOT / "configs" / "bigru.yaml"),
             "--config",
             str(ROOT / "configs" / "bigru_bigram.yaml"),
+            "--data.dataset",
+            str(parquet_dir),
+            "--data.cache_dir",
+            str(tmp_path),
         ],
         run=False,
     )
@@ -163,7 +167,7 @@ def test_parquet_without_text_column_fails_with_one_line(cli, tiny_args, tmp_pat
     for split in ("train", "test"):
         pd.DataFrame({"review": ["a b c"] * 4, "label": [0, 1] * 2}).to_parquet(bad / f"{split}.parquet")
     line = one_line_error(cli("fit", *tiny_args, "--data.dataset", str(bad), check=False))
-    assert "data.dataset" in line and "'text'" in line
+    assert "data.text_field" in line and "'text'" in line and "['review', 'label']" in line  # names what exists
 
 
 def test_aclimdb_folder_trains_through_the_cli(cli, tiny_args, aclimdb_dir, tmp_path):

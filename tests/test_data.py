@@ -20,14 +20,15 @@ def prepared(dm: IMDBDataModule) -> IMDBDataModule:
 
 
 def test_parquet_folder_and_aclimdb_folder_both_load(parquet_dir, aclimdb_dir):
-    for folder, n_train, n_test in ((parquet_dir, 96, 48), (aclimdb_dir, 40, 20)):
+    for folder, n_train, n_test, names in ((parquet_dir, 96, 48, ["0", "1"]), (aclimdb_dir, 40, 20, ["neg", "pos"])):
         raw = load_labelled(str(folder))
-        assert len(raw["train"][0]) == n_train and len(raw["test"][0]) == n_test
-        assert set(raw["train"][1].tolist()) == {0, 1}
+        assert len(raw.splits["train"].texts) == n_train and len(raw.splits["test"].texts) == n_test
+        assert set(raw.splits["train"].labels.tolist()) == {0, 1} and raw.class_names == names
 
 
 def test_aclimdb_labels_follow_the_folder_names(aclimdb_dir):
-    texts, labels = load_labelled(str(aclimdb_dir))["train"]
+    train = load_labelled(str(aclimdb_dir)).splits["train"]
+    texts, labels = train.texts.to_list(), train.labels
     positive = {"great", "wonderful", "excellent", "superb", "loved", "brilliant"}
     for text, label in zip(texts, labels, strict=True):
         assert bool(positive & set(text.lower().replace(".", " ").replace("!", " ").split())) == bool(label)
@@ -78,8 +79,8 @@ def test_tokenizer_is_trained_on_the_fit_part_only(tmp_path):
     train.to_parquet(tmp_path / "test.parquet")
     for seed in range(20):  # find a split where the one review with "uniqueword" is held out
         dm = prepared(make_dm(tmp_path, tmp_path, val_fraction=0.2, split_seed=seed))
-        val_texts = dm.splits["val"].ids
-        if (val_texts != dm.pad_id).sum(1).eq(1).any():
+        val_ids = dm.splits["val"].token_ids()
+        if ((val_ids != dm.pad_id).sum(1) == 1).any():
             assert "uniqueword" not in dm.tokenizer.get_vocab()
             return
     pytest.fail("no split held the unique review out")
@@ -91,7 +92,7 @@ def test_second_run_reuses_the_cache(parquet_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(dm_module.sources, "load_labelled", lambda *a, **k: pytest.fail("data read again"))
     second = prepared(make_dm(parquet_dir, tmp_path))
     assert second.tokenizer.to_str() == first.tokenizer.to_str()
-    assert torch.equal(second.splits["test"].ids, first.splits["test"].ids)
+    assert np.array_equal(second.splits["test"].token_ids(), first.splits["test"].token_ids())
 
 
 def test_cache_key_changes_with_what_changes_the_data(parquet_dir, tmp_path):
@@ -120,7 +121,7 @@ def test_checkpoint_tokenizer_that_differs_reencodes_the_data(parquet_dir, tmp_p
     other = prepared(make_dm(parquet_dir, tmp_path, split_seed=7))  # another fit part, another vocabulary
     assert other.tokenizer.to_str() != dm.tokenizer.to_str()
     other.load_state_dict(dm.state_dict())
-    assert torch.equal(other.splits["test"].ids, dm.splits["test"].ids)
+    assert np.array_equal(other.splits["test"].token_ids(), dm.splits["test"].token_ids())
 
 
 @pytest.mark.parametrize(
@@ -140,23 +141,31 @@ def test_bad_values_are_refused_at_construction(parquet_dir, tmp_path, kwargs, f
 
 
 def test_parquet_without_text_or_label_is_refused(tmp_path):
-    pd.DataFrame({"review": ["x"], "label": [1]}).to_parquet(tmp_path / "train.parquet")
-    pd.DataFrame({"review": ["x"], "label": [1]}).to_parquet(tmp_path / "test.parquet")
-    with pytest.raises(InputError, match=r"data.dataset: .*lacks column\(s\) \['text'\]"):
+    pd.DataFrame({"review": ["x", "y"] * 2, "stars": [1, 0] * 2}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"review": ["x", "y"] * 2, "stars": [1, 0] * 2}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(InputError, match=r"data.label_field: .*no column 'label'; its columns are \['review', 'stars'\]"):
         make_dm(tmp_path, tmp_path).prepare_data()
+    with pytest.raises(InputError, match=r"data.text_field: .*no column 'text'; its columns are \['review', 'stars'\]"):
+        make_dm(tmp_path, tmp_path, label_field="stars").prepare_data()
+    dm = make_dm(tmp_path, tmp_path, label_field="stars", text_field="review", val_fraction=0.5)
+    assert dm.class_names == ["0", "1"]
 
 
-def test_string_labels_are_mapped_and_others_refused(tmp_path):
+def test_string_labels_name_the_classes_and_unseen_ones_are_refused(tmp_path):
     good = tmp_path / "good"
     good.mkdir()
     for split in ("train", "test"):
-        pd.DataFrame({"text": ["fine", "bad"], "label": ["pos", "neg"]}).to_parquet(good / f"{split}.parquet")
-    assert load_labelled(str(good))["train"][1].tolist() == [1, 0]
+        pd.DataFrame({"text": ["fine", "bad", "meh"], "label": ["pos", "neg", "neutral"]}).to_parquet(good / f"{split}.parquet")
+    raw = load_labelled(str(good))
+    assert raw.class_names == ["neg", "neutral", "pos"] and raw.splits["train"].labels.tolist() == [2, 0, 1]
+    pd.DataFrame({"text": ["fine"], "label": ["positive"]}).to_parquet(good / "test.parquet")
+    with pytest.raises(InputError, match=r"split 'test' column 'label': label 'positive' is not one of the training split's classes"):
+        load_labelled(str(good))
     bad = tmp_path / "bad"
     bad.mkdir()
-    for split in ("train", "test"):
-        pd.DataFrame({"text": ["fine", "bad"], "label": [1, 5]}).to_parquet(bad / f"{split}.parquet")
-    with pytest.raises(InputError, match="expected 0/1 or 'neg'/'pos', found 5"):
+    pd.DataFrame({"text": ["fine", "bad"], "label": [1, 0]}).to_parquet(bad / "train.parquet")
+    pd.DataFrame({"text": ["fine", "bad"], "label": [1, 5]}).to_parquet(bad / "test.parquet")
+    with pytest.raises(InputError, match=r"split 'test' column 'label': class id 5 is not one of the training split's classes 0..1"):
         load_labelled(str(bad))
 
 

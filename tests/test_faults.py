@@ -182,7 +182,13 @@ def test_nearly_full_disk_fails_before_training(tiny_args, monkeypatch):
 
 def test_one_class_only_is_refused(tmp_path):
     data = write_splits(tmp_path / "d", pd.DataFrame({"text": ["good film"] * 20, "label": [1] * 20}))
-    with pytest.raises(InputError, match=r"the train split holds only label\(s\) \[1\]"):
+    with pytest.raises(InputError, match=r"data.label_field: class\(es\) \['0'\] of \['0', '1'\] have no text in split 'train'"):
+        make_dm(data, tmp_path).prepare_data()
+
+
+def test_a_single_class_name_is_refused(tmp_path):
+    data = write_splits(tmp_path / "d", pd.DataFrame({"text": ["good film"] * 20, "label": ["pos"] * 20}))
+    with pytest.raises(InputError, match=r"data.label_field: .*holds only the class\(es\) \['pos'\]; a classifier needs two or more"):
         make_dm(data, tmp_path).prepare_data()
 
 
@@ -197,7 +203,7 @@ def test_fewer_reviews_than_a_batch_empty_texts_and_a_1mb_review_train(cli, tiny
     train.loc[0, "text"] = ""
     train.loc[1, "text"] = "great " * 200_000  # 1.2 MB
     data = write_splits(tmp_path / "d", train)
-    with pytest.warns(UserWarning, match=r"1 empty training review\(s\) kept"):
+    with pytest.warns(UserWarning, match=r"1 empty training text\(s\) kept"):
         cli("fit", *tiny_args, "--data.dataset", str(data), "--data.batch_size", "1024",
             "--data.val_fraction", "0.3", "--trainer.max_epochs", "1")  # fmt: skip
     assert (ckpt_dir(tmp_path) / "last.ckpt").exists()
@@ -209,15 +215,22 @@ def test_non_utf8_review_files_are_read_with_replacement(aclimdb_dir, tmp_path):
     copy = tmp_path / "aclImdb"
     shutil.copytree(aclimdb_dir, copy)
     (copy / "train" / "pos" / "999_10.txt").write_bytes(b"caf\xe9 was great")
-    texts, _ = load_labelled(str(copy))["train"]
-    assert "caf\ufffd was great" in texts
+    assert "caf\ufffd was great" in load_labelled(str(copy)).splits["train"].texts.to_list()
 
 
 def test_missing_split_file_is_refused(tmp_path):
     (tmp_path / "d").mkdir()
     make_reviews(10, seed=0).to_parquet(tmp_path / "d" / "train.parquet")
-    with pytest.raises(InputError, match="data.dataset"):
-        load_labelled(str(tmp_path / "d"))
+    (tmp_path / "e").mkdir()
+    make_reviews(10, seed=0).to_parquet(tmp_path / "e" / "test.parquet")
+    with pytest.raises(InputError, match="data.train_name: .* has no split 'train'"):
+        load_labelled(str(tmp_path / "e"))
+    assert "test" not in load_labelled(str(tmp_path / "d")).splits  # fit needs no test split; test says so:
+    dm = make_dm(tmp_path / "d", tmp_path, val_fraction=0.3)
+    dm.prepare_data()
+    dm.setup("test")
+    with pytest.raises(InputError, match="data.test_name: .* has no split 'test' to test on"):
+        dm.test_dataloader()
 
 
 # ---------------------------------------------------------------- bad config
@@ -225,7 +238,7 @@ def test_missing_split_file_is_refused(tmp_path):
 
 def test_vocabulary_larger_than_the_words_warns_and_trains(cli, tiny_args, tmp_path):
     proc = cli("fit", *tiny_args, "--data.vocab_size", "5000", "--trainer.max_epochs", "1")
-    assert "data.vocab_size is 5000 but the training reviews hold only" in proc.output
+    assert "data.vocab_size is 5000 but the training texts hold only" in proc.output
 
 
 # ---------------------------------------------------------------- bad checkpoints
@@ -275,5 +288,7 @@ def test_a_checkpoint_brings_its_own_model_shape(cli, tiny_ckpt):
 def test_checkpoints_load_with_weights_only(tiny_ckpt):
     state = torch.load(tiny_ckpt[1], weights_only=True)
     assert isinstance(checkpoint.tokenizer_json(state), str)  # the tokenizer as JSON text
-    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in state["hyper_parameters"].values())
+    plain = (int, float, str, bool, type(None))
+    for v in state["hyper_parameters"].values():
+        assert isinstance(v, plain) or isinstance(v, list) and all(isinstance(x, plain) for x in v), v
     assert np.isfinite(float(state["dropout_rng_state"].float().sum()))

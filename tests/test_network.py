@@ -136,8 +136,11 @@ def test_dropout_mask_is_shared_across_time_steps():
 
 def test_predict_step_returns_probabilities():
     model = SentimentClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
-    probs = model.predict_step((torch.randint(0, 20, (5, 7)), torch.zeros(5)), 0)
-    assert probs.shape == (5,) and torch.all((probs > 0) & (probs < 1))
+    for names in (["neg", "pos"], ["a", "b", "c"]):
+        model = SentimentClassifier(class_names=names, vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
+        probs = model.predict_step((torch.randint(0, 20, (5, 7)), torch.zeros(5)), 0)
+        assert probs.shape == (5, len(names)) and torch.all((probs > 0) & (probs < 1))
+        assert torch.allclose(probs.sum(-1), torch.ones(5))
 
 
 @pytest.mark.parametrize(
@@ -311,7 +314,9 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
     model = SentimentClassifier(cell="gru", hidden_size=5, vocab_size=50)
     defaults = {k: p.default for k, p in inspect.signature(SentimentRNN).parameters.items()}
     assert model.net.config == {**defaults, "cell": "gru", "hidden_size": 5, "vocab_size": 50}
-    assert {k: model.hparams[k] for k in defaults} == model.net.config  # the checkpoint holds every one
+    # The checkpoint holds every one; the number of classes as the class names it counts.
+    assert {k: model.hparams[k] for k in defaults if k != "num_classes"} | {"num_classes": 2} == model.net.config
+    assert model.hparams.class_names == ["neg", "pos"] and "num_classes" not in model.hparams
     assert model.net.layers[0].cell == "gru" and model.net.layers[0].hidden_size == 5
     for bad, field in (({"hidden_size": 0}, "model.hidden_size"), ({"pooling": "sum"}, "model.pooling"),
                        ({"dropout": 1.0}, "model.dropout"), ({"pad_id": 99, "vocab_size": 10}, "model.pad_id")):  # fmt: skip

@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import math
 import sys
 
 import pandas as pd
@@ -68,13 +67,16 @@ def test_text_file_with_empty_bad_and_huge_lines(cli, trained, tmp_path):
     rows = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
     assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5", "6"]  # every input line, in order
     assert [r["error"] for r in rows] == ["", "empty review", "empty review", "invalid UTF-8 replaced", "", ""]
-    assert rows[1]["prob_positive"] == "" and rows[1]["label"] == ""
-    assert len(lines[5]) > 1_000_000 and rows[5]["label"] == "neg"  # a 1 MB review is classified from its end
+    assert list(rows[0]) == ["id", "label", "prob", "prob_0", "prob_1", "error"]  # classes "0", "1" of the data
+    assert rows[1]["prob_1"] == rows[1]["prob"] == rows[1]["label"] == ""
+    assert len(lines[5]) > 1_000_000 and rows[5]["label"] == "0"  # a 1 MB review is classified from its end
     predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
     expected = predictor([REVIEWS[0], REVIEWS[1]])
-    assert float(rows[0]["prob_positive"]) == pytest.approx(expected[0], abs=1e-6)
-    assert float(rows[4]["prob_positive"]) == pytest.approx(expected[1], abs=1e-6)
-    assert rows[0]["label"] == "pos" and rows[4]["label"] == "neg"  # the tiny model learned the sentiment words
+    for row, want in ((rows[0], expected[0]), (rows[4], expected[1])):
+        assert row["label"] == want["label"] and float(row["prob"]) == pytest.approx(want["prob"], abs=1e-6)
+        assert float(row["prob_1"]) == pytest.approx(want["probs"]["1"], abs=1e-6)
+        assert float(row["prob_0"]) + float(row["prob_1"]) == pytest.approx(1, abs=1e-5)
+    assert rows[0]["label"] == "1" and rows[4]["label"] == "0"  # the tiny model learned the sentiment words
     assert not list(tmp_path.glob(".out.csv.*"))  # no temporary file left behind
 
 
@@ -97,9 +99,9 @@ def test_tables_folders_and_stdin_give_the_same_probabilities(cli, trained, tmp_
     }
     assert [r["id"] for r in results["csv"]] == ["a", "b", "c"]
     assert [r["id"] for r in results["folder"]] == ["pos/0_9.txt", "pos/1_9.txt", "pos/2_9.txt"]
-    reference = [float(r["prob_positive"]) for r in results["stdin"]]
+    reference = [float(r["prob_1"]) for r in results["stdin"]]
     for name, rows in results.items():
-        assert [float(r["prob_positive"]) for r in rows] == pytest.approx(reference, abs=1e-6), name
+        assert [float(r["prob_1"]) for r in rows] == pytest.approx(reference, abs=1e-6), name
 
 
 def test_table_without_text_column_is_refused(cli, trained, tmp_path):
@@ -124,14 +126,17 @@ def test_unwritable_prediction_file_is_refused_before_predicting(cli, trained, t
 
 def test_python_api_and_export_round_trip(trained, tmp_path):
     predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
-    probs = predictor([*REVIEWS, "  "])
-    assert all(0 < p < 1 for p in probs[:3]) and math.isnan(probs[3])
+    out = predictor([*REVIEWS, "  "])
+    probs = [o["probs"]["1"] for o in out[:3]]
+    assert all(0 < p < 1 for p in probs) and out[3] == {"label": None, "prob": None, "probs": None}
+    assert all(o["prob"] == max(o["probs"].values()) and o["probs"][o["label"]] == o["prob"] for o in out[:3])
     predictor.export(str(tmp_path / "exported"))
-    served = ExportedPredictor(str(tmp_path / "exported"))([*REVIEWS, "  "])
-    assert served[:3] == pytest.approx(probs[:3], abs=1e-5) and math.isnan(served[3])
-    assert ExportedPredictor(str(tmp_path / "exported"))(REVIEWS[:1]) == pytest.approx(
-        probs[:1], abs=1e-5
-    )  # batch of 1
+    exported = ExportedPredictor(str(tmp_path / "exported"))
+    served = exported([*REVIEWS, "  "])
+    assert exported.class_names == ["0", "1"] and served[3]["label"] is None
+    assert [o["probs"]["1"] for o in served[:3]] == pytest.approx(probs, abs=1e-5)
+    assert [o["label"] for o in served[:3]] == [o["label"] for o in out[:3]]
+    assert exported(REVIEWS[:1])[0]["probs"]["1"] == pytest.approx(probs[0], abs=1e-5)  # batch of 1
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):

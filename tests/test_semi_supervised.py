@@ -6,7 +6,7 @@ import torch
 from rnn_lightning import checkpoint
 from rnn_lightning.cli import main
 from rnn_lightning.models import LanguageModel, SentimentClassifier
-from rnn_lightning.models.classifier import bernoulli_kl, perturbation
+from rnn_lightning.models.classifier import categorical_kl, perturbation
 from tests.helpers import ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
 
 NET = {"vocab_size": 64, "embed_dim": 16, "hidden_size": 12, "num_layers": 1}
@@ -94,8 +94,8 @@ def test_perturbations_have_the_configured_norm_and_skip_padding():
     r = perturbation(torch.randn(4, 2, 3), tokens, pad_id=0, norm=2.5)  # (T, B, E)
     assert torch.all(r[:2, 0] == 0)  # no perturbation on padding
     assert r.square().sum(dim=(0, 2)).sqrt().tolist() == pytest.approx([2.5, 2.5], rel=1e-5)
-    assert bernoulli_kl(torch.tensor([0.3, -2.0]), torch.tensor([0.3, -2.0])).item() == pytest.approx(0, abs=1e-7)
-    assert bernoulli_kl(torch.tensor([3.0]), torch.tensor([-3.0])).item() > 0
+    assert categorical_kl(torch.tensor([0.3, -2.0]), torch.tensor([0.3, -2.0])).item() == pytest.approx(0, abs=1e-7)
+    assert categorical_kl(torch.tensor([3.0]), torch.tensor([-3.0])).item() > 0
 
 
 @pytest.mark.parametrize("objective", ["adversarial", "virtual_adversarial", "entropy"])

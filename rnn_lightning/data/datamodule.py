@@ -25,29 +25,37 @@ from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_token
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_folder
 
-CACHE_VERSION = 2  # bump when the tokenizer recipe, the split or the cache layout changes
+CACHE_VERSION = 3  # bump when the tokenizer recipe, the split or the cache layout changes
 
 
 class TokenizedReviews(Dataset):
-    """Token ids (N, T) and labels (N,) held as two tensors; a batch is two index operations.
+    """Token ids (N, T) and labels (N,), optionally a view of the rows ``rows``; a batch is one indexing.
 
-    ``__getitems__`` hands the DataLoader a whole batch at once instead of N single items to
-    collate: with 1024 short rows per batch that per-item work would cost more than the model step.
+    ``ids`` may be a memory-mapped array (the token cache on disk): a batch reads only its rows, so a
+    dataset of millions of reviews never has to fit in memory. ``__getitems__`` hands the DataLoader a
+    whole batch at once instead of N single items to collate: with 1024 short rows per batch that
+    per-item work would cost more than the model step.
     """
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        self.ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.ids, self.rows = ids, rows
+        self.labels = torch.from_numpy(np.asarray(labels if rows is None else labels[rows], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def token_ids(self) -> np.ndarray:
+        """All ids of this view, (N, T) (read into memory)."""
+        return np.asarray(self.ids if self.rows is None else self.ids[self.rows])
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.ids[i], self.labels[i]
+        ids, labels = self.__getitems__([i])
+        return ids[0], labels[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        idx = torch.as_tensor(indices)
-        return self.ids[idx], self.labels[idx]
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = idx if self.rows is None else self.rows[idx]
+        return torch.from_numpy(self.ids[rows].astype(np.int64)), self.labels[idx]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -108,52 +116,69 @@ def stratified_split(
     return fit_idx, val_idx
 
 
-def encode_splits(
-    tokenizer: Tokenizer, raw: dict, fit_idx: np.ndarray, val_idx: np.ndarray
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Raw ``train``/``test`` (texts, labels) -> {"fit", "val", "test": (ids (N, T), labels (N,))}."""
-    (train_texts, train_labels), (test_texts, test_labels) = raw["train"], raw["test"]
-    train_ids = encode(tokenizer, train_texts)
-    return {
-        "fit": (train_ids[fit_idx], train_labels[fit_idx]),
-        "val": (train_ids[val_idx], train_labels[val_idx]),
-        "test": (encode(tokenizer, test_texts), test_labels),
-    }
+def encode_to_file(path: Path, tokenizer: Tokenizer, texts: sources.Texts, rows: np.ndarray | None = None) -> None:
+    """Encode ``texts`` (those at ``rows``) chunk by chunk into ``path``, an (N, max_len) int32 ``.npy``.
+
+    Memory stays bounded by one chunk whatever N is; the file is read back memory-mapped.
+    """
+    n = len(texts) if rows is None else len(rows)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(n, tokenizer.truncation["max_length"]))
+    start = 0
+    for chunk in texts.chunks(rows):
+        out[start : start + len(chunk)] = encode(tokenizer, chunk)
+        start += len(chunk)
+    out.flush()
+    del out
 
 
 class IMDBDataModule(LightningDataModule):
-    """IMDB reviews, tokenized once and cached on disk.
+    """Text classification data (IMDB by default, or any labelled texts), tokenized once and cached on disk.
 
-    ``prepare_data`` (one process per node) reads the source, carves the validation set out of
-    train, trains the tokenizer on the remaining training reviews only, encodes every split and
-    writes the result to ``cache_dir`` under a key made of everything that changes it; every
-    process then loads it in ``setup``. The tokenizer is saved in each checkpoint (``state_dict``),
-    so a checkpoint alone turns raw text into predictions.
+    ``prepare_data`` (one process per node) reads the source, takes its validation split or carves
+    one out of train, trains the tokenizer on the training texts only (and the unlabelled ones when
+    asked), encodes every split and writes the result to ``cache_dir`` under a key made of everything
+    that changes it; every process then memory-maps it in ``setup``. The tokenizer is saved in each
+    checkpoint (``state_dict``), so a checkpoint alone turns raw text into predictions.
 
     Args:
-        dataset: a hub id, a folder of ``train``/``test`` parquet files, or an unpacked ``aclImdb/`` folder.
+        dataset: a hub id, a folder (one file per split: ``train.parquet``, ``test.csv``, ... or the hub
+            layout), files per split (``{train: a.csv, test: b.csv}``; parquet, csv, tsv, jsonl/json,
+            arrow), or an unpacked ``aclImdb/`` folder.
+        config_name: the hub dataset's configuration, if it has several.
+        text_field: the column holding the text.
+        label_field: the column holding the label: class ids 0..K-1, class names (strings), or a
+            ``ClassLabel``; K and the class names come from the training split.
+        train_name / validation_name / test_name: the source's split names. A validation split is used
+            when the source has one; otherwise ``val_fraction`` of train is held out.
         vocab_size: words kept, ``<pad>`` and ``<unk>`` included.
-        max_len: tokens per review; longer reviews keep their end, shorter ones are padded at the front.
-        batch_size: reviews per batch (per process under DDP).
-        val_fraction: share of the training reviews held out for validation, per class.
-        val_split: ``random`` reviews, or ``blocks`` of 250 consecutive reviews so that a movie's
-            reviews stay on one side (see ``stratified_split``); ``blocks`` is the honest one for tuning.
+        max_len: tokens per text; longer texts keep their end, shorter ones are padded at the front.
+        batch_size: texts per batch (per process under DDP).
+        val_fraction: share of the training texts held out for validation, per class (when the source
+            has no validation split).
+        val_split: how they are drawn: ``random`` texts, or ``blocks`` of 250 consecutive texts of a class
+            so that a movie's reviews stay on one side (see ``stratified_split``).
         split_seed: seed of that split (independent of ``seed_everything``, so the split never moves).
         cache_dir: where the token ids are cached.
-        num_workers: DataLoader workers; 0 is fastest here, since a batch is two tensor indexings.
-        predict_path: reviews for ``predict`` (see ``reviews_io.read_reviews``); they are encoded with the
+        num_workers: DataLoader workers; 0 is fastest here, since a batch is one array indexing.
+        predict_path: texts for ``predict`` (see ``reviews_io.read_reviews``); they are encoded with the
             checkpoint's tokenizer and need no dataset. Unset, ``predict`` classifies the test split.
-        unlabelled: also read the dataset's unlabelled reviews (split ``unsupervised``, IMDB's 50,000):
+        unlabelled: also read the dataset's unlabelled texts (split ``unsupervised``, IMDB's 50,000):
             the tokenizer learns from them too, and each training batch is a dict ``{"labelled": (ids,
             labels), "unlabelled": (ids, _)}`` (Lightning's ``CombinedLoader``), the unlabelled batch
-            sized so that both parts run out together: each review once an epoch.
+            sized so that both parts run out together: each text once an epoch.
         tokenizer_from: a checkpoint whose tokenizer to use instead of training one (the CLI links it
             from ``model.init_from``: one vocabulary from pretraining to prediction).
     """
 
     def __init__(
         self,
-        dataset: str = "stanfordnlp/imdb",
+        dataset: str | dict[str, str] = "stanfordnlp/imdb",
+        config_name: str | None = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        train_name: str = "train",
+        validation_name: str = "validation",
+        test_name: str = "test",
         vocab_size: int = 10_000,
         max_len: int = 80,
         batch_size: int = 1024,
@@ -179,9 +204,15 @@ class IMDBDataModule(LightningDataModule):
             raise InputError(f"data.val_split: expected 'random' or 'blocks', got {val_split!r}")
         if num_workers < 0:
             raise InputError(f"data.num_workers: expected an integer >= 0, got {num_workers}")
+        names = {"train": train_name, "validation": validation_name, "test": test_name}
+        if len(set(names.values())) < 3:
+            raise InputError(f"data: train_name, validation_name and test_name must differ, got {names}")
+        if isinstance(dataset, dict):
+            dataset = {str(k): str(v) for k, v in dataset.items()}
         sources.check_dataset(dataset)
         self.save_hyperparameters()
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
+        self.config_name, self.text_field, self.label_field, self.split_names = config_name, text_field, label_field, names
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.val_split = val_split
         self.predict_path = predict_path
@@ -197,6 +228,43 @@ class IMDBDataModule(LightningDataModule):
     def pad_id(self) -> int:
         return PAD_ID
 
+    @property
+    def class_names(self) -> list[str]:
+        """The classes, in id order, from the training labels (read from the cache when it exists)."""
+        return self._meta["class_names"]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training texts per class (the validation part excluded)."""
+        return self._meta["class_counts"]
+
+    @cached_property
+    def _meta(self) -> dict:
+        """The cache's ``meta.json``; before the cache exists, the class facts read from the source."""
+        meta = self.cache_path / "meta.json"
+        if meta.exists():
+            return json.loads(meta.read_text())
+        source = self._source
+        labels = source.splits["train"].labels
+        fit = self._fit_val_rows(labels)[0] if "validation" not in source.splits else slice(None)
+        counts = np.bincount(labels[fit], minlength=len(source.class_names))
+        return {"class_names": source.class_names, "class_counts": counts.tolist()}
+
+    @cached_property
+    def _source(self) -> sources.Labelled:
+        return sources.load_labelled(
+            self.dataset, self.split_names, self.text_field, self.label_field, self.config_name, self.unlabelled
+        )
+
+    def _fit_val_rows(self, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed, self.val_split)
+        if len(val_idx) == 0 or len(np.unique(train_labels[val_idx])) < len(np.unique(train_labels)):
+            raise InputError(
+                f"data.val_fraction: {self.val_fraction} of {len(train_labels)} training texts leaves a validation set "
+                "without every class; raise it or use more data"
+            )
+        return fit_idx, val_idx
+
     # ---------------------------------------------------------------- cache
 
     @cached_property
@@ -204,6 +272,9 @@ class IMDBDataModule(LightningDataModule):
         key = {
             "version": CACHE_VERSION,
             "source": sources.fingerprint(self.dataset, exclude=self.cache_dir),
+            "config_name": self.config_name,
+            "fields": [self.text_field, self.label_field],
+            "splits": self.split_names,
             "vocab_size": self.vocab_size,
             "max_len": self.max_len,
             "val_fraction": self.val_fraction,
@@ -248,46 +319,51 @@ class IMDBDataModule(LightningDataModule):
         if (target / "meta.json").exists():
             return
         rank_zero_info(f"Tokenizing {self.dataset} into {target} (once; later runs reuse it)")
-        raw = sources.load_labelled(self.dataset)
-        train_texts, train_labels = raw["train"]
-        test_texts, test_labels = raw["test"]
-        for name, labels in (("train", train_labels), ("test", test_labels)):
-            classes = set(np.unique(labels).tolist())
-            if classes != {0, 1}:
-                raise InputError(
-                    f"data.dataset: the {name} split holds only label(s) {sorted(classes)}; a classifier needs reviews of both 0 and 1"
-                )
-        empty = sum(1 for t in train_texts if not t.strip())
+        self._write_cache(target, self._given_tokenizer)
+
+    def _write_cache(self, target: Path, tokenizer: Tokenizer | None) -> None:
+        """Encode every split into ``target`` (a new tokenizer from the training texts if none is given).
+
+        Layout: ``<split>_ids.npy`` (N, max_len) int32 and ``<split>_labels.npy`` per source split, and
+        ``meta.json`` naming, for each of fit/val/test/unlabelled, its arrays and rows (``fit_rows.npy``,
+        ``val_rows.npy`` when validation is carved out of train).
+        """
+        source = self._source
+        train = source.splits["train"]
+        empty = sum(1 for chunk in train.texts.chunks() for t in chunk if not t.strip())
         if empty:
-            rank_zero_warn(f"data.dataset: {empty} empty training review(s) kept; they encode as padding only")
-        fit_idx, val_idx = stratified_split(train_labels, self.val_fraction, self.split_seed, self.val_split)
-        if len(val_idx) == 0 or len(np.unique(train_labels[val_idx])) < 2:
-            raise InputError(
-                f"data.val_fraction: {self.val_fraction} of {len(train_labels)} training reviews leaves a validation set "
-                "without both classes; raise it or use more data"
-            )
-        unlabelled_texts = sources.load_unlabelled(self.dataset) if self.unlabelled else []
-        tokenizer = self._given_tokenizer
+            rank_zero_warn(f"data.dataset: {empty} empty training text(s) kept; they encode as padding only")
+        views: dict[str, dict] = {"fit": {"split": "train"}}
+        if "validation" in source.splits:
+            fit_rows = None
+            views["val"] = {"split": "validation"}
+        else:
+            fit_rows, val_rows = self._fit_val_rows(train.labels)
+            views["fit"]["rows"], views["val"] = "fit_rows.npy", {"split": "train", "rows": "val_rows.npy"}
+        for role in ("test", "unlabelled"):
+            if role in source.splits:
+                views[role] = {"split": role}
         if tokenizer is None:
-            texts = itertools.chain((train_texts[i] for i in fit_idx), unlabelled_texts)
+            texts = itertools.chain.from_iterable(train.texts.chunks(fit_rows))
+            if self.unlabelled:
+                texts = itertools.chain(texts, itertools.chain.from_iterable(source.splits["unlabelled"].texts.chunks()))
             tokenizer = train_tokenizer(texts, self.vocab_size, self.max_len)
         learned = tokenizer.get_vocab_size()
         if learned < self.vocab_size:
             rank_zero_info(
-                f"data.vocab_size is {self.vocab_size} but the training reviews hold only {learned} distinct tokens; ids above stay unused"
+                f"data.vocab_size is {self.vocab_size} but the training texts hold only {learned} distinct tokens; ids above stay unused"
             )
-        arrays = {
-            f"{split}_{kind}": a
-            for split, pair in encode_splits(tokenizer, raw, fit_idx, val_idx).items()
-            for kind, a in zip(("ids", "labels"), pair, strict=True)
-        }
-        if self.unlabelled:
-            arrays["unlabelled_ids"] = encode(tokenizer, unlabelled_texts)
-            arrays["unlabelled_labels"] = np.full(len(unlabelled_texts), -1, dtype=np.int64)
-        meta = {"dataset": self.dataset, "sizes": {k: len(v) for k, v in arrays.items() if k.endswith("labels")}}
         with atomic_folder(target) as tmp:  # a crash or a second process never sees half a cache
-            np.savez(tmp / "arrays.npz", **arrays)
+            for role, split in source.splits.items():
+                encode_to_file(tmp / f"{role}_ids.npy", tokenizer, split.texts)
+                labels = split.labels if split.labels is not None else np.full(len(split.texts), -1, dtype=np.int64)
+                np.save(tmp / f"{role}_labels.npy", labels)
+            if fit_rows is not None:
+                np.save(tmp / "fit_rows.npy", fit_rows)
+                np.save(tmp / "val_rows.npy", val_rows)
             (tmp / "tokenizer.json").write_text(tokenizer.to_str())
+            meta = {**self._meta, "dataset": self.dataset, "views": views,
+                    "sizes": {role: len(split.texts) for role, split in source.splits.items()}}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta))
 
     def setup(self, stage: str) -> None:
@@ -301,13 +377,22 @@ class IMDBDataModule(LightningDataModule):
             raise InputError(
                 f"data: no token cache at {path}; prepare_data did not run or cache_dir is not shared between nodes"
             )
+        self._load_cache(path)
+        self._check_same_tokenizer_everywhere(self._encoded_with)
+
+    def _load_cache(self, path: Path) -> None:
         tokenizer_json = (path / "tokenizer.json").read_text()
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self._encoded_with = tokenizer_json
-        names = ("fit", "val", "test", "unlabelled") if self.unlabelled else ("fit", "val", "test")
-        with np.load(path / "arrays.npz") as a:
-            self.splits = {s: TokenizedReviews(a[f"{s}_ids"], a[f"{s}_labels"]) for s in names}
-        self._check_same_tokenizer_everywhere(tokenizer_json)
+        meta = json.loads((path / "meta.json").read_text())
+        self.splits = {}
+        for view, spec in meta["views"].items():
+            if view == "unlabelled" and not self.unlabelled:
+                continue
+            ids = np.load(path / f"{spec['split']}_ids.npy", mmap_mode="r")
+            labels = np.load(path / f"{spec['split']}_labels.npy")
+            rows = np.load(path / spec["rows"]) if "rows" in spec else None
+            self.splits[view] = TokenizedReviews(ids, labels, rows)
 
     def _check_same_tokenizer_everywhere(self, tokenizer_json: str) -> None:
         """Under DDP, gather every process's tokenizer hash and refuse to go on if any differs
@@ -331,21 +416,19 @@ class IMDBDataModule(LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         """Take the checkpoint's tokenizer. Lightning calls this after ``setup``, so data already
-        encoded with a different tokenizer is encoded again before any batch is made."""
+        encoded with a different tokenizer is encoded again (into a cache of its own) before any batch is made."""
         tokenizer_json = state.get(TOKENIZER_KEY) if isinstance(state, dict) else None
         if not isinstance(tokenizer_json, str):
             raise InputError("ckpt_path: the checkpoint holds no tokenizer (was it written by rnn-lightning?)")
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         if self._encoded_with is not None and self._encoded_with != tokenizer_json:
             rank_zero_info("The checkpoint's tokenizer differs from the cached one: encoding the data again with it")
-            raw = sources.load_labelled(self.dataset)
-            fit_idx, val_idx = stratified_split(raw["train"][1], self.val_fraction, self.split_seed, self.val_split)
-            encoded = encode_splits(self.tokenizer, raw, fit_idx, val_idx)
-            self.splits = {split: TokenizedReviews(ids, labels) for split, (ids, labels) in encoded.items()}
-            if self.unlabelled:
-                ids = encode(self.tokenizer, sources.load_unlabelled(self.dataset))
-                self.splits["unlabelled"] = TokenizedReviews(ids, np.full(len(ids), -1))
-            self._encoded_with = tokenizer_json
+            target = self.cache_path.with_name(
+                f"{self.cache_path.name}-{hashlib.sha256(tokenizer_json.encode()).hexdigest()[:12]}"
+            )
+            if not (target / "meta.json").exists():
+                self._write_cache(target, set_length(Tokenizer.from_str(tokenizer_json), self.max_len))
+            self._load_cache(target)
 
     # ---------------------------------------------------------------- loaders
 
@@ -360,8 +443,8 @@ class IMDBDataModule(LightningDataModule):
         elif shuffle:
             sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed + seed_offset)
         elif distributed:
-            # Evaluation under DDP: each review on exactly one process. Lightning's default
-            # DistributedSampler would pad the last shard with repeated reviews and skew the metrics.
+            # Evaluation under DDP: each text on exactly one process. Lightning's default
+            # DistributedSampler would pad the last shard with repeated texts and skew the metrics.
             sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         else:
             sampler = None
@@ -388,13 +471,17 @@ class IMDBDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        if "test" not in self.splits:
+            raise InputError(
+                f"data.test_name: {self.dataset!r} has no split {self.split_names['test']!r} to test on"
+            )
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Batches of (ids (B, T), row index (B,)): the index places each probability in the output."""
+        """Batches of (ids (B, T), row index (B,)): the index places each prediction in the output."""
         if self.predict_rows is None:
-            test = self.splits["test"]
-            self.splits["predict"] = TokenizedReviews(test.ids.numpy(), np.arange(len(test)))
+            test = self.test_dataloader().dataset  # its own split: no row view
+            self.splits["predict"] = TokenizedReviews(test.ids, np.arange(len(test)))
         else:
             if self.tokenizer is None:
                 raise InputError(

@@ -1,4 +1,15 @@
-"""Reading labelled IMDB reviews from the Hugging Face hub, a folder of parquet files or ``aclImdb/``."""
+"""Reading labelled text from the Hugging Face hub, a folder, files per split, or an unpacked ``aclImdb/``.
+
+Every source becomes ``datasets.Dataset`` splits (Arrow, memory-mapped from disk for files and hub
+data), so millions of rows are read in chunks and never held as Python objects all at once. A split
+is then a ``Split``: its text column (``Texts``, read in chunks) and its labels as class ids.
+
+Labels become ids 0..K-1 with class names, from the *training* split:
+- a ``ClassLabel`` column: its ids and names;
+- integers 0..K-1 (or floats that are whole numbers, or booleans): the names are the numbers;
+- strings: the names are the sorted distinct strings.
+A label elsewhere (validation, test) that the training split does not have is refused by name.
+"""
 
 import hashlib
 import json
@@ -7,29 +18,54 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
+from rnn_lightning.data.tokenizer import CHUNK
 from rnn_lightning.errors import InputError
 
-Split = tuple[list[str], np.ndarray]  # texts, labels (N,) int64 in {0, 1}
-LABEL_NAMES = {"neg": 0, "pos": 1}
-DATA_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl", ".txt"}  # what load_dataset reads from a folder
+ACLIMDB_CLASSES = ("neg", "pos")  # aclImdb's label folders, in class-id order
+UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
+# What datasets reads each file type with (builder, options); the one list of accepted file types.
+FILE_TYPES = {
+    ".parquet": ("parquet", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".arrow": ("arrow", {}),
+}
+EXPECTED_SOURCE = (
+    "a hub id (stanfordnlp/imdb), a folder with a file per split (train.parquet, test.csv, ...), "
+    "files per split ({train: FILE, test: FILE}), or an unpacked aclImdb/ folder"
+)
+
+Dataset = str | dict[str, str]  # a hub id or folder, or {split name: file}
 
 
 def is_local(dataset: str) -> bool:
     """A path (existing, or written like one) rather than a hub id such as ``stanfordnlp/imdb``."""
-    return os.path.exists(dataset) or dataset.startswith((".", "/", "~")) or dataset.endswith(".parquet")
+    return (
+        os.path.exists(dataset) or dataset.startswith((".", "/", "~")) or Path(dataset).suffix in FILE_TYPES
+    )
 
 
-def check_dataset(dataset: str) -> None:
-    """Refuse a local path that does not exist, before any work starts."""
-    if is_local(dataset) and not os.path.exists(os.path.expanduser(dataset)):
+def check_dataset(dataset: Dataset) -> None:
+    """Refuse, before any work starts, a local source that does not exist or is a single file."""
+    paths = dataset.values() if isinstance(dataset, dict) else [dataset] if is_local(dataset) else []
+    for p in paths:
+        p = os.path.expanduser(str(p))
+        if not os.path.exists(p):
+            raise InputError(f"data.dataset: {p!r} does not exist; expected {EXPECTED_SOURCE}")
+        if isinstance(dataset, dict) and Path(p).suffix not in FILE_TYPES:
+            raise InputError(f"data.dataset: {p!r}: expected a file ending in {', '.join(FILE_TYPES)}")
+    if isinstance(dataset, str) and is_local(dataset) and os.path.isfile(os.path.expanduser(dataset)):
         raise InputError(
-            f"data.dataset: {dataset!r} does not exist; expected a hub id (stanfordnlp/imdb), "
-            "a folder with train/test parquet files, or an unpacked aclImdb/ folder"
+            f"data.dataset: {dataset!r} is a single file; name a file per split instead, "
+            f"e.g. --data.dataset '{{train: {dataset}, test: TEST_FILE}}'"
         )
 
 
@@ -37,27 +73,25 @@ def is_aclimdb(path: Path) -> bool:
     return (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
 
 
-def fingerprint(dataset: str, exclude: Path | None = None) -> str:
-    """Identity of the source for the token cache: a hub id as is; a local one by file names, sizes, times.
+def fingerprint(dataset: Dataset, exclude: Path | None = None) -> str:
+    """Identity of the source for the token cache: a hub id as is; local files by names, sizes, times.
 
     An aclImdb folder is identified by its split folders' times (they change when files come or go),
     which saves stat-ing 100,000 files at every start. Files under ``exclude`` (the token cache,
     when it lives inside the data folder) are not part of the identity.
     """
+    if isinstance(dataset, dict):
+        files = {k: Path(v).expanduser().resolve() for k, v in sorted(dataset.items())}
+        facts = [(k, str(p), p.stat().st_size, p.stat().st_mtime_ns) for k, p in files.items()]
+        return "files:" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
     if not is_local(dataset):
         return dataset
     path = Path(dataset).expanduser().resolve()
-    if path.is_dir() and is_aclimdb(path):
-        entries = [path / s / c for s in ("train", "test") for c in ("pos", "neg") if (path / s / c).is_dir()]
-    elif path.is_dir():
-        entries = sorted(
-            p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and not _hidden_or_under(p, path, exclude)
-        )
+    if is_aclimdb(path):
+        entries = [path / s / c for s in ("train", "test") for c in ACLIMDB_CLASSES if (path / s / c).is_dir()]
     else:
-        entries = [path]
-    facts = [
-        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries
-    ]
+        entries = sorted(p for p in path.rglob("*") if p.suffix in FILE_TYPES and not _hidden_or_under(p, path, exclude))
+    facts = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
     return str(path) + ":" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
@@ -67,21 +101,254 @@ def _hidden_or_under(p: Path, root: Path, exclude: Path | None) -> bool:
     return any(part.startswith(".") for part in p.relative_to(root).parts)
 
 
-def load_labelled(dataset: str, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Split]:
-    """Texts and 0/1 labels of the requested splits."""
+# ---------------------------------------------------------------- one split: texts and class ids
+
+
+class Texts:
+    """A column of texts, in memory (a list) or memory-mapped (an Arrow column), read in chunks.
+
+    A missing text (null) reads as the empty string.
+    """
+
+    def __init__(self, column) -> None:
+        self.column = column  # list[str] or pyarrow.ChunkedArray of strings
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def chunks(self, rows: np.ndarray | None = None, size: int = CHUNK) -> Iterator[list[str]]:
+        """Lists of at most ``size`` texts: all in order, or those at ``rows``."""
+        n = len(self) if rows is None else len(rows)
+        for start in range(0, n, size):
+            if isinstance(self.column, list):
+                part = (
+                    self.column[start : start + size]
+                    if rows is None
+                    else [self.column[i] for i in rows[start : start + size]]
+                )
+            elif rows is None:
+                part = self.column.slice(start, size).to_pylist()
+            else:
+                part = self.column.take(rows[start : start + size]).to_pylist()
+            yield ["" if t is None else t for t in part]
+
+    def to_list(self) -> list[str]:
+        return [t for chunk in self.chunks() for t in chunk]
+
+
+@dataclass
+class Split:
+    texts: Texts
+    labels: np.ndarray | None  # (N,) int64 class ids; None for unlabelled text
+
+
+def class_names(column, feature, field: str) -> list[str]:
+    """The class names a training label column defines (see the module's docstring); K >= 2."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if _is_class_label(feature):
+        names = [str(n) for n in feature.names]
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        names = sorted(v for v in pc.unique(column).to_pylist() if v is not None)
+    else:
+        ids = _numeric_ids(column, field)
+        if ids.size and ids.min() < 0:
+            raise InputError(f"{field}: expected class ids 0..K-1, found {int(ids.min())}")
+        names = [str(i) for i in range(int(ids.max()) + 1 if ids.size else 0)]
+        if pa.types.is_boolean(column.type):
+            names = ["false", "true"]
+    if len(names) < 2:
+        raise InputError(f"{field}: the training split holds only the class(es) {names}; a classifier needs two or more")
+    return names
+
+
+def class_ids(column, feature, names: list[str], field: str) -> np.ndarray:
+    """A label column as (N,) int64 ids into ``names``; a null, or a class not in ``names``, is refused by value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        raise InputError(f"{field}: row {_first(pc.is_null(column))} has no label")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        ids = pc.index_in(column, value_set=pa.array(names, type=column.type))
+        if ids.null_count:
+            bad = column[_first(pc.is_null(ids))].as_py()
+            raise InputError(f"{field}: label {bad!r} is not one of the training split's classes {names}")
+        return ids.to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = _numeric_ids(column, field)
+    bad = ids[(ids < 0) | (ids >= len(names))]
+    if bad.size:
+        what = f"class id {int(bad[0])}"
+        if _is_class_label(feature) and bad[0] == -1:
+            what = "the ClassLabel value -1 (no label)"
+        raise InputError(f"{field}: {what} is not one of the training split's classes 0..{len(names) - 1} ({names})")
+    return ids
+
+
+def _numeric_ids(column, field: str) -> np.ndarray:
+    import pyarrow as pa
+
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
+        raise InputError(f"{field}: expected class ids, class names or a ClassLabel column, found type {column.type}")
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f":
+        fractional = values[np.isfinite(values) & (values != np.round(values))]
+        if fractional.size or not np.isfinite(values).all():
+            bad = fractional[0] if fractional.size else values[~np.isfinite(values)][0]
+            raise InputError(f"{field}: expected whole-number class ids, found {bad.item()!r}")
+    return values.astype(np.int64)
+
+
+def _first(mask) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _is_class_label(feature) -> bool:
+    return type(feature).__name__ == "ClassLabel"
+
+
+# ---------------------------------------------------------------- sources -> datasets.Dataset splits
+
+
+def open_splits(dataset: Dataset, wanted: dict[str, str], config_name: str | None = None) -> dict:
+    """The splits among ``wanted`` ({role: split name}) that the source has, as ``datasets.Dataset`` by role.
+
+    A folder with one file per wanted split (``train.parquet``, ``test.csv``, ...) or files given per
+    split are read file by file (only the splits asked for: IMDB's 50,000 unlabelled reviews are read
+    only when wanted); any other folder or a hub id goes through ``datasets.load_dataset``.
+    """
     check_dataset(dataset)
-    path = Path(dataset).expanduser()
-    if is_local(dataset) and path.is_dir() and is_aclimdb(path):
-        return {s: _read_aclimdb(path, s) for s in splits}
-    ds = _load_dataset(dataset)
-    out = {}
-    for s in splits:
-        if s not in ds:
+    by_name = {name: role for role, name in wanted.items()}
+    if isinstance(dataset, dict):
+        unknown = sorted(set(dataset) - set(by_name))
+        if unknown:
             raise InputError(
-                f"data.dataset: {dataset!r} has no {s!r} split (found {sorted(ds)}); expected train and test"
+                f"data.dataset: split(s) {unknown} are not among the splits used ({sorted(by_name)}); "
+                "rename them or set data.train_name / data.validation_name / data.test_name"
             )
-        out[s] = _columns(ds[s], dataset, s)
-    return out
+        return {by_name[name]: _read_file(Path(os.path.expanduser(f))) for name, f in dataset.items()}
+    if not is_local(dataset):
+        return _pick(_load_hub(dataset, config_name), by_name, dataset)
+    path = Path(dataset).expanduser()
+    if is_aclimdb(path):
+        return {role: _aclimdb_split(path, name) for role, name in wanted.items() if _aclimdb_has(path, name)}
+    files = {name: _split_file(path, name) for name in by_name}
+    if files[wanted["train"]] is not None:
+        return {by_name[name]: _read_file(f) for name, f in files.items() if f is not None}
+    try:
+        loaded = _load(path=str(path))
+    except Exception as e:
+        raise InputError(f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")) from None
+    return _pick(loaded, by_name, dataset)
+
+
+def _split_file(folder: Path, name: str) -> Path | None:
+    found = [folder / f"{name}{suffix}" for suffix in FILE_TYPES if (folder / f"{name}{suffix}").is_file()]
+    if len(found) > 1:
+        raise InputError(f"data.dataset: {str(folder)!r} holds several files for split {name!r}: {[f.name for f in found]}")
+    return found[0] if found else None
+
+
+def _read_file(path: Path):
+    builder, options = FILE_TYPES[path.suffix]
+    try:
+        return _load(builder, data_files={"split": str(path)}, split="split", **options)
+    except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
+        raise InputError(
+            f"data.dataset: could not read {str(path)!r} as {path.suffix[1:]} ({type(e).__name__}: {e})".replace("\n", " ")[:400]
+        ) from None
+
+
+def _load(*args, **kwargs):
+    import datasets
+
+    with _quiet_datasets():
+        return datasets.load_dataset(*args, **kwargs)
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No per-split progress bars from ``datasets`` for files it converts to Arrow (Lightning's are enough)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _pick(loaded, by_name: dict[str, str], dataset) -> dict:
+    return {role: loaded[name] for name, role in by_name.items() if name in loaded}
+
+
+def _load_hub(dataset: str, config_name: str | None):
+    try:
+        with _offline_if_unreachable():
+            return _load(dataset, config_name)
+    except Exception as e:  # the hub answers offline-ness with several exception types
+        raise InputError(
+            f"data.dataset: could not load {dataset!r} from the Hugging Face hub ({type(e).__name__}); "
+            "without internet, point --data.dataset at a local copy: a folder of train/test parquet files "
+            "(the stanfordnlp/imdb layout) or an unpacked aclImdb/ folder"
+        ) from None
+
+
+def _aclimdb_has(path: Path, name: str) -> bool:
+    return (path / name).is_dir() or name == UNLABELLED_SPLIT and (path / "train" / "unsup").is_dir()
+
+
+def _aclimdb_split(path: Path, name: str):
+    """aclImdb's ``<split>/pos``, ``<split>/neg`` (``train/unsup`` for the unlabelled reviews) as a Dataset."""
+    import datasets
+
+    def read(folder: Path) -> list[str]:
+        return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(folder.glob("*.txt"))]
+
+    if name == UNLABELLED_SPLIT:
+        return datasets.Dataset.from_dict({"text": read(path / "train" / "unsup")})
+    texts, labels = [], []
+    for label, class_name in enumerate(ACLIMDB_CLASSES):
+        folder = path / name / class_name
+        if not folder.is_dir():
+            raise InputError(f"data.dataset: {str(folder)!r} is missing; an aclImdb folder needs {name}/pos and {name}/neg")
+        part = read(folder)
+        texts += part
+        labels += [label] * len(part)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(ACLIMDB_CLASSES))})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def text_split(ds, text_field: str, role: str, name: str) -> Texts:
+    """The text column of a loaded split, checked."""
+    import pyarrow as pa
+
+    if text_field not in ds.column_names:
+        raise InputError(
+            f"data.text_field: split {name!r} has no column {text_field!r}; its columns are {ds.column_names}"
+        )
+    column = _arrow(ds).column(text_field)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
+        raise InputError(f"data.text_field: column {text_field!r} of split {name!r} holds {column.type}, expected text")
+    return Texts(column)
+
+
+def label_column(ds, label_field: str, name: str):
+    """(Arrow column, datasets feature) of a split's labels, checked to exist."""
+    if label_field not in ds.column_names:
+        raise InputError(
+            f"data.label_field: split {name!r} has no column {label_field!r}; its columns are {ds.column_names}"
+        )
+    return _arrow(ds).column(label_field), ds.features[label_field]
+
+
+def _arrow(ds):
+    if getattr(ds, "_indices", None) is not None:  # a selected/shuffled view: make its rows contiguous
+        ds = ds.flatten_indices()
+    return ds.data.table if hasattr(ds.data, "table") else ds.data
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -124,96 +391,53 @@ def _offline_if_unreachable() -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
-UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
+# ---------------------------------------------------------------- all of it
 
 
-def load_unlabelled(dataset: str) -> list[str]:
-    """Texts of the dataset's unlabelled split (``unsupervised.parquet`` in a folder, ``train/unsup`` in aclImdb)."""
-    check_dataset(dataset)
-    path = Path(dataset).expanduser()
-    if is_local(dataset) and path.is_dir() and is_aclimdb(path):
-        folder = path / "train" / "unsup"
-        if not folder.is_dir():
-            raise InputError(
-                f"data.unlabelled: {str(folder)!r} is missing; an aclImdb folder keeps them in train/unsup"
-            )
-        return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(folder.glob("*.txt"))]
-    ds = _load_dataset(dataset, splits=(UNLABELLED_SPLIT,))
-    if UNLABELLED_SPLIT not in ds:
+@dataclass
+class Labelled:
+    """A source read and checked: its splits by role (``train`` and those of ``validation``, ``test``,
+    ``unlabelled`` it has) and the class names from the training labels."""
+
+    splits: dict[str, Split]
+    class_names: list[str]
+
+
+def load_labelled(
+    dataset: Dataset,
+    names: dict[str, str] | None = None,
+    text_field: str = "text",
+    label_field: str = "label",
+    config_name: str | None = None,
+    unlabelled: bool = False,
+) -> Labelled:
+    """Read ``dataset``'s splits (``names``: {role: split name}; train/validation/test by default)."""
+    names = dict(names or {"train": "train", "validation": "validation", "test": "test"})
+    if unlabelled:
+        names["unlabelled"] = UNLABELLED_SPLIT
+    loaded = open_splits(dataset, names, config_name)
+    if "train" not in loaded:
+        raise InputError(f"data.train_name: {dataset!r} has no split {names['train']!r}; expected {EXPECTED_SOURCE}")
+    if unlabelled and "unlabelled" not in loaded:
         raise InputError(
-            f"data.unlabelled: {dataset!r} has no {UNLABELLED_SPLIT!r} split (found {sorted(ds)}); "
-            f"a folder needs {UNLABELLED_SPLIT}.parquet with a 'text' column"
+            f"data.unlabelled: {dataset!r} has no {UNLABELLED_SPLIT!r} split; a folder needs "
+            f"{UNLABELLED_SPLIT}.parquet (or .csv, .jsonl) with a {text_field!r} column, aclImdb needs train/unsup"
         )
-    split = ds[UNLABELLED_SPLIT]
-    if "text" not in split.column_names:
-        raise InputError(f"data.unlabelled: split {UNLABELLED_SPLIT!r} of {dataset!r} has no 'text' column")
-    table = split.data.table if hasattr(split.data, "table") else split.data
-    return ["" if t is None else t for t in table.column("text").to_pylist()]
-
-
-def _load_dataset(dataset: str, splits: tuple[str, ...] = ("train", "test")):
-    import datasets
-
-    if not is_local(dataset):
-        try:
-            with _offline_if_unreachable():
-                return datasets.load_dataset(dataset)
-        except Exception as e:  # the hub answers offline-ness with several exception types
-            raise InputError(
-                f"data.dataset: could not load {dataset!r} from the Hugging Face hub ({type(e).__name__}); "
-                "without internet, point --data.dataset at a local copy: a folder of train/test parquet files "
-                "(the stanfordnlp/imdb layout) or an unpacked aclImdb/ folder"
-            ) from None
-    path = os.path.expanduser(dataset)
-    if os.path.isfile(path):
-        return datasets.load_dataset("parquet", data_files={"train": path})
-    # Only the splits asked for: IMDB's 50,000 unlabelled reviews are read only when wanted.
-    files = {s: os.path.join(path, f"{s}.parquet") for s in splits}
-    if all(os.path.isfile(f) for f in files.values()):
-        return datasets.load_dataset("parquet", data_files=files)
-    try:
-        return datasets.load_dataset(path)
-    except Exception as e:
+    column, feature = label_column(loaded["train"], label_field, names["train"])
+    classes = class_names(column, feature, f"data.label_field: split {names['train']!r} column {label_field!r}")
+    splits = {}
+    for role, ds in loaded.items():
+        name = names[role]
+        labels = None
+        if role != "unlabelled":
+            column, feature = label_column(ds, label_field, name)
+            labels = class_ids(column, feature, classes, f"data.label_field: split {name!r} column {label_field!r}")
+        splits[role] = Split(text_split(ds, text_field, role, name), labels)
+    counts = np.bincount(splits["train"].labels, minlength=len(classes))
+    if (counts == 0).any():
+        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         raise InputError(
-            f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")
-        ) from None
-
-
-def _columns(split, dataset: str, name: str) -> Split:
-    missing = [c for c in ("text", "label") if c not in split.column_names]
-    if missing:
-        raise InputError(
-            f"data.dataset: split {name!r} of {dataset!r} lacks column(s) {missing} (has {split.column_names}); "
-            "expected 'text' and 'label'"
+            f"data.label_field: class(es) {empty} of {classes} have no text in split {names['train']!r}; "
+            "a classifier needs examples of every class"
         )
-    table = split.data.table if hasattr(split.data, "table") else split.data
-    texts = table.column("text").to_pylist()
-    return texts, labels_to_ints(table.column("label").to_pylist(), f"data.dataset: split {name!r} column 'label'")
-
-
-def labels_to_ints(raw: list, field: str) -> np.ndarray:
-    """0/1 ints (bools and the names 'neg'/'pos' are mapped); anything else is refused."""
-    try:
-        labels = np.array([LABEL_NAMES[v] if isinstance(v, str) else v for v in raw], dtype=np.int64)
-    except (KeyError, TypeError, ValueError):
-        bad = next(v for v in raw if not (isinstance(v, str) and v in LABEL_NAMES or isinstance(v, (int, np.integer))))
-        raise InputError(f"{field}: expected 0/1 or 'neg'/'pos', found {bad!r}") from None
-    bad = labels[(labels != 0) & (labels != 1)]
-    if bad.size:
-        raise InputError(f"{field}: expected 0/1 or 'neg'/'pos', found {bad[0].item()!r}")
-    return labels
-
-
-def _read_aclimdb(path: Path, split: str) -> Split:
-    texts: list[str] = []
-    labels: list[int] = []
-    for label_name, label in LABEL_NAMES.items():
-        folder = path / split / label_name
-        if not folder.is_dir():
-            raise InputError(
-                f"data.dataset: {str(folder)!r} is missing; an aclImdb folder needs {split}/pos and {split}/neg"
-            )
-        for f in sorted(folder.glob("*.txt")):
-            texts.append(f.read_text(encoding="utf-8", errors="replace"))
-            labels.append(label)
-    return texts, np.array(labels, dtype=np.int64)
+    return Labelled(splits, classes)

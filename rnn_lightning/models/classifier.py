@@ -1,25 +1,41 @@
 """The classifier: loss, metrics, semi-supervised objectives and the train/val/test/predict steps around ``SentimentRNN``."""
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
+from torch import Tensor
+from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryROC,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.models.base import NonFinite, RecurrentModule
+from rnn_lightning.models.components.network import probabilities
+
+DEFAULT_CLASSES = ["neg", "pos"]  # a model built without data (e.g. from an older checkpoint): IMDB's
+ClassWeights = Literal["balanced"] | list[float] | None
 
 
 class SentimentClassifier(RecurrentModule):
-    """Binary sentiment classifier around ``SentimentRNN``: token ids (B, T) -> logits (B,); positive = 1.
+    """Text classifier around ``SentimentRNN``: token ids (B, T) -> logits over the data's K classes.
 
-    Trains on logits with ``BCEWithLogitsLoss`` (numerically stable, one sigmoid); probabilities
-    appear only in ``predict_step``. The optimizer and LR scheduler come from the config
-    (LightningCLI's ``optimizer:`` / ``lr_scheduler:``).
+    Two classes: one logit (of class 1), binary cross-entropy on logits, binary metrics (accuracy,
+    F1, AUROC). K > 2: K logits, cross-entropy, multiclass metrics (accuracy, macro-F1, F1 per class,
+    one-vs-rest AUROC). Both: balanced accuracy, and at ``test`` a confusion-matrix image.
+    Probabilities appear only in ``predict_step``. The optimizer and LR scheduler come from the
+    config (LightningCLI's ``optimizer:`` / ``lr_scheduler:``).
 
     Semi-supervised objectives (each off at weight 0), added to the loss of the labelled batch; the
     perturbations act on the embedded input (T, B, E), each review's perturbation of L2 norm ``epsilon``
@@ -32,6 +48,11 @@ class SentimentClassifier(RecurrentModule):
     - entropy minimisation: the mean entropy of the predictions on the unlabelled batch.
 
     Args:
+        class_names: the classes in id order; the CLI links them from the data (``data.class_names``), or
+            from the checkpoint given to ``--ckpt_path``, which stores them.
+        class_counts: training texts per class, linked from the data; used by ``class_weights: balanced``.
+        class_weights: weights of the classes in the loss: none, ``balanced`` (N / (K * count of the
+            class), so every class weighs the same in total), or one number per class.
         on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
             step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
         init_from: a checkpoint (a ``pretrain.py`` language model, or a classifier) whose network
@@ -48,6 +69,9 @@ class SentimentClassifier(RecurrentModule):
 
     def __init__(
         self,
+        class_names: list[str] | None = None,
+        class_counts: list[int] | None = None,
+        class_weights: ClassWeights = None,
         on_nonfinite: NonFinite = "stop",
         init_from: str | None = None,
         adversarial: float = 0.0,
@@ -61,10 +85,15 @@ class SentimentClassifier(RecurrentModule):
                             ("entropy", entropy), ("epsilon", epsilon)):  # fmt: skip
             if not value >= 0:
                 raise InputError(f"model.{name}: expected a number >= 0, got {value}")
+        names = list(class_names) if class_names is not None else list(DEFAULT_CLASSES)
+        if len(names) < 2 or len(set(names)) < len(names):
+            raise InputError(f"model.class_names: expected two or more distinct names, got {names}")
         self.save_hyperparameters()
-        self.build_network(on_nonfinite, **net)
-        self.loss = nn.BCEWithLogitsLoss()
-        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+        self.hparams.class_names = self.class_names = names
+        self.build_network(on_nonfinite, num_classes=len(names), **net)
+        del self.hparams["num_classes"]  # it is len(class_names), not an argument of its own
+        self.register_buffer("class_weight", self._class_weight(class_weights, class_counts, names), persistent=False)
+        metrics = MetricCollection(classification_metrics(names))
         # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -73,33 +102,71 @@ class SentimentClassifier(RecurrentModule):
         # value is the exact mean over all reviews under DDP, whatever the shard sizes.
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Drawn as images at the end of `test` (TensorBoard), so people look instead of reading numbers.
+        k = len(names)
+        curves = {"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)}
         self.test_curves = MetricCollection(
-            {"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)}
+            curves if k == 2 else {"confusion_matrix": MulticlassConfusionMatrix(k)}
         )
+
+    @staticmethod
+    def _class_weight(how: ClassWeights, counts: list[int] | None, names: list[str]) -> Tensor | None:
+        """(K,) weights of the classes in the loss, or None (all 1)."""
+        k = len(names)
+        if how is None or how == "none":
+            return None
+        if how == "balanced":
+            if counts is None or len(counts) != k or min(counts) <= 0:
+                raise InputError(
+                    f"model.class_weights: balanced needs a training count per class, got {counts} for {names}"
+                )
+            counts_t = torch.tensor(counts, dtype=torch.float32)
+            return counts_t.sum() / (k * counts_t)
+        if isinstance(how, str) or len(how) != k or not all(w >= 0 for w in how) or not any(w > 0 for w in how):
+            raise InputError(
+                f"model.class_weights: expected none, balanced or {k} numbers >= 0 (one per class of {names}), got {how}"
+            )
+        return torch.tensor([float(w) for w in how])
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Mean loss of logits (B,) or (B, K) against class ids (B,); with class weights, the
+        weighted mean (sum of w[y] * loss / sum of w[y], as ``cross_entropy``'s ``weight``)."""
+        w = self.class_weight
+        if logits.dim() == 2:
+            return F.cross_entropy(logits, labels, weight=w)
+        per_text = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none" if w is not None else "mean")
+        if w is None:
+            return per_text
+        weights = w[labels]
+        return (weights * per_text).sum() / weights.sum().clamp_min(1e-12)
 
     # ---------------------------------------------------------------- starting from a pretrained network
 
     def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        raw_text = stage == "predict" and getattr(data, "predict_path", None) is not None  # no dataset read
+        if data is not None and hasattr(data, "class_names") and not raw_text and data.class_names != self.class_names:
+            raise InputError(f"ckpt_path: the model's classes {self.class_names} are not the data's {data.class_names}")
         if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
             names = copy_network(self.hparams.init_from, self)
             rank_zero_info(f"model.init_from: {len(names)} tensors from {self.hparams.init_from}: {', '.join(names)}")
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) -> logits (B,)."""
+        """tokens (B, T) -> logits (B,) for two classes, (B, K) for more."""
         return self.net(tokens)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         tokens, labels = batch  # (B, T), (B,)
         embedded = self.net.embed(tokens)  # (T, B, E)
         logits = self.net.classify(embedded, tokens)
-        loss = self.loss(logits, labels.float())
+        loss = self.loss(logits, labels)
         if stage == "train":
             loss = loss + self._semi_supervised(tokens, labels, embedded, loss)
         metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
-        metrics.update(logits.detach().sigmoid(), labels)
+        scores = metric_scores(logits.detach())
+        metrics.update(scores, labels)
         mean_loss.update(loss.detach(), weight=len(labels))
         if stage == "test":
-            self.test_curves.update(logits.detach().sigmoid(), labels)
+            self.test_curves.update(scores, labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -133,7 +200,7 @@ class SentimentClassifier(RecurrentModule):
         if hp.adversarial > 0:
             (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
             r = perturbation(grad.detach(), tokens, self.net.pad_id, hp.epsilon)
-            extra = extra + hp.adversarial * self.loss(self.net.classify(embedded + r, tokens), labels.float())
+            extra = extra + hp.adversarial * self.loss(self.net.classify(embedded + r, tokens), labels)
             self.log("train/adversarial", extra.detach(), on_step=True, on_epoch=False)
         unlabelled = self._unlabelled if self._unlabelled is not None else tokens
         if hp.virtual_adversarial > 0:
@@ -141,8 +208,8 @@ class SentimentClassifier(RecurrentModule):
             extra = extra + hp.virtual_adversarial * vat
             self.log("train/virtual_adversarial", vat.detach(), on_step=True, on_epoch=False)
         if hp.entropy > 0:
-            p = torch.sigmoid(self.net(unlabelled))
-            ent = -(p * torch.log(p.clamp_min(1e-7)) + (1 - p) * torch.log((1 - p).clamp_min(1e-7))).mean()
+            p = probabilities(self.net(unlabelled))  # (B, K)
+            ent = -(p * torch.log(p.clamp_min(1e-7))).sum(-1).mean()
             extra = extra + hp.entropy * ent
             self.log("train/entropy", ent.detach(), on_step=True, on_epoch=False)
         return extra
@@ -155,9 +222,9 @@ class SentimentClassifier(RecurrentModule):
             clean = self.net.classify(embedded, tokens)
         d = perturbation(torch.randn_like(embedded), tokens, self.net.pad_id, 1e-3 * self.hparams.epsilon)
         d.requires_grad_(True)
-        (grad,) = torch.autograd.grad(bernoulli_kl(clean, self.net.classify(embedded.detach() + d, tokens)), d)
+        (grad,) = torch.autograd.grad(categorical_kl(clean, self.net.classify(embedded.detach() + d, tokens)), d)
         r = perturbation(grad.detach(), tokens, self.net.pad_id, self.hparams.epsilon)
-        return bernoulli_kl(clean, self.net.classify(embedded + r, tokens))
+        return categorical_kl(clean, self.net.classify(embedded + r, tokens))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -168,10 +235,9 @@ class SentimentClassifier(RecurrentModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
         curves = self.test_curves
-        figures = {
-            "test/confusion_matrix": curves["confusion_matrix"].plot(labels=["neg", "pos"])[0],
-            "test/roc": curves["roc"].plot(score=True)[0],
-        }
+        figures = {"test/confusion_matrix": curves["confusion_matrix"].plot(labels=self.class_names)[0]}
+        if "roc" in curves:
+            figures["test/roc"] = curves["roc"].plot(score=True)[0]
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
             for tag, fig in figures.items():
@@ -183,8 +249,41 @@ class SentimentClassifier(RecurrentModule):
         curves.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Probability of a positive review, (B,). ``batch`` is (tokens (B, T), row index (B,))."""
-        return torch.sigmoid(self(batch[0]))
+        """Probabilities (B, K) of each class. ``batch`` is (tokens (B, T), row index (B,))."""
+        return probabilities(self(batch[0]))
+
+
+def classification_metrics(names: list[str]) -> dict:
+    """The metrics of one stage, by name; they take ``metric_scores`` and class ids."""
+    k = len(names)
+    if k == 2:
+        metrics = {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
+    else:
+        metrics = {
+            "acc": MulticlassAccuracy(k, average="micro"),
+            "f1": MulticlassF1Score(k, average="macro"),
+            "auroc": MulticlassAUROC(k, average="macro"),  # one class against the rest, averaged
+            "f1_class": ClasswiseWrapper(MulticlassF1Score(k, average=None), labels=names, prefix="f1_"),
+        }
+    metrics["balanced_acc"] = BalancedAccuracy(k)
+    return metrics
+
+
+def metric_scores(logits: Tensor) -> Tensor:
+    """What the metrics take: the probability of class 1 (B,) for two classes, else (B, K) probabilities."""
+    return logits.float().sigmoid() if logits.dim() == 1 else logits.float().softmax(-1)
+
+
+class BalancedAccuracy(MulticlassAccuracy):
+    """Mean recall over the classes; takes ``metric_scores`` for any K (binary: probability of class 1)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(max(num_classes, 2), average="macro")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        if preds.dim() == 1:
+            preds = (preds >= 0.5).long()
+        super().update(preds, target)
 
 
 def perturbation(direction: Tensor, tokens: Tensor, pad_id: int, norm: float) -> Tensor:
@@ -195,8 +294,12 @@ def perturbation(direction: Tensor, tokens: Tensor, pad_id: int, norm: float) ->
     return (d * scale).to(direction.dtype)
 
 
-def bernoulli_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
-    """Mean KL(Bernoulli(sigmoid(clean)) || Bernoulli(sigmoid(logits))); the clean side is a constant."""
+def categorical_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
+    """Mean KL(p(clean) || p(logits)) over the batch, for binary (B,) or K-class (B, K) logits; the
+    clean side is a constant."""
+    if logits.dim() == 2:
+        p_log = F.log_softmax(clean_logits.detach().float(), -1)
+        return (p_log.exp() * (p_log - F.log_softmax(logits.float(), -1))).sum(-1).mean()
     p = torch.sigmoid(clean_logits.detach().float())
     logits = logits.float()
     # p log p/q + (1-p) log (1-p)/(1-q), with log q = logsigmoid(l), log(1-q) = logsigmoid(-l)

@@ -13,7 +13,8 @@ Pooling = Literal["last", "max", "mean", "max_mean"]
 
 
 class SentimentRNN(nn.Module):
-    """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits (B,).
+    """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits, (B,) for two
+    classes (the logit of class 1), (B, K) for K > 2.
 
     This signature is the one place the network's hyperparameters, their defaults and their checks
     live; the LightningModule and the command line (``model.*``) take them from here. The defaults
@@ -21,6 +22,8 @@ class SentimentRNN(nn.Module):
 
     Args:
         vocab_size: rows of the embedding; the CLI links it from ``data.vocab_size``.
+        num_classes: K; two classes have one logit (binary), more have one each. The classifier sets it
+            from its class names.
         pad_id: id of ``<pad>``; its embedding row stays zero. The CLI links it from the data module.
         embed_dim: embedding width.
         cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
@@ -45,6 +48,7 @@ class SentimentRNN(nn.Module):
     def __init__(
         self,
         vocab_size: int = 10_000,
+        num_classes: int = 2,
         pad_id: int = 0,
         embed_dim: int = 100,
         cell: Cell = "rnn",
@@ -67,7 +71,8 @@ class SentimentRNN(nn.Module):
         self.bigrams = nn.Embedding(bigram_buckets, embed_dim, padding_idx=0) if bigram_buckets else None
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
-        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), 1)
+        self.num_classes = num_classes
+        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), 1 if num_classes == 2 else num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -85,8 +90,12 @@ class SentimentRNN(nn.Module):
             layer.reset_parameters()
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) int ids, padded at the front -> logits (B,)."""
+        """tokens (B, T) int ids, padded at the front -> logits (B,) or (B, K)."""
         return self.classify(self.embed(tokens), tokens)
+
+    def probabilities(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> probabilities (B, K) of each class, in class order, for any K."""
+        return probabilities(self(tokens))
 
     def embed(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> the first layer's input (T, B, E), time-major so each step is one contiguous
@@ -108,10 +117,11 @@ class SentimentRNN(nn.Module):
         return x
 
     def classify(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """Embedded input x (T, B, E) of ``tokens`` (B, T) -> logits (B,)."""
+        """Embedded input x (T, B, E) of ``tokens`` (B, T) -> logits (B,) or (B, K)."""
         last_only = self.pooling == "last"
         x = self.encode(x, last_only=last_only)  # (B, D*H) if last_only, else (T, B, D*H)
-        return self.head(x if last_only else self._pool(x, tokens)).squeeze(-1)
+        logits = self.head(x if last_only else self._pool(x, tokens))
+        return logits.squeeze(-1) if self.num_classes == 2 else logits
 
     def encode(self, x: Tensor, last_only: bool = False) -> Tensor:
         """Embedded input x (T, B, E) -> the last layer's outputs at every step (T, B, D*H), or with
@@ -160,12 +170,20 @@ class SentimentRNN(nn.Module):
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
 
 
+def probabilities(logits: Tensor) -> Tensor:
+    """Logits (B,) of a binary network or (B, K) -> probabilities (B, K), in class order."""
+    if logits.dim() == 1:
+        p = torch.sigmoid(logits.float())
+        return torch.stack([1 - p, p], dim=-1)
+    return torch.softmax(logits.float(), dim=-1)
+
+
 def check_hyperparameters(config: dict) -> None:
     """``SentimentRNN``'s arguments by name, checked before anything is built; the error names the argument."""
     for name, choices in (("cell", Cell), ("pooling", Pooling), ("implementation", Implementation)):
         if config[name] not in get_args(choices):
             raise InputError(f"{name}: expected one of {', '.join(get_args(choices))}; got {config[name]!r}")
-    for name, low in (("vocab_size", 3), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
+    for name, low in (("vocab_size", 3), ("num_classes", 2), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
         if not isinstance(config[name], int) or config[name] < low:
             raise InputError(f"{name}: expected an integer >= {low}, got {config[name]!r}")
     if config["bigram_buckets"] != 0 and config["bigram_buckets"] < 2:
