@@ -193,10 +193,12 @@ def _numeric_ids(column, field: str) -> np.ndarray:
         raise InputError(f"{field}: expected class ids, class names or a ClassLabel column, found type {column.type}")
     values = column.to_numpy(zero_copy_only=False)
     if values.dtype.kind == "f":
-        fractional = values[np.isfinite(values) & (values != np.round(values))]
-        if fractional.size or not np.isfinite(values).all():
-            bad = fractional[0] if fractional.size else values[~np.isfinite(values)][0]
-            raise InputError(f"{field}: expected whole-number class ids, found {bad.item()!r}")
+        if not np.isfinite(values).all():
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise InputError(f"{field}: row {row} has no label ({values[row]})")
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            raise InputError(f"{field}: expected whole-number class ids, found {fractional[0].item()!r}")
     return values.astype(np.int64)
 
 

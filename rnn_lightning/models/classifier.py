@@ -172,14 +172,18 @@ class SentimentClassifier(RecurrentModule):
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        """Log a stage's epoch metrics; Lightning computes them (synced across processes) and resets them.
+        """Log a stage's epoch metrics, computed (synced across processes) and reset here.
 
         Logged once per epoch from the epoch-end hooks, not from every step with ``on_epoch=True``:
         the result is the same, and each ``self.log`` of a metric costs a measurable share of a
-        base-model training step in Python work (BENCHMARKS.md).
+        base-model training step in Python work (BENCHMARKS.md). Computed here rather than by
+        Lightning because the F1 per class is one metric giving K values.
         """
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage != "train")
-        self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage != "train")
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict(values, prog_bar=stage != "train")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
