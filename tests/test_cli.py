@@ -86,6 +86,7 @@ def configs() -> list[list[str]]:
         "bf16.yaml": [base],
         "lm.yaml": [bigru],
         "semi_supervised.yaml": [bigru],
+        "sst5.yaml": [bigru],
         "ddp.yaml": [base],
         "ddp_cpu.yaml": [base],
     }

@@ -1,0 +1,146 @@
+"""Scale check of the data path: tokenizing and training configs/base.yaml at 50k, 500k, 5M reviews.
+
+    python bench/scale.py --data ../shared/imdb --out /tmp/scale --sizes 50000 500000 5000000
+
+For each size N it writes ``train.parquet`` (N reviews drawn with replacement from IMDB's 50,000
+labelled ones, in row groups so writing never holds them all) and a 2,000-review ``test.parquet``,
+then runs, each in a fresh process watched from here:
+
+1. ``prepare``: the data module's ``prepare_data`` (read, split, train the tokenizer, encode into the
+   memory-mapped cache): reviews/s;
+2. ``fit``: ``cli.py fit`` of base.yaml for ``--steps`` optimizer steps on the cached data (a full
+   epoch at 5M reviews is ~4,400 steps, hours on 2 cores): steps/s, and the time from launch to the
+   first training step (the warm start);
+
+and reports each one's peak resident memory: all of it (VmHWM, which counts the pages of memory-mapped
+files the process has read, reclaimable by the kernel) and the anonymous part alone (RssAnon, polled),
+which is what must not grow with N. Repeating IMDB's text is fine for a scale test, not for accuracy.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FirstStep(Callback):
+    """Prints ``FIRST_STEP`` when the first training batch starts (the watcher times it)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            print("FIRST_STEP", flush=True)
+
+
+def write_data(source: Path, folder: Path, n: int, seed: int = 0) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if (folder / "train.parquet").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.concat_tables([pq.read_table(source / f"{s}.parquet", columns=["text", "label"]) for s in ("train", "test")])
+    rng = np.random.default_rng(seed)
+    tmp = folder / ".train.parquet.tmp"
+    with pq.ParquetWriter(tmp, table.schema) as writer:
+        for start in range(0, n, 100_000):
+            writer.write_table(table.take(rng.integers(0, len(table), min(100_000, n - start))))
+    tmp.rename(folder / "train.parquet")
+    pq.write_table(table.take(rng.integers(0, len(table), 2000)), folder / "test.parquet")
+
+
+def watch(cmd: list[str], env: dict, log: Path) -> dict:
+    """Run ``cmd``; its wall time, peak VmHWM and peak RssAnon (MiB), and the time of its first training step."""
+    start = time.perf_counter()
+    first_step: list[float] = []
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        peak = {"VmHWM": 0, "RssAnon": 0}
+
+        def poll() -> None:
+            while proc.poll() is None:
+                try:
+                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                        key, _, value = line.partition(":")
+                        if key in peak:
+                            peak[key] = max(peak[key], int(value.split()[0]))
+                except OSError:
+                    pass
+                time.sleep(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        for line in proc.stdout:
+            out.write(line)
+            if "FIRST_STEP" in line and not first_step:
+                first_step.append(time.perf_counter() - start)
+        proc.wait()
+        poller.join()
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed; see {log}")
+    return {
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mib": peak["VmHWM"] / 1024,
+        "peak_anon_mib": peak["RssAnon"] / 1024,
+        "first_step_s": first_step[0] if first_step else None,
+    }
+
+
+PREPARE = """
+import sys, time
+from rnn_lightning.data import IMDBDataModule
+dm = IMDBDataModule(dataset=sys.argv[1], cache_dir=sys.argv[2])
+t = time.perf_counter(); dm.prepare_data(); print("PREPARE_S", time.perf_counter() - t)
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000, 5_000_000])
+    p.add_argument("--steps", type=int, default=30)
+    args = p.parse_args()
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env["HF_DATASETS_CACHE"] = str(args.out / "hf")  # the Arrow copies datasets makes stay in --out
+    results = []
+    for n in args.sizes:
+        folder, cache = args.out / f"data_{n}", args.out / f"cache_{n}"
+        t = time.perf_counter()
+        write_data(args.data, folder, n)
+        print(f"{n}: data written in {time.perf_counter() - t:.0f} s", flush=True)
+        prep = watch([sys.executable, "-c", PREPARE, str(folder), str(cache)], env, args.out / f"prepare_{n}.log")
+        prepare_s = float(next(line.split()[1] for line in open(args.out / f"prepare_{n}.log") if line.startswith("PREPARE_S")))
+        fit_cmd = [
+            sys.executable, "cli.py", "fit", "--config", "configs/base.yaml", "--data.dataset", str(folder),
+            "--data.cache_dir", str(cache), "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "2",
+            "--trainer.default_root_dir", str(args.out / f"runs_{n}"), "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks+=bench.scale.FirstStep",
+        ]  # fmt: skip
+        fit = watch(fit_cmd, env, args.out / f"fit_{n}.log")
+        row = {
+            "reviews": n,
+            "prepare_s": round(prepare_s, 1),
+            "tokenize_reviews_per_s": round(n / prepare_s),
+            "prepare_peak_rss_mib": round(prep["peak_rss_mib"]),
+            "prepare_peak_anon_mib": round(prep["peak_anon_mib"]),
+            "fit_first_step_s": round(fit["first_step_s"], 1),
+            "fit_steps_per_s": round(args.steps / (fit["wall_s"] - fit["first_step_s"]), 2),
+            "fit_peak_rss_mib": round(fit["peak_rss_mib"]),
+            "fit_peak_anon_mib": round(fit["peak_anon_mib"]),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
