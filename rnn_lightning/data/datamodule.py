@@ -330,7 +330,7 @@ class IMDBDataModule(LightningDataModule):
         """
         source = self._source
         train = source.splits["train"]
-        empty = sum(1 for chunk in train.texts.chunks() for t in chunk if not t.strip())
+        empty = train.texts.count_empty()
         if empty:
             rank_zero_warn(f"data.dataset: {empty} empty training text(s) kept; they encode as padding only")
         views: dict[str, dict] = {"fit": {"split": "train"}}

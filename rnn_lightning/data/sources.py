@@ -132,6 +132,17 @@ class Texts:
                 part = self.column.take(rows[start : start + size]).to_pylist()
             yield ["" if t is None else t for t in part]
 
+    def count_empty(self) -> int:
+        """Texts that are missing, empty or whitespace only (in Arrow, without making Python strings)."""
+        if isinstance(self.column, list):
+            return sum(1 for t in self.column if t is None or not t.strip())
+        import pyarrow.compute as pc
+
+        if self.column.type == "null":
+            return len(self.column)
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(self.column)), 0)
+        return int(pc.sum(blank).as_py() or 0) + self.column.null_count
+
     def to_list(self) -> list[str]:
         return [t for chunk in self.chunks() for t in chunk]
 
