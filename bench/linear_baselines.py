@@ -5,7 +5,7 @@
 
 - TF-IDF of words and word pairs (sublinear tf, min_df 2) + logistic regression (C=8);
 - NBSVM-style (Wang & Manning 2012): binary 1-3-gram counts scaled by naive-Bayes log-count ratios,
-  then logistic regression.
+  then logistic regression (two classes only; with more, e.g. ../shared/sst5, only the first runs).
 
 Both train on the whole training split (no model selection: their settings are fixed) and are tested
 once on the test split. Prints one line per model with test accuracy and wall time. scikit-learn is
@@ -30,10 +30,14 @@ def load(data: Path, split: str) -> tuple[list[str], np.ndarray]:
 def tfidf_logreg(train, test) -> float:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     x_train, x_test = vec.fit_transform(train[0]), None
-    model = LogisticRegression(C=8, max_iter=2000, solver="liblinear").fit(x_train, train[1])
+    model = LogisticRegression(C=8, max_iter=2000, solver="liblinear")
+    if len(np.unique(train[1])) > 2:  # one-vs-rest, as liblinear itself did for K > 2
+        model = OneVsRestClassifier(model)
+    model.fit(x_train, train[1])
     x_test = vec.transform(test[0])
     return float((model.predict(x_test) == test[1]).mean())
 
@@ -58,7 +62,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True, help="a folder with train.parquet and test.parquet")
     args = p.parse_args()
     train, test = load(args.data, "train"), load(args.data, "test")
-    for name, fit in (("tfidf_word_pairs_logreg", tfidf_logreg), ("nbsvm_1to3grams_logreg", nbsvm)):
+    models = [("tfidf_word_pairs_logreg", tfidf_logreg), ("nbsvm_1to3grams_logreg", nbsvm)]
+    if len(np.unique(train[1])) > 2:  # NBSVM's log-count ratio is defined for two classes
+        models = models[:1]
+    for name, fit in models:
         t0 = time.perf_counter()
         acc = fit(train, test)
         print(f"{name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s wall)", flush=True)
