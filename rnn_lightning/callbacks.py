@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -10,9 +12,11 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateFinder, ModelSummary
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
 
@@ -167,3 +171,58 @@ class RunConfigSaver(SaveConfigCallback):
             if Path(ckpt_path).resolve().is_relative_to(Path(log_dir).resolve()):
                 return
         super().setup(trainer, pl_module, stage)
+
+
+class GracefulStop(Callback):
+    """SIGTERM (what SLURM, Kubernetes and ``timeout`` send) or SIGINT (Ctrl+C) during ``fit``: finish the
+    current batch, write ``last.ckpt`` of exactly that point (mid-epoch included; the training loader
+    resumes there), and exit with 128 + the signal's number. During ``predict``: stop after the current
+    batch, writing nothing. A second Ctrl+C stops at once.
+
+    Lightning's own SIGTERM path does the stopping (all DDP processes at the same step); SIGINT is
+    forwarded to it, so both signals behave alike. This callback adds the checkpoint and the exit code.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous_sigint = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._forward_sigint)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _forward_sigint(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # the second Ctrl+C
+        self.signum = signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_predict_batch_end(self, trainer: Trainer, *args, **kwargs) -> None:
+        if trainer.received_sigterm:  # Lightning notes SIGTERM in every stage but stops only fit and evaluation
+            raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        signum = self.signum or signal.SIGTERM
+        exception.code = 128 + signum  # SIGTERMException is a SystemExit: this becomes the exit status
+        name = signal.Signals(signum).name
+        if trainer.state.fn != "fit":
+            rank_zero_info(f"Stopped by {name}; nothing was written")
+            return
+        last = [c for c in trainer.checkpoint_callbacks if getattr(c, "filename", None) == checkpoint.LAST_NAME]
+        if not last or last[0].dirpath is None:
+            rank_zero_warn(f"Stopped by {name} at global step {trainer.global_step}; checkpointing is off, nothing saved")
+            return
+        path = Path(last[0].dirpath) / f"{checkpoint.LAST_NAME}.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(
+            f"Stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}: saved {path}; "
+            "continue with --ckpt_path last"
+        )

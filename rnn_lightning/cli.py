@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.callbacks import HParamsWithMetrics, ParameterSummary, PredictionWriter, RunConfigSaver
+from rnn_lightning.callbacks import GracefulStop, HParamsWithMetrics, ParameterSummary, PredictionWriter, RunConfigSaver
 from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
@@ -101,6 +101,7 @@ class RNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ParameterSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
+        parser.add_lightning_class_args(GracefulStop, "graceful_stop")
         parser.add_argument(
             "--lr_scheduler_interval",
             type=Literal["epoch", "step"],
@@ -194,11 +195,19 @@ class RNNLightningCLI(LightningCLI):
         check_writable(  # best + last, each weights and two Adam moments; plus logs
             folders, need_bytes=2 * 3 * param_bytes + 64 * 2**20, field="trainer.default_root_dir"
         )
-        if self._resumed is not None and self._resumed.get("epoch", -1) + 1 >= (trainer.max_epochs or 0) > 0:
+        if self._resumed is not None and epochs_done(self._resumed) >= (trainer.max_epochs or 0) > 0:
             rank_zero_info(
-                f"The checkpoint already finished epoch {self._resumed['epoch'] + 1} of trainer.max_epochs="
+                f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def epochs_done(ckpt: dict) -> int:
+    """Whole epochs a checkpoint has trained (one written mid-epoch has not finished its epoch)."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", -1)) + 1
 
 
 def runs_dir(trainer_cfg: Namespace) -> Path:

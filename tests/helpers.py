@@ -4,6 +4,7 @@ the CLI (``--trainer.callbacks+=tests.helpers.X``). Fixtures are in ``conftest.p
 import logging
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -145,6 +146,33 @@ class Progress(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         print(f"PROGRESS {trainer.current_epoch} {batch_idx}", flush=True)
         time.sleep(self.sleep)
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM as batch ``batch`` of epoch ``epoch`` starts (it still completes)."""
+
+    signum = signal.SIGTERM
+
+    def __init__(self, epoch: int = 1, batch: int = 2) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)
+
+
+class SigintAt(SigtermAt):
+    """The same with SIGINT (Ctrl+C)."""
+
+    signum = signal.SIGINT
+
+
+class SigtermAtPredict(Callback):
+    """Sends this process SIGTERM as the first ``predict`` batch starts."""
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class PoisonGradient(Callback):

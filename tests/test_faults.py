@@ -35,6 +35,31 @@ PROGRESS = ["--trainer.callbacks+=tests.helpers.Progress", "--trainer.determinis
 # ---------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.parametrize("helper, code", [("SigtermAt", 128 + signal.SIGTERM), ("SigintAt", 128 + signal.SIGINT)])
+def test_signal_mid_epoch_saves_that_point_exits_nonzero_and_resumes_to_the_same_weights(cli, tiny_args, tmp_path, helper, code):
+    """SIGTERM/SIGINT at epoch 1, batch 2 (6 batches an epoch): the batch completes, last.ckpt holds global
+    step 9, the exit status is 128 + signal; resuming gives bitwise the weights of an uninterrupted run."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+
+    def args(root):
+        return [*tiny_args, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(root), "--trainer.deterministic", "true"]
+
+    cli("fit", *args(whole))
+    result = cli("fit", *args(stopped), f"--trainer.callbacks+=tests.helpers.{helper}", check=False)
+    assert result.code == code and "Traceback" not in result.output
+    assert "continue with --ckpt_path last" in result.output
+    state = torch.load(ckpt_dir(stopped) / "last.ckpt", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (1, 9)  # mid-epoch: where it stopped, not the epoch's start
+    config = stopped / "lightning_logs" / "version_0" / "config.yaml"
+    resumed = cli("fit", "--config", str(config), "--ckpt_path", "last")
+    assert "not resumable" not in resumed.output  # Lightning's warning for loaders that restart the epoch
+    a = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
+    b = torch.load(ckpt_dir(stopped) / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 18
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -124,6 +124,18 @@ def test_unwritable_prediction_file_is_refused_before_predicting(cli, trained, t
     assert "Predicting" not in result.output
 
 
+def test_sigterm_stops_predict_nonzero_and_writes_nothing(cli, trained, tmp_path):
+    (tmp_path / "in.txt").write_text("great film\n" * 100)
+    run_dir, _, best = trained
+    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+                 "--data.predict_path", str(tmp_path / "in.txt"), "--data.batch_size", "10",
+                 "--prediction_writer.output", str(tmp_path / "out.csv"),
+                 "--trainer.callbacks+=tests.helpers.SigtermAtPredict", check=False)  # fmt: skip
+    assert result.code == 128 + 15 and "Traceback" not in result.output
+    assert "Stopped by SIGTERM; nothing was written" in result.output
+    assert not (tmp_path / "out.csv").exists() and list(tmp_path.iterdir()) == [tmp_path / "in.txt"]
+
+
 def test_python_api_and_export_round_trip(trained, tmp_path):
     predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
     out = predictor([*REVIEWS, "  "])

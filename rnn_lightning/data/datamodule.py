@@ -79,6 +79,37 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
+class ResumableLoader(DataLoader):
+    """A training DataLoader that a checkpoint written mid-epoch resumes exactly where it stopped.
+
+    Lightning saves the ``state_dict`` of such a loader in the checkpoint and hands it back on resume
+    (its resumable-loader interface); the state is how many batches of the current epoch were
+    trained (``progress``), and the first iteration after a restore skips that many batches of the
+    same seeded order, lazily, so the sampler has its epoch set first.
+    """
+
+    def __init__(self, *args, progress=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress, self._skip = progress, 0
+
+    def state_dict(self) -> dict:
+        return {"batches_done": int(self.progress()) if self.progress else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("batches_done", 0))
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        batches = super().__iter__()
+        return _skipping(batches, skip) if skip else batches
+
+
+def _skipping(batches, n: int):
+    for _ in range(n):
+        next(batches)
+    yield from batches
+
+
 def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Collate for ``TokenizedReviews``: ``__getitems__`` already returned (ids (B, T), labels (B,))."""
     return batch
@@ -448,13 +479,17 @@ class IMDBDataModule(LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         else:
             sampler = None
-        return DataLoader(
+        kwargs = {}
+        if shuffle:  # training: resumable mid-epoch (batches done so far in this epoch, from Lightning's loop)
+            kwargs["progress"] = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size or self.batch_size,
             sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
