@@ -93,7 +93,9 @@ class SentimentClassifier(RecurrentModule):
         self.build_network(on_nonfinite, num_classes=len(names), **net)
         del self.hparams["num_classes"]  # it is len(class_names), not an argument of its own
         self.register_buffer("class_weight", self._class_weight(class_weights, class_counts, names), persistent=False)
-        metrics = MetricCollection(classification_metrics(names))
+        # Compute groups would share one state between the F1s, but never update the one inside the
+        # per-class wrapper (torchmetrics then warns it computes before any update): off for K > 2.
+        metrics = MetricCollection(classification_metrics(names), compute_groups=len(names) == 2)
         # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
