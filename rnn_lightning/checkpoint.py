@@ -71,17 +71,30 @@ def run_version(run_dir: Path) -> int | None:
     return int(number) if run_dir.name.startswith("version_") and number.isdigit() else None
 
 
-def find_checkpoint(runs_dir: Path, which: Literal["last", "best"]) -> Path:
-    """The newest run's ``last.ckpt`` or ``best-*.ckpt`` under ``runs_dir`` (``lightning_logs/``).
+def find_checkpoint(runs_dir: Path, which: Literal["last", "best"], run: Path | None = None) -> Path:
+    """``last.ckpt`` or the ``best-*.ckpt`` of ``run`` (a ``version_N`` folder), or else of the newest run
+    under ``runs_dir`` (``lightning_logs/``).
 
     Lightning's own ``"last"``/``"best"`` only know the checkpoints of the current process's ``fit``.
     """
+    if run is not None:
+        found = sorted((run / "checkpoints").glob(NAMED[which]), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise InputError(f"ckpt_path: {which!r} but the run {str(run)!r} (of --config) has no checkpoints/{NAMED[which]}")
+        return found[-1]
     found = [p for p in runs_dir.glob(f"version_*/checkpoints/{NAMED[which]}") if run_version(p.parents[1]) is not None]
     if not found:
         raise InputError(
             f"ckpt_path: {which!r} but no run under {runs_dir} has checkpoints/{NAMED[which]}; pass a checkpoint's path"
         )
     return max(found, key=lambda p: (run_version(p.parents[1]), p.stat().st_mtime))
+
+
+def run_of_config(config_paths) -> Path | None:
+    """The run folder (``version_N``) whose saved ``config.yaml`` is among ``config_paths``, if one is (the last)."""
+    runs = [Path(str(c)).resolve().parent for c in config_paths or [] if Path(str(c)).name == "config.yaml"]
+    runs = [r for r in runs if run_version(r) is not None and (r / "checkpoints").is_dir()]
+    return runs[-1] if runs else None
 
 
 def run_of(ckpt_path: Path, runs_dir: Path) -> int | None:

@@ -143,8 +143,9 @@ class RNNLightningCLI(LightningCLI):
         if not path or path in ("hpc", "registry") or "://" in str(path):
             return
         runs = runs_dir(cfg.trainer)
-        if path in ("last", "best"):
-            cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path))
+        if path in ("last", "best"):  # of the run whose config.yaml was given, else of the newest run
+            run = checkpoint.run_of_config(cfg.get("config"))
+            cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path, run))
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
         version = checkpoint.run_of(Path(cfg.ckpt_path), runs)

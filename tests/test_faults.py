@@ -60,6 +60,16 @@ def test_signal_mid_epoch_saves_that_point_exits_nonzero_and_resumes_to_the_same
         assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
 
 
+def test_last_with_a_runs_config_resumes_that_run_not_the_newest(cli, tiny_args, tmp_path):
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1")
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1", "--model.hidden_size", "12")  # version_1, newer
+    config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
+    result = cli("fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    assert "version_0/checkpoints/last.ckpt" in result.output and "version_1/checkpoints" not in result.output
+    assert torch.load(ckpt_dir(tmp_path, 0) / "last.ckpt", weights_only=True)["epoch"] == 1  # version_0 went on
+    assert torch.load(ckpt_dir(tmp_path, 1) / "last.ckpt", weights_only=True)["epoch"] == 0  # version_1 untouched
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
