@@ -110,7 +110,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     args = p.parse_args()
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    env["HF_DATASETS_CACHE"] = str(args.out / "hf")  # the Arrow copies datasets makes stay in --out
     results = []
     for n in args.sizes:
         folder, cache = args.out / f"data_{n}", args.out / f"cache_{n}"

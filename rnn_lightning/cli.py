@@ -206,7 +206,7 @@ class RNNLightningCLI(LightningCLI):
 def epochs_done(ckpt: dict) -> int:
     """Whole epochs a checkpoint has trained (one written mid-epoch has not finished its epoch)."""
     try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError):
         return int(ckpt.get("epoch", -1)) + 1
 

@@ -5,6 +5,8 @@ the old file or the new one, never half of one. Every file rnn-lightning writes 
 (checkpoints, prediction files, the token cache, exports) goes through here.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -104,3 +106,40 @@ def check_writable(folders, need_bytes: int, field: str) -> None:
                 f"{field}: only {free / 2**20:.0f} MB free under {folder}; "
                 f"this run needs about {need_bytes / 2**20:.0f} MB for checkpoints and logs"
             )
+
+
+DIGESTS_NAME = "digests.json"  # the memo of content_digest, in the folder it is given
+
+
+def content_digests(paths, memo_dir: Path | None = None) -> list[str]:
+    """SHA-256 of each file's bytes (hex, 32 characters kept), in order.
+
+    ``memo_dir`` keeps each digest with the file's size, modification and change times and inode:
+    a file whose bytes changed has a new change time even when its size and modification time were
+    put back (which a plain size-and-time key misses), so only new or changed files are read again.
+    """
+    memo_file = memo_dir / DIGESTS_NAME if memo_dir is not None else None
+    memo: dict = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}  # a damaged memo is only a slower start
+    out, changed = [], False
+    for path in paths:
+        path = Path(path).resolve()
+        st = path.stat()
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+        if key not in memo:
+            with open(path, "rb") as f:
+                memo[key] = hashlib.file_digest(f, "sha256").hexdigest()[:32]
+            changed = True
+        out.append(memo[key])
+    if memo_file is not None and changed:
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(memo_file) as f:
+                json.dump(memo, f)
+        except OSError:
+            pass  # a read-only cache folder: no memo, same digests
+    return out

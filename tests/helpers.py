@@ -50,7 +50,7 @@ def make_dm(dataset, tmp_path: Path, **kwargs):
     from rnn_lightning.data import IMDBDataModule
 
     kwargs = {"vocab_size": 40, "max_len": 12, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
-    return IMDBDataModule(dataset=str(dataset), **kwargs)
+    return IMDBDataModule(dataset=dataset if isinstance(dataset, dict) else str(dataset), **kwargs)
 
 
 def tiny_cli_args(dataset: Path, root: Path) -> list[str]:

@@ -1,5 +1,7 @@
 """The data module: sources, the validation split, the tokenizer, the cache, loaders and bad data."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from rnn_lightning.data import datamodule as dm_module
 from rnn_lightning.data.datamodule import stratified_split
 from rnn_lightning.data.sources import load_labelled
 from rnn_lightning.errors import InputError
-from tests.helpers import make_dm
+from tests.helpers import make_dm, make_reviews
 
 
 def prepared(dm: IMDBDataModule) -> IMDBDataModule:
@@ -179,3 +181,46 @@ def test_checkpoint_key_of_the_data_module_state_is_its_class_name():
     from rnn_lightning.checkpoint import DATAMODULE_KEY
 
     assert IMDBDataModule.__qualname__ == DATAMODULE_KEY  # Lightning stores the state under it
+
+
+def test_data_edited_in_place_with_size_and_time_put_back_is_read_again(tmp_path):
+    """The cache is keyed by the files' bytes: labels flipped in a CSV (same size), its modification time
+    restored, give a new cache with the new labels."""
+    frame = make_reviews(40, seed=5)
+    csv = tmp_path / "train.csv"
+    frame.to_csv(csv, index=False)
+    dataset = {"train": str(csv)}
+    before = os.stat(csv)
+    first = prepared(make_dm(dataset, tmp_path, val_fraction=0.25))
+    frame.assign(label=1 - frame.label).to_csv(csv, index=False)
+    os.utime(csv, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(csv).st_size == before.st_size and os.stat(csv).st_mtime_ns == before.st_mtime_ns
+    second = prepared(make_dm(dataset, tmp_path, val_fraction=0.25))
+    assert second.cache_path != first.cache_path
+    labels = [np.load(dm.cache_path / "train_labels.npy") for dm in (first, second)]
+    assert np.array_equal(labels[1], 1 - labels[0])  # every row's label is the new one
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
+def test_a_damaged_cache_is_rebuilt_with_a_notice(parquet_dir, tmp_path, damage):
+    first = prepared(make_dm(parquet_dir, tmp_path))
+    reference, fit_reference = first.splits["test"].token_ids().copy(), first.splits["fit"].token_ids().copy()
+    target = first.cache_path / ("meta.json" if damage == "meta" else "train_ids.npy")
+    del first  # its arrays map the files about to be damaged
+    data = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        target.write_bytes(data[:-5] + bytes([data[-5] ^ 0x40]) + data[-4:])
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_text("{not json")
+    dm = make_dm(parquet_dir, tmp_path)
+    if damage != "meta":
+        dm.prepare_data()  # the cache "exists" (meta.json is there); setup finds it damaged
+    with pytest.warns(UserWarning, match=r"data: the token cache .* is damaged .*; rebuilding it"):
+        dm.prepare_data() if damage == "meta" else None
+        dm.setup("fit")
+    assert np.array_equal(dm.splits["test"].token_ids(), reference)
+    assert np.array_equal(dm.splits["fit"].token_ids(), fit_reference)

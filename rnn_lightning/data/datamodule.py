@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ from rnn_lightning.data import sources
 from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import atomic_folder
+from rnn_lightning.files import atomic_folder, content_digests
 
 CACHE_VERSION = 3  # bump when the tokenizer recipe, the split or the cache layout changes
 
@@ -284,7 +285,8 @@ class IMDBDataModule(LightningDataModule):
     @cached_property
     def _source(self) -> sources.Labelled:
         return sources.load_labelled(
-            self.dataset, self.split_names, self.text_field, self.label_field, self.config_name, self.unlabelled
+            self.dataset, self.split_names, self.text_field, self.label_field, self.config_name, self.unlabelled,
+            cache_dir=self.cache_dir,
         )
 
     def _fit_val_rows(self, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +304,7 @@ class IMDBDataModule(LightningDataModule):
     def cache_path(self) -> Path:
         key = {
             "version": CACHE_VERSION,
-            "source": sources.fingerprint(self.dataset, exclude=self.cache_dir),
+            "source": sources.fingerprint(self.dataset, exclude=self.cache_dir, memo_dir=self.cache_dir),
             "config_name": self.config_name,
             "fields": [self.text_field, self.label_field],
             "splits": self.split_names,
@@ -393,8 +395,10 @@ class IMDBDataModule(LightningDataModule):
                 np.save(tmp / "fit_rows.npy", fit_rows)
                 np.save(tmp / "val_rows.npy", val_rows)
             (tmp / "tokenizer.json").write_text(tokenizer.to_str())
+            files = sorted(f.name for f in tmp.iterdir())
             meta = {**self._meta, "dataset": self.dataset, "views": views,
-                    "sizes": {role: len(split.texts) for role, split in source.splits.items()}}  # fmt: skip
+                    "sizes": {role: len(split.texts) for role, split in source.splits.items()},
+                    "digests": dict(zip(files, content_digests([tmp / f for f in files]), strict=True))}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta))
 
     def setup(self, stage: str) -> None:
@@ -408,14 +412,31 @@ class IMDBDataModule(LightningDataModule):
             raise InputError(
                 f"data: no token cache at {path}; prepare_data did not run or cache_dir is not shared between nodes"
             )
-        self._load_cache(path)
+        self._load_cache(path, self._given_tokenizer)
         self._check_same_tokenizer_everywhere(self._encoded_with)
 
-    def _load_cache(self, path: Path) -> None:
+    def _load_cache(self, path: Path, tokenizer: Tokenizer | None) -> None:
+        """Read the cache at ``path``, checked against the digests it was written with; a damaged one
+        (truncated, altered, unreadable) is rebuilt with ``tokenizer`` (None: trained again, the same
+        way), with a one-line notice."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            names = sorted(meta["digests"])
+            found = content_digests([path / n for n in names], memo_dir=self.cache_dir)
+            bad = [n for n, want, got in zip(names, (meta["digests"][n] for n in names), found, strict=True) if want != got]
+            if bad:
+                raise ValueError(f"{bad[0]} changed since it was written")
+            self._read_cache(path, meta)
+        except (OSError, ValueError, KeyError) as e:
+            rank_zero_warn(f"data: the token cache {path} is damaged ({str(e).splitlines()[0][:120]}); rebuilding it")
+            shutil.rmtree(path, ignore_errors=True)
+            self._write_cache(path, tokenizer)
+            self._read_cache(path, json.loads((path / "meta.json").read_text()))
+
+    def _read_cache(self, path: Path, meta: dict) -> None:
         tokenizer_json = (path / "tokenizer.json").read_text()
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self._encoded_with = tokenizer_json
-        meta = json.loads((path / "meta.json").read_text())
         self.splits = {}
         for view, spec in meta["views"].items():
             if view == "unlabelled" and not self.unlabelled:
@@ -457,9 +478,10 @@ class IMDBDataModule(LightningDataModule):
             target = self.cache_path.with_name(
                 f"{self.cache_path.name}-{hashlib.sha256(tokenizer_json.encode()).hexdigest()[:12]}"
             )
+            tokenizer = set_length(Tokenizer.from_str(tokenizer_json), self.max_len)
             if not (target / "meta.json").exists():
-                self._write_cache(target, set_length(Tokenizer.from_str(tokenizer_json), self.max_len))
-            self._load_cache(target)
+                self._write_cache(target, tokenizer)
+            self._load_cache(target, tokenizer)
 
     # ---------------------------------------------------------------- loaders
 

@@ -26,8 +26,10 @@ import numpy as np
 
 from rnn_lightning.data.tokenizer import CHUNK
 from rnn_lightning.errors import InputError
+from rnn_lightning.files import content_digests
 
 ACLIMDB_CLASSES = ("neg", "pos")  # aclImdb's label folders, in class-id order
+ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
 UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
 # What datasets reads each file type with (builder, options); the one list of accepted file types.
 FILE_TYPES = {
@@ -73,25 +75,24 @@ def is_aclimdb(path: Path) -> bool:
     return (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
 
 
-def fingerprint(dataset: Dataset, exclude: Path | None = None) -> str:
-    """Identity of the source for the token cache: a hub id as is; local files by names, sizes, times.
-
-    An aclImdb folder is identified by its split folders' times (they change when files come or go),
-    which saves stat-ing 100,000 files at every start. Files under ``exclude`` (the token cache,
-    when it lives inside the data folder) are not part of the identity.
+def fingerprint(dataset: Dataset, exclude: Path | None = None, memo_dir: Path | None = None) -> str:
+    """Identity of the source for the token cache: a hub id as is; local files by their names and a hash
+    of their bytes (``files.content_digests``, memoised in ``memo_dir``), so data edited in place, even
+    with its size and modification time put back, is a new identity. Files under ``exclude`` (the
+    token cache, when it lives inside the data folder) are not part of it.
     """
     if isinstance(dataset, dict):
         files = {k: Path(v).expanduser().resolve() for k, v in sorted(dataset.items())}
-        facts = [(k, str(p), p.stat().st_size, p.stat().st_mtime_ns) for k, p in files.items()]
+        facts = list(zip(files, map(str, files.values()), content_digests(files.values(), memo_dir), strict=True))
         return "files:" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
     if not is_local(dataset):
         return dataset
     path = Path(dataset).expanduser().resolve()
     if is_aclimdb(path):
-        entries = [path / s / c for s in ("train", "test") for c in ACLIMDB_CLASSES if (path / s / c).is_dir()]
+        entries = sorted(p for s in ("train", "test") for p in (path / s).rglob("*.txt"))
     else:
         entries = sorted(p for p in path.rglob("*") if p.suffix in FILE_TYPES and not _hidden_or_under(p, path, exclude))
-    facts = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
+    facts = list(zip((str(p.relative_to(path)) for p in entries), content_digests(entries, memo_dir), strict=True))
     return str(path) + ":" + hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
@@ -224,12 +225,19 @@ def _is_class_label(feature) -> bool:
 # ---------------------------------------------------------------- sources -> datasets.Dataset splits
 
 
-def open_splits(dataset: Dataset, wanted: dict[str, str], config_name: str | None = None) -> dict:
+def open_splits(
+    dataset: Dataset, wanted: dict[str, str], config_name: str | None = None, cache_dir: Path | None = None
+) -> dict:
     """The splits among ``wanted`` ({role: split name}) that the source has, as ``datasets.Dataset`` by role.
 
     A folder with one file per wanted split (``train.parquet``, ``test.csv``, ...) or files given per
     split are read file by file (only the splits asked for: IMDB's 50,000 unlabelled reviews are read
     only when wanted); any other folder or a hub id goes through ``datasets.load_dataset``.
+
+    ``cache_dir``: its ``arrow/`` folder holds the Arrow copies of local files, one folder per content
+    digest (the digests are memoised in ``cache_dir``). ``datasets``
+    keys its own copies by path and modification time, and would hand back the old rows of a file
+    rewritten with its time put back; keyed by content, it cannot.
     """
     check_dataset(dataset)
     by_name = {name: role for role, name in wanted.items()}
@@ -240,7 +248,7 @@ def open_splits(dataset: Dataset, wanted: dict[str, str], config_name: str | Non
                 f"data.dataset: split(s) {unknown} are not among the splits used ({sorted(by_name)}); "
                 "rename them or set data.train_name / data.validation_name / data.test_name"
             )
-        return {by_name[name]: _read_file(Path(os.path.expanduser(f))) for name, f in dataset.items()}
+        return {by_name[name]: _read_file(Path(os.path.expanduser(f)), cache_dir) for name, f in dataset.items()}
     if not is_local(dataset):
         return _pick(_load_hub(dataset, config_name), by_name, dataset)
     path = Path(dataset).expanduser()
@@ -248,9 +256,13 @@ def open_splits(dataset: Dataset, wanted: dict[str, str], config_name: str | Non
         return {role: _aclimdb_split(path, name) for role, name in wanted.items() if _aclimdb_has(path, name)}
     files = {name: _split_file(path, name) for name in by_name}
     if files[wanted["train"]] is not None:
-        return {by_name[name]: _read_file(f) for name, f in files.items() if f is not None}
+        return {by_name[name]: _read_file(f, cache_dir) for name, f in files.items() if f is not None}
     try:
-        loaded = _load(path=str(path))
+        options = {}
+        if cache_dir is not None:
+            digest = fingerprint(str(path), exclude=cache_dir, memo_dir=cache_dir).split(":")[-1]
+            options["cache_dir"] = str(cache_dir / ARROW_DIR / digest)
+        loaded = _load(path=str(path), **options)
     except Exception as e:
         raise InputError(f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")) from None
     return _pick(loaded, by_name, dataset)
@@ -263,8 +275,10 @@ def _split_file(folder: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
-def _read_file(path: Path):
+def _read_file(path: Path, cache_dir: Path | None = None):
     builder, options = FILE_TYPES[path.suffix]
+    if cache_dir is not None:
+        options = {**options, "cache_dir": str(cache_dir / ARROW_DIR / content_digests([path], cache_dir)[0])}
     try:
         return _load(builder, data_files={"split": str(path)}, split="split", **options)
     except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
@@ -423,12 +437,13 @@ def load_labelled(
     label_field: str = "label",
     config_name: str | None = None,
     unlabelled: bool = False,
+    cache_dir: Path | None = None,
 ) -> Labelled:
     """Read ``dataset``'s splits (``names``: {role: split name}; train/validation/test by default)."""
     names = dict(names or {"train": "train", "validation": "validation", "test": "test"})
     if unlabelled:
         names["unlabelled"] = UNLABELLED_SPLIT
-    loaded = open_splits(dataset, names, config_name)
+    loaded = open_splits(dataset, names, config_name, cache_dir)
     if "train" not in loaded:
         raise InputError(f"data.train_name: {dataset!r} has no split {names['train']!r}; expected {EXPECTED_SOURCE}")
     if unlabelled and "unlabelled" not in loaded:
