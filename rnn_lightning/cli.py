@@ -7,9 +7,11 @@ Only wiring lives here: defaults every config shares, argument links, and the ch
 before any work. Callbacks are in ``callbacks.py``, checkpoint knowledge in ``checkpoint.py``.
 """
 
+import errno
 import inspect
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -17,6 +19,7 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -31,6 +34,7 @@ from rnn_lightning.models.base import RecurrentModule
 from rnn_lightning.models.classifier import DEFAULT_CLASSES
 from rnn_lightning.runtime import tune_cpu_runtime
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
 
 # What every config shares; a preset states only what it changes.
@@ -172,6 +176,15 @@ class RNNLightningCLI(LightningCLI):
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as e:
+            # LightningCLI builds the optimizer here (a negative learning rate, an unknown argument): one line.
+            if "_add_configure_optimizers_method_to_model" in {f.f_code.co_name for f, _ in traceback.walk_tb(e.__traceback__)}:
+                raise InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}") from None
+            raise
+
     # Private on purpose: LightningCLI adds the callbacks of add_lightning_class_args here with no public
     # hook to drop them, and Trainer refuses a ModelCheckpoint without checkpointing or an LR monitor
     # without a logger (checked against Lightning 2.6).
@@ -189,6 +202,12 @@ class RNNLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         trainer = self.trainer
+        try:
+            self.model.configure_optimizers()  # the optimizer and scheduler arguments, checked before any work
+        except (ValueError, TypeError) as e:
+            raise InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}") from None
+        if trainer.global_rank == 0:
+            claim_run_folder(trainer.logger)
         folders = {Path(trainer.log_dir or trainer.default_root_dir)}
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
             folders.add(Path(trainer.checkpoint_callback.dirpath))
@@ -201,6 +220,25 @@ class RNNLightningCLI(LightningCLI):
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def claim_run_folder(logger) -> None:
+    """Take the next ``version_N`` by creating its folder (an atomic step): two runs started together in one
+    folder get two versions instead of both writing ``version_0``."""
+    # Private `_version`: None until the logger picks a version by listing folders, set when resuming a run;
+    # TensorBoardLogger has no public way to fix its version after construction.
+    if not isinstance(logger, TensorBoardLogger) or logger._version is not None:
+        return
+    root = Path(logger.root_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    version = logger.version
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            break
+        except FileExistsError:
+            version += 1
+    logger._version = version
 
 
 def epochs_done(ckpt: dict) -> int:
@@ -247,3 +285,12 @@ def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) ->
         if isinstance(e.__cause__, InputError):
             sys.exit(f"error: {e.__cause__}")
         raise
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        # Checkpoints and prediction files are written beside their target and renamed: the ones already
+        # there are whole, and the one being written is removed.
+        sys.exit(
+            f"error: {e.strerror or e} writing {e.filename or 'a file'}; files written before are intact "
+            "(free space, then continue a fit with --ckpt_path last)"
+        )

@@ -36,6 +36,11 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the user gets their usual permissions
         os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # e.g. a full disk while writing: name the file the user asked for
+            raise OSError(e.errno, e.strerror, str(target)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

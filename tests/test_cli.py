@@ -152,6 +152,8 @@ def test_preset_fragments_change_only_what_they_say(parquet_dir, tmp_path):
         (["--model.hidden_size", "0"], "model.hidden_size"),
         (["--model.dropout", "1.5"], "model.dropout"),
         (["--prediction_writer.output", "out.txt"], "prediction_writer.output"),
+        (["--optimizer.init_args.lr", "-0.1"], "optimizer / lr_scheduler: Invalid learning rate"),
+        (["--data.vocab_size", "100000000000"], "model.vocab_size: 100000000000 rows of 16 need about"),
     ],
 )
 def test_bad_config_fails_at_once_with_one_line_naming_the_field(cli, tiny_args, tmp_path, override, field):

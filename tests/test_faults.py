@@ -70,6 +70,39 @@ def test_last_with_a_runs_config_resumes_that_run_not_the_newest(cli, tiny_args,
     assert torch.load(ckpt_dir(tmp_path, 1) / "last.ckpt", weights_only=True)["epoch"] == 0  # version_1 untouched
 
 
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_what_was_written(cli, tiny_args, tmp_path, monkeypatch):
+    import errno
+
+    cli("fit", *tiny_args, "--trainer.max_epochs", "1")
+    before = (ckpt_dir(tmp_path) / "last.ckpt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
+    line = one_line_error(cli("fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "2", check=False))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert line.startswith("error: No space left on device writing ") and ".ckpt" in line and "--ckpt_path last" in line
+    assert (ckpt_dir(tmp_path) / "last.ckpt").read_bytes() == before  # the last good checkpoint, whole
+    assert not [p for p in ckpt_dir(tmp_path).iterdir() if p.suffix == ".tmp"]  # no partial file left
+
+
+@pytest.mark.slow
+def test_two_fits_started_together_in_one_folder_get_two_runs(tiny_args, tmp_path):
+    cmd = [sys.executable, str(ROOT / "cli.py"), "fit", *tiny_args, "--trainer.max_epochs", "1"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=SUBPROCESS_ENV) for _ in range(2)]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert runs(tmp_path) == ["version_0", "version_1"]
+    for version in (0, 1):
+        assert (ckpt_dir(tmp_path, version) / "last.ckpt").exists()
+        assert (tmp_path / "lightning_logs" / f"version_{version}" / "config.yaml").exists()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(tiny_args, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -1,5 +1,6 @@
 """The network: token ids -> one logit per review. Plain PyTorch; knows nothing of Lightning."""
 
+import os
 from typing import Literal, get_args
 
 import torch
@@ -191,5 +192,18 @@ def check_hyperparameters(config: dict) -> None:
     for name in ("dropout", "word_dropout"):
         if not 0.0 <= config[name] < 1.0:
             raise InputError(f"{name}: expected a number in [0, 1), got {config[name]}")
+    table_bytes = 4 * 4 * config["vocab_size"] * config["embed_dim"]  # float32 weights, gradient, two Adam moments
+    if table_bytes > _physical_memory():
+        raise InputError(
+            f"vocab_size: {config['vocab_size']} rows of {config['embed_dim']} need about {table_bytes / 2**30:.0f} GB "
+            f"to train, more than this machine's {_physical_memory() / 2**30:.0f} GB"
+        )
     if not 0 <= config["pad_id"] < config["vocab_size"]:
         raise InputError(f"pad_id: expected an id in [0, vocab_size={config['vocab_size']}), got {config['pad_id']}")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return 1 << 62
