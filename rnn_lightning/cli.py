@@ -206,15 +206,16 @@ class RNNLightningCLI(LightningCLI):
             self.model.configure_optimizers()  # the optimizer and scheduler arguments, checked before any work
         except (ValueError, TypeError) as e:
             raise InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}") from None
-        if trainer.global_rank == 0:
-            claim_run_folder(trainer.logger)
-        folders = {Path(trainer.log_dir or trainer.default_root_dir)}
+        logger = trainer.logger
+        folders = {Path(logger.root_dir if isinstance(logger, TensorBoardLogger) else trainer.default_root_dir)}
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
             folders.add(Path(trainer.checkpoint_callback.dirpath))
         param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         check_writable(  # best + last, each weights and two Adam moments; plus logs
             folders, need_bytes=2 * 3 * param_bytes + 64 * 2**20, field="trainer.default_root_dir"
         )
+        if trainer.global_rank == 0:
+            claim_run_folder(logger)
         if self._resumed is not None and epochs_done(self._resumed) >= (trainer.max_epochs or 0) > 0:
             rank_zero_info(
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
