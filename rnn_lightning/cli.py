@@ -10,6 +10,7 @@ before any work. Callbacks are in ``callbacks.py``, checkpoint knowledge in ``ch
 import errno
 import inspect
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -286,6 +287,14 @@ def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) ->
         if isinstance(e.__cause__, InputError):
             sys.exit(f"error: {e.__cause__}")
         raise
+    except RuntimeError as e:  # torch.distributed's error for a collective that waited past its timeout
+        if "Timed out" not in str(e) and "timed out" not in str(e):
+            raise
+        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+        sys.exit(
+            f"error: DDP: process {rank} waited past trainer.strategy.init_args.timeout for another process "
+            f"(dead, stopped or stuck), so every process stops ({' '.join(str(e).split())[-120:]})"
+        )
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise

@@ -73,3 +73,4 @@ def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
     assert runs(tmp_path) == ["version_0"]  # the run continues
     state = torch.load(last, weights_only=True)
     assert (first["epoch"], state["epoch"]) == (0, 1) and state["global_step"] == 2 * first["global_step"]
+
