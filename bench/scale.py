@@ -7,7 +7,7 @@ labelled ones, in row groups so writing never holds them all) and a 2,000-review
 then runs, each in a fresh process watched from here:
 
 1. ``prepare``: the data module's ``prepare_data`` (read, split, train the tokenizer, encode into the
-   memory-mapped cache): reviews/s;
+   memory-mapped cache): reviews/s of the whole, and of the encoding alone (run again by itself);
 2. ``fit``: ``cli.py fit`` of base.yaml for ``--steps`` optimizer steps on the cached data (a full
    epoch at 5M reviews is ~4,400 steps, hours on 2 cores): steps/s, and the time from launch to the
    first training step (the warm start);
@@ -95,10 +95,18 @@ def watch(cmd: list[str], env: dict, log: Path) -> dict:
 
 
 PREPARE = """
-import sys, time
+import sys, tempfile, time
+from pathlib import Path
 from rnn_lightning.data import IMDBDataModule
+from rnn_lightning.data.datamodule import encode_to_file
 dm = IMDBDataModule(dataset=sys.argv[1], cache_dir=sys.argv[2])
+t = time.perf_counter(); source = dm._source; print("READ_S", time.perf_counter() - t)
 t = time.perf_counter(); dm.prepare_data(); print("PREPARE_S", time.perf_counter() - t)
+dm.setup("fit")
+texts = source.splits["train"].texts
+with tempfile.TemporaryDirectory(dir=sys.argv[2]) as tmp:
+    t = time.perf_counter(); encode_to_file(Path(tmp) / "ids.npy", dm.tokenizer, texts)
+    print("ENCODE_PER_S", len(texts) / (time.perf_counter() - t))
 """
 
 
@@ -117,7 +125,9 @@ def main() -> None:
         write_data(args.data, folder, n)
         print(f"{n}: data written in {time.perf_counter() - t:.0f} s", flush=True)
         prep = watch([sys.executable, "-c", PREPARE, str(folder), str(cache)], env, args.out / f"prepare_{n}.log")
-        prepare_s = float(next(line.split()[1] for line in open(args.out / f"prepare_{n}.log") if line.startswith("PREPARE_S")))
+        facts = {line.split()[0]: float(line.split()[1]) for line in open(args.out / f"prepare_{n}.log")
+                 if line.startswith(("READ_S", "PREPARE_S", "ENCODE_PER_S"))}  # fmt: skip
+        prepare_s = facts["PREPARE_S"]
         fit_cmd = [
             sys.executable, "cli.py", "fit", "--config", "configs/base.yaml", "--data.dataset", str(folder),
             "--data.cache_dir", str(cache), "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "2",
@@ -127,8 +137,10 @@ def main() -> None:
         fit = watch(fit_cmd, env, args.out / f"fit_{n}.log")
         row = {
             "reviews": n,
-            "prepare_s": round(prepare_s, 1),
-            "tokenize_reviews_per_s": round(n / prepare_s),
+            "read_s": round(facts["READ_S"], 1),  # datasets' Arrow copy and the label checks
+            "prepare_s": round(prepare_s, 1),  # read + split + train the tokenizer + encode + write
+            "prepare_reviews_per_s": round(n / (facts["READ_S"] + prepare_s)),
+            "encode_reviews_per_s": round(facts["ENCODE_PER_S"]),  # the encoding alone, again, timed by itself
             "prepare_peak_rss_mib": round(prep["peak_rss_mib"]),
             "prepare_peak_anon_mib": round(prep["peak_anon_mib"]),
             "fit_first_step_s": round(fit["first_step_s"], 1),

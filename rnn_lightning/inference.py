@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import atomic_file
+from rnn_lightning.files import atomic_file, check_writable
 from rnn_lightning.models.classifier import SentimentClassifier
 from rnn_lightning.serving import predictions
 
@@ -68,6 +68,8 @@ class SentimentPredictor:
         PyTorch runtime has; ``rnn_lightning.serving.ExportedPredictor`` runs it without Lightning.
         """
         out = Path(out_dir)
+        param_bytes = sum(t.numel() * t.element_size() for t in self.net.parameters())
+        check_writable([out], need_bytes=2 * param_bytes + 2**20, field="export: out_dir")  # before tracing
         out.mkdir(parents=True, exist_ok=True)
         net = self.net
         previous, net.implementation = net.implementation, "fused"

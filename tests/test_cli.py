@@ -86,7 +86,6 @@ def configs() -> list[list[str]]:
         "bf16.yaml": [base],
         "lm.yaml": [bigru],
         "semi_supervised.yaml": [bigru],
-        "sst5.yaml": [bigru],
         "ddp.yaml": [base],
         "ddp_cpu.yaml": [base],
     }

@@ -124,23 +124,80 @@ def test_a_folder_with_its_own_split_names(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "labels, error",
+    "labels, expected",
     [
-        ([0.0, 1.0, 2.0, 1.0], None),  # whole numbers are class ids
+        ([0.0, 1.0, 2.0, 1.0], ([0, 1, 2, 1], ["0", "1", "2"])),  # whole numbers are numbers
+        ([5, 1, 3, 1], ([2, 0, 1, 0], ["1", "3", "5"])),  # stars: the distinct values, in order
+        ([-1, 1, -1, 1], ([0, 1, 0, 1], ["-1", "1"])),
+        ([True, False, True, False], ([1, 0, 1, 0], ["false", "true"])),
         ([0.0, 0.7, 1.0, 1.0], "expected whole-number class ids, found 0.7"),
         ([0, 1, None, 1], "row 2 has no label"),
-        ([0, 1, -1, 1], "expected class ids 0..K-1, found -1"),
-        ([True, False, True, False], None),
     ],
 )
-def test_label_values_are_taken_or_refused_by_name(tmp_path, labels, error):
+def test_label_values_are_taken_or_refused_by_name(tmp_path, labels, expected):
     pd.DataFrame({"text": ["a", "b", "c", "d"], "label": labels}).to_parquet(tmp_path / "train.parquet")
-    if error is None:
+    if isinstance(expected, tuple):
         raw = load_labelled(str(tmp_path))
-        assert raw.splits["train"].labels.tolist() == [int(v) for v in labels]
+        assert (raw.splits["train"].labels.tolist(), raw.class_names) == expected
     else:
-        with pytest.raises(InputError, match=f"data.label_field: split 'train' column 'label': .*{error}"):
+        with pytest.raises(InputError, match=f"data.label_field: split 'train' column 'label': .*{expected}"):
             load_labelled(str(tmp_path))
+
+
+def test_an_empty_split_is_refused_naming_its_file(tmp_path):
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(InputError, match=r"data.dataset: could not read '.*test.parquet'"):
+        load_labelled(str(tmp_path))
+    (tmp_path / "test.parquet").unlink()
+    pd.DataFrame({"text": [], "label": []}).to_csv(tmp_path / "test.csv", index=False)  # a header only
+    with pytest.raises(InputError, match=r"data.dataset: could not read '.*test.csv' as csv"):
+        load_labelled(str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["stars_csv", "jsonl_names"])
+def test_own_files_train_test_predict_and_export_with_their_class_names(cli, tmp_path, kind):
+    """A CSV of 1-5 stars and a JSONL of string labels, end to end; the class names survive
+    checkpoint -> predict -> export."""
+    from rnn_lightning.inference import SentimentPredictor
+    from rnn_lightning.serving import ExportedPredictor
+
+    rng = np.random.default_rng(0)
+    levels = {1: "awful", 2: "poor", 3: "plain", 4: "good", 5: "superb"}
+    names = ["1", "2", "3", "4", "5"] if kind == "stars_csv" else ["lukewarm", "negative", "positive"]
+    rows = []
+    for i in range(150):
+        if kind == "stars_csv":
+            label = i % 5 + 1
+            word = levels[label]
+        else:
+            label = names[i % 3]
+            word = {"lukewarm": "plain", "negative": "awful", "positive": "superb"}[label]
+        rows.append({"body": " ".join(rng.choice("the a film it was".split(), 6).tolist() + [word] * 2), "stars": label})
+    frame = pd.DataFrame(rows)
+    files = {}
+    for split, part in (("train", frame[:120]), ("test", frame[120:])):
+        path = tmp_path / (f"{split}.csv" if kind == "stars_csv" else f"{split}.jsonl")
+        part.to_csv(path, index=False) if kind == "stars_csv" else part.to_json(path, orient="records", lines=True)
+        files[split] = str(path)
+    args = args_for(json.dumps(files), tmp_path)
+    args[args.index("--data.text_field") + 1] = "body"
+    cli("fit", *args, "--data.val_fraction", "0.2")
+    best = next(ckpt_dir(tmp_path).glob("best-*.ckpt"))
+    assert checkpoint.load_checkpoint(best)["hyper_parameters"]["class_names"] == names
+    assert "test/balanced_acc" in cli("test", *args, "--data.val_fraction", "0.2", "--ckpt_path", str(best)).output
+    (tmp_path / "in.txt").write_text("superb superb film\n")
+    out = tmp_path / "out.jsonl"
+    cli("predict", *args, "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "in.txt"),
+        "--prediction_writer.output", str(out))  # fmt: skip
+    row = json.loads(out.read_text().splitlines()[0])
+    assert sorted(k for k in row if k.startswith("prob_")) == sorted(f"prob_{n}" for n in names)
+    predictor = SentimentPredictor.from_checkpoint(str(best))
+    assert predictor.class_names == names
+    predictor.export(str(tmp_path / "exported"))
+    served = ExportedPredictor(str(tmp_path / "exported"))(["superb superb film"])[0]
+    assert list(served["probs"]) == names and served["label"] == row["label"]
+    assert served["prob"] == pytest.approx(row["prob"], abs=1e-5)
 
 
 def test_a_single_file_or_an_unused_split_name_is_refused_in_one_line(cli, tmp_path):

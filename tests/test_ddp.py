@@ -74,3 +74,24 @@ def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
     state = torch.load(last, weights_only=True)
     assert (first["epoch"], state["epoch"]) == (0, 1) and state["global_step"] == 2 * first["global_step"]
 
+
+
+def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
+    """Three classes from files with their own column names: under DDP the multiclass metrics (macro-F1,
+    one-vs-rest AUROC, per-class F1, balanced accuracy) equal one process's, with 41 test texts."""
+    import json
+
+    from tests.test_datasets import args_for, three_classes
+
+    files = {}
+    for split, n, seed in (("train", 90, 0), ("test", 41, 2)):
+        three_classes(n, seed).to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    args = [*args_for(json.dumps(files), tmp_path), "--data.val_fraction", "0.2", "--trainer.max_epochs", "2"]
+    run_cli("fit", *args, *DDP)
+    last = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    two = parse_test_metrics(run_cli("test", *args, *DDP, "--ckpt_path", last).stdout)
+    one = parse_test_metrics(run_cli("test", *args, "--ckpt_path", last).stdout)
+    assert {"test/acc", "test/f1", "test/auroc", "test/balanced_acc", "test/f1_ok"} <= two.keys()
+    for key in two:
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

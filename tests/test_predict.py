@@ -151,6 +151,12 @@ def test_python_api_and_export_round_trip(trained, tmp_path):
     assert exported(REVIEWS[:1])[0]["probs"]["1"] == pytest.approx(probs[0], abs=1e-5)  # batch of 1
 
 
+def test_export_into_an_unwritable_place_is_refused_before_tracing(trained, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(InputError, match="export: out_dir: cannot create .* is a file, not a folder"):
+        SentimentPredictor.from_checkpoint(str(trained[2])).export(str(tmp_path / "a_file" / "exported"))
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="ckpt_path: .* is not a readable checkpoint"):

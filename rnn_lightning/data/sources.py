@@ -6,7 +6,8 @@ is then a ``Split``: its text column (``Texts``, read in chunks) and its labels 
 
 Labels become ids 0..K-1 with class names, from the *training* split:
 - a ``ClassLabel`` column: its ids and names;
-- integers 0..K-1 (or floats that are whole numbers, or booleans): the names are the numbers;
+- numbers (integers, or floats that are whole numbers): the classes are the distinct values in numeric
+  order, named by them (0..K-1 keep their ids; stars 1-5 become ids 0-4); booleans: false, true;
 - strings: the names are the sorted distinct strings.
 A label elsewhere (validation, test) that the training split does not have is refused by name.
 """
@@ -141,8 +142,11 @@ class Texts:
 
         if self.column.type == "null":
             return len(self.column)
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(self.column)), 0)
-        return int(pc.sum(blank).as_py() or 0) + self.column.null_count
+        blank = 0
+        for start in range(0, len(self.column), CHUNK):  # trimming copies the texts: a chunk at a time
+            part = self.column.slice(start, CHUNK)
+            blank += int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(part)), 0)).as_py() or 0)
+        return blank + self.column.null_count
 
     def to_list(self) -> list[str]:
         return [t for chunk in self.chunks() for t in chunk]
@@ -163,13 +167,10 @@ def class_names(column, feature, field: str) -> list[str]:
         names = [str(n) for n in feature.names]
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         names = sorted(v for v in pc.unique(column).to_pylist() if v is not None)
-    else:
-        ids = _numeric_ids(column, field)
-        if ids.size and ids.min() < 0:
-            raise InputError(f"{field}: expected class ids 0..K-1, found {int(ids.min())}")
-        names = [str(i) for i in range(int(ids.max()) + 1 if ids.size else 0)]
-        if pa.types.is_boolean(column.type):
-            names = ["false", "true"]
+    elif pa.types.is_boolean(column.type):
+        names = ["false", "true"]
+    else:  # the distinct numbers in numeric order: 0..K-1 keep their ids, stars 1-5 become ids 0-4
+        names = [str(v) for v in np.unique(_numeric_ids(column, field))]
     if len(names) < 2:
         raise InputError(f"{field}: the training split holds only the class(es) {names}; a classifier needs two or more")
     return names
@@ -188,14 +189,22 @@ def class_ids(column, feature, names: list[str], field: str) -> np.ndarray:
             bad = column[_first(pc.is_null(ids))].as_py()
             raise InputError(f"{field}: label {bad!r} is not one of the training split's classes {names}")
         return ids.to_numpy(zero_copy_only=False).astype(np.int64)
-    ids = _numeric_ids(column, field)
-    bad = ids[(ids < 0) | (ids >= len(names))]
+    values = _numeric_ids(column, field)
+    if _is_class_label(feature) or pa.types.is_boolean(column.type):  # already ids
+        bad = values[(values < 0) | (values >= len(names))]
+        if bad.size:
+            what = "the ClassLabel value -1 (no label)" if bad[0] == -1 else f"class id {int(bad[0])}"
+            raise InputError(f"{field}: {what} is not one of the training split's classes 0..{len(names) - 1} ({names})")
+        return values
+    try:
+        keys = np.array([int(n) for n in names])
+    except ValueError:
+        raise InputError(f"{field}: numbers, but the training split's classes are names {names}") from None
+    ids = np.searchsorted(keys, values).clip(max=len(keys) - 1)
+    bad = values[keys[ids] != values]
     if bad.size:
-        what = f"class id {int(bad[0])}"
-        if _is_class_label(feature) and bad[0] == -1:
-            what = "the ClassLabel value -1 (no label)"
-        raise InputError(f"{field}: {what} is not one of the training split's classes 0..{len(names) - 1} ({names})")
-    return ids
+        raise InputError(f"{field}: label {int(bad[0])} is not one of the training split's classes {names}")
+    return ids.astype(np.int64)
 
 
 def _numeric_ids(column, field: str) -> np.ndarray:
@@ -451,6 +460,9 @@ def load_labelled(
             f"data.unlabelled: {dataset!r} has no {UNLABELLED_SPLIT!r} split; a folder needs "
             f"{UNLABELLED_SPLIT}.parquet (or .csv, .jsonl) with a {text_field!r} column, aclImdb needs train/unsup"
         )
+    for role, ds in loaded.items():
+        if len(ds) == 0:
+            raise InputError(f"data.dataset: split {names[role]!r} of {dataset!r} has no rows")
     column, feature = label_column(loaded["train"], label_field, names["train"])
     classes = class_names(column, feature, f"data.label_field: split {names['train']!r} column {label_field!r}")
     splits = {}
