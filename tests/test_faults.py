@@ -1,6 +1,7 @@
 """Faults: a killed run resumes exactly, checkpoints are atomic, NaN stops cleanly, bad input is refused."""
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -360,3 +361,17 @@ def test_checkpoints_load_with_weights_only(tiny_ckpt):
     for v in state["hyper_parameters"].values():
         assert isinstance(v, plain) or isinstance(v, list) and all(isinstance(x, plain) for x in v), v
     assert np.isfinite(float(state["dropout_rng_state"].float().sum()))
+
+
+def test_outputs_get_the_users_usual_permissions(cli, tiny_args, tmp_path):
+    """Checkpoints and prediction files are written through a temporary file (mode 0600) and renamed: they
+    must end with the mode the user's umask gives any other file."""
+    old = os.umask(0o027)
+    try:
+        cli("fit", *tiny_args, "--trainer.max_epochs", "1")
+        (tmp_path / "in.txt").write_text("great\n")
+        cli("predict", *tiny_args, "--ckpt_path", "last", "--data.predict_path", str(tmp_path / "in.txt"))
+    finally:
+        os.umask(old)
+    for path in (ckpt_dir(tmp_path) / "last.ckpt", tmp_path / "predictions.csv"):
+        assert path.stat().st_mode & 0o777 == 0o640, path
