@@ -96,7 +96,10 @@ def test_generated_spoilt_datasets(cli, tmp_path, seed):
     files = spoilt_dataset(tmp_path, rng, text_kind, label_kind, suffix)
     result = cli(*fit_args(files, tmp_path), check=False)
     check(result, ["data.", *files.values()])
+    # Missing texts written to JSON lines by pandas become NaN, which is not JSON: refusing them is right too.
+    missing_in_json = text_kind == "some_missing" and suffix == ".jsonl"
     fine = text_kind in ("fine", "empty_strings", "one_huge", "some_missing") and label_kind in ("fine", "strings", "stars")
+    fine = fine and not missing_in_json
     if fine:
         assert result.code == 0, f"{text_kind}/{label_kind}{suffix}: {result.output[-1500:]}"
 

@@ -63,7 +63,7 @@ def check_dataset(dataset: Dataset) -> None:
         p = os.path.expanduser(str(p))
         if not os.path.exists(p):
             raise InputError(f"data.dataset: {p!r} does not exist; expected {EXPECTED_SOURCE}")
-        if isinstance(dataset, dict) and Path(p).suffix not in FILE_TYPES:
+        if isinstance(dataset, dict) and (Path(p).suffix not in FILE_TYPES or not os.path.isfile(p)):
             raise InputError(f"data.dataset: {p!r}: expected a file ending in {', '.join(FILE_TYPES)}")
     if isinstance(dataset, str) and is_local(dataset) and os.path.isfile(os.path.expanduser(dataset)):
         raise InputError(
@@ -305,14 +305,18 @@ def _load(*args, **kwargs):
 
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """No per-split progress bars from ``datasets`` for files it converts to Arrow (Lightning's are enough)."""
+    """No per-split progress bars from ``datasets`` for files it converts to Arrow (Lightning's are enough),
+    and none of its error logs: a file it cannot read becomes our one line naming the file."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not was_disabled:
             datasets.enable_progress_bars()
 
