@@ -224,3 +224,16 @@ def test_a_damaged_cache_is_rebuilt_with_a_notice(parquet_dir, tmp_path, damage)
         dm.setup("fit")
     assert np.array_equal(dm.splits["test"].token_ids(), reference)
     assert np.array_equal(dm.splits["fit"].token_ids(), fit_reference)
+
+
+def test_texts_are_taken_across_arrow_chunks_in_the_order_asked():
+    """``Texts.chunks(rows)`` reads each Arrow chunk on its own (joining them fails past 2 GB of text)."""
+    import pyarrow as pa
+
+    from rnn_lightning.data.sources import Texts
+
+    words = [f"w{i}" for i in range(50)]
+    column = pa.chunked_array([words[:7], words[7:8], [], words[8:31], words[31:]])
+    rows = np.array([49, 0, 7, 8, 30, 31, 3, 3, 12])
+    assert [t for chunk in Texts(column).chunks(rows, size=4) for t in chunk] == [words[i] for i in rows]
+    assert Texts(column).to_list() == words

@@ -114,6 +114,7 @@ class Texts:
 
     def __init__(self, column) -> None:
         self.column = column  # list[str] or pyarrow.ChunkedArray of strings
+        self._offsets: np.ndarray | None = None  # first row of each Arrow chunk
 
     def __len__(self) -> int:
         return len(self.column)
@@ -131,8 +132,22 @@ class Texts:
             elif rows is None:
                 part = self.column.slice(start, size).to_pylist()
             else:
-                part = self.column.take(rows[start : start + size]).to_pylist()
+                part = self._take(np.asarray(rows[start : start + size]))
             yield ["" if t is None else t for t in part]
+
+    def _take(self, rows: np.ndarray) -> list:
+        """The texts at ``rows``, taken chunk by chunk: ``ChunkedArray.take`` joins the chunks first, which
+        fails past 2 GB of ``string`` data (its 32-bit offsets overflow) and copies them all."""
+        if self._offsets is None:
+            self._offsets = np.cumsum([0] + [len(c) for c in self.column.chunks])
+        which = np.searchsorted(self._offsets, rows, side="right") - 1
+        out: list = [None] * len(rows)
+        for chunk in np.unique(which):
+            at = np.flatnonzero(which == chunk)
+            values = self.column.chunk(int(chunk)).take(rows[at] - self._offsets[chunk]).to_pylist()
+            for i, value in zip(at, values, strict=True):
+                out[i] = value
+        return out
 
     def count_empty(self) -> int:
         """Texts that are missing, empty or whitespace only (in Arrow, without making Python strings)."""
