@@ -107,13 +107,13 @@ def _hidden_or_under(p: Path, root: Path, exclude: Path | None) -> bool:
 
 
 class Texts:
-    """A column of texts, in memory (a list) or memory-mapped (an Arrow column), read in chunks.
+    """A column of texts (an Arrow column, memory-mapped for files and hub data), read in chunks.
 
     A missing text (null) reads as the empty string.
     """
 
     def __init__(self, column) -> None:
-        self.column = column  # list[str] or pyarrow.ChunkedArray of strings
+        self.column = column  # pyarrow.ChunkedArray of strings
         self._offsets: np.ndarray | None = None  # first row of each Arrow chunk
 
     def __len__(self) -> int:
@@ -123,13 +123,7 @@ class Texts:
         """Lists of at most ``size`` texts: all in order, or those at ``rows``."""
         n = len(self) if rows is None else len(rows)
         for start in range(0, n, size):
-            if isinstance(self.column, list):
-                part = (
-                    self.column[start : start + size]
-                    if rows is None
-                    else [self.column[i] for i in rows[start : start + size]]
-                )
-            elif rows is None:
+            if rows is None:
                 part = self.column.slice(start, size).to_pylist()
             else:
                 part = self._take(np.asarray(rows[start : start + size]))
@@ -151,8 +145,6 @@ class Texts:
 
     def count_empty(self) -> int:
         """Texts that are missing, empty or whitespace only (in Arrow, without making Python strings)."""
-        if isinstance(self.column, list):
-            return sum(1 for t in self.column if t is None or not t.strip())
         import pyarrow.compute as pc
 
         if self.column.type == "null":
@@ -274,7 +266,7 @@ def open_splits(
             )
         return {by_name[name]: _read_file(Path(os.path.expanduser(f)), cache_dir) for name, f in dataset.items()}
     if not is_local(dataset):
-        return _pick(_load_hub(dataset, config_name), by_name, dataset)
+        return _pick(_load_hub(dataset, config_name), by_name)
     path = Path(dataset).expanduser()
     if is_aclimdb(path):
         return {role: _aclimdb_split(path, name) for role, name in wanted.items() if _aclimdb_has(path, name)}
@@ -289,7 +281,7 @@ def open_splits(
         loaded = _load(path=str(path), **options)
     except Exception as e:
         raise InputError(f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")) from None
-    return _pick(loaded, by_name, dataset)
+    return _pick(loaded, by_name)
 
 
 def _split_file(folder: Path, name: str) -> Path | None:
@@ -336,7 +328,7 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _pick(loaded, by_name: dict[str, str], dataset) -> dict:
+def _pick(loaded, by_name: dict[str, str]) -> dict:
     return {role: loaded[name] for name, role in by_name.items() if name in loaded}
 
 
@@ -377,7 +369,7 @@ def _aclimdb_split(path: Path, name: str):
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
-def text_split(ds, text_field: str, role: str, name: str) -> Texts:
+def text_split(ds, text_field: str, name: str) -> Texts:
     """The text column of a loaded split, checked."""
     import pyarrow as pa
 
@@ -491,7 +483,7 @@ def load_labelled(
         if role != "unlabelled":
             column, feature = label_column(ds, label_field, name)
             labels = class_ids(column, feature, classes, f"data.label_field: split {name!r} column {label_field!r}")
-        splits[role] = Split(text_split(ds, text_field, role, name), labels)
+        splits[role] = Split(text_split(ds, text_field, name), labels)
     counts = np.bincount(splits["train"].labels, minlength=len(classes))
     if (counts == 0).any():
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
