@@ -20,8 +20,8 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -32,7 +32,6 @@ from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.models.base import RecurrentModule
-from rnn_lightning.models.classifier import DEFAULT_CLASSES
 from rnn_lightning.runtime import tune_cpu_runtime
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
@@ -78,8 +77,8 @@ class RNNLightningCLI(LightningCLI):
         if "class_names" in inspect.signature(self.model_class).parameters:
             # The classes come from the training labels, or, when a checkpoint is given, from it (predicting
             # raw text reads no dataset; testing checks that the data's classes are the checkpoint's).
-            parser.link_arguments("data", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
-            parser.link_arguments("data", "model.class_counts", compute_fn=self._class_counts, apply_on="instantiate")
+            for key in ("class_names", "class_counts"):
+                parser.link_arguments("data", f"model.{key}", compute_fn=self._class_fact(key), apply_on="instantiate")
         if "init_from" in inspect.signature(self.model_class).parameters:
             # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction.
             parser.link_arguments("model.init_from", "data.tokenizer_from")
@@ -114,15 +113,16 @@ class RNNLightningCLI(LightningCLI):
             help="step the lr_scheduler after every epoch or every optimizer step (then T_max etc. count steps)",
         )
 
-    def _class_names(self, data: IMDBDataModule) -> list[str]:
-        if self._resumed is not None:
-            return self._resumed[checkpoint.HPARAMS_KEY].get("class_names") or DEFAULT_CLASSES
-        return data.class_names
+    def _class_fact(self, key: str):
+        """``data.<key>``, or the checkpoint's value when ``--ckpt_path`` gives one (None in an older
+        checkpoint: the model's default, IMDB's two classes)."""
 
-    def _class_counts(self, data: IMDBDataModule) -> list[int] | None:
-        if self._resumed is not None:
-            return self._resumed[checkpoint.HPARAMS_KEY].get("class_counts")
-        return data.class_counts
+        def value(data: IMDBDataModule):
+            if self._resumed is not None:
+                return self._resumed[checkpoint.HPARAMS_KEY].get(key)
+            return getattr(data, key)
+
+        return value
 
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
         """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
