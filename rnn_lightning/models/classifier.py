@@ -135,9 +135,10 @@ class SentimentClassifier(RecurrentModule):
         w = self.class_weight
         if logits.dim() == 2:
             return F.cross_entropy(logits, labels, weight=w)
-        per_text = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none" if w is not None else "mean")
+        targets = labels.to(logits.dtype)
         if w is None:
-            return per_text
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        per_text = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         weights = w[labels]
         return (weights * per_text).sum() / weights.sum().clamp_min(1e-12)
 
@@ -284,7 +285,7 @@ class BalancedAccuracy(MulticlassAccuracy):
     """Mean recall over the classes; takes ``metric_scores`` for any K (binary: probability of class 1)."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__(max(num_classes, 2), average="macro")
+        super().__init__(num_classes, average="macro")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         if preds.dim() == 1:
