@@ -119,9 +119,10 @@ DIGESTS_NAME = "digests.json"  # the memo of content_digest, in the folder it is
 def content_digests(paths, memo_dir: Path | None = None) -> list[str]:
     """SHA-256 of each file's bytes (hex, 32 characters kept), in order.
 
-    ``memo_dir`` keeps each digest with the file's size, modification and change times and inode:
+    ``memo_dir`` keeps, per file, its digest with its size, modification and change times and inode:
     a file whose bytes changed has a new change time even when its size and modification time were
     put back (which a plain size-and-time key misses), so only new or changed files are read again.
+    One entry per path: a changed file replaces its old entry.
     """
     memo_file = memo_dir / DIGESTS_NAME if memo_dir is not None else None
     memo: dict = {}
@@ -134,12 +135,13 @@ def content_digests(paths, memo_dir: Path | None = None) -> list[str]:
     for path in paths:
         path = Path(path).resolve()
         st = path.stat()
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-        if key not in memo:
+        stamp = f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+        known = memo.get(str(path))
+        if not (isinstance(known, list) and len(known) == 2 and known[0] == stamp):
             with open(path, "rb") as f:
-                memo[key] = hashlib.file_digest(f, "sha256").hexdigest()[:32]
+                memo[str(path)] = [stamp, hashlib.file_digest(f, "sha256").hexdigest()[:32]]
             changed = True
-        out.append(memo[key])
+        out.append(memo[str(path)][1])
     if memo_file is not None and changed:
         try:
             memo_file.parent.mkdir(parents=True, exist_ok=True)
