@@ -528,16 +528,20 @@ class IMDBDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        self._test_split()
+        return self._loader("test", shuffle=False)
+
+    def _test_split(self) -> TokenizedReviews:
         if "test" not in self.splits:
             raise InputError(
                 f"data.test_name: {self.dataset!r} has no split {self.split_names['test']!r} to test on"
             )
-        return self._loader("test", shuffle=False)
+        return self.splits["test"]
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of (ids (B, T), row index (B,)): the index places each prediction in the output."""
         if self.predict_rows is None:
-            test = self.test_dataloader().dataset  # its own split: no row view
+            test = self._test_split()  # its own split: no row view
             self.splits["predict"] = TokenizedReviews(test.ids, np.arange(len(test)))
         else:
             if self.tokenizer is None:
