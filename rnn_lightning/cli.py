@@ -183,7 +183,7 @@ class RNNLightningCLI(LightningCLI):
         except (ValueError, TypeError) as e:
             # LightningCLI builds the optimizer here (a negative learning rate, an unknown argument): one line.
             if "_add_configure_optimizers_method_to_model" in {f.f_code.co_name for f, _ in traceback.walk_tb(e.__traceback__)}:
-                raise InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}") from None
+                raise optimizer_error(e) from None
             raise
 
     # Private on purpose: LightningCLI adds the callbacks of add_lightning_class_args here with no public
@@ -206,7 +206,7 @@ class RNNLightningCLI(LightningCLI):
         try:
             self.model.configure_optimizers()  # the optimizer and scheduler arguments, checked before any work
         except (ValueError, TypeError) as e:
-            raise InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}") from None
+            raise optimizer_error(e) from None
         logger = trainer.logger
         folders = {Path(logger.root_dir if isinstance(logger, TensorBoardLogger) else trainer.default_root_dir)}
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
@@ -222,6 +222,11 @@ class RNNLightningCLI(LightningCLI):
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def optimizer_error(e: Exception) -> InputError:
+    """What torch.optim (or a scheduler) said of its arguments, as the one line the CLI prints."""
+    return InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}")
 
 
 def claim_run_folder(logger) -> None:
@@ -288,7 +293,7 @@ def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) ->
             sys.exit(f"error: {e.__cause__}")
         raise
     except RuntimeError as e:  # torch.distributed's error for a collective that waited past its timeout
-        if "Timed out" not in str(e) and "timed out" not in str(e):
+        if "timed out" not in str(e).lower():
             raise
         rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
         sys.exit(
