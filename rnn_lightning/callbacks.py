@@ -19,6 +19,7 @@ from torch import nn
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
+from rnn_lightning.serving import prediction
 
 
 def prediction_fields(class_names: list[str]) -> list[str]:
@@ -84,9 +85,9 @@ class PredictionWriter(BasePredictionWriter):
                 row["id"] = rows.ids[i] if rows is not None else str(i)
                 row["error"] = rows.errors[i] if rows is not None else ""
                 if p is not None:
-                    best = max(range(len(p)), key=p.__getitem__)
-                    row.update({"label": names[best], "prob": round(p[best], 6)})
-                    row.update({f"prob_{name}": round(q, 6) for name, q in zip(names, p, strict=True)})
+                    pred = prediction(p, names)
+                    row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
+                    row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
                 writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
         rank_zero_info(f"Wrote {n} predictions to {out}")
 

@@ -23,9 +23,15 @@ def predictions(texts: list[str], tokenizer: Tokenizer, probabilities, names: li
         rows = keep[start : start + batch_size]
         ids = torch.from_numpy(encode(tokenizer, [texts[i] for i in rows])).long()
         for i, p in zip(rows, probabilities(ids).tolist(), strict=True):
-            best = max(range(len(p)), key=p.__getitem__)
-            out[i] = {"label": names[best], "prob": p[best], "probs": dict(zip(names, p, strict=True))}
+            out[i] = prediction(p, names)
     return out
+
+
+def prediction(probs: list[float], names: list[str]) -> dict:
+    """One text's class probabilities (in ``names`` order) -> the predicted class (``label``), its
+    probability (``prob``) and every class's (``probs``, by name)."""
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return {"label": names[best], "prob": probs[best], "probs": dict(zip(names, probs, strict=True))}
 
 
 class ExportedPredictor:
