@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
@@ -44,7 +45,7 @@ class PredictionWriter(BasePredictionWriter):
         if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
             raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
         self.output = output
-        self._probs: dict[int, list[float]] = {}
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
 
     def path(self, trainer: Trainer) -> Path:
         return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
@@ -54,25 +55,31 @@ class PredictionWriter(BasePredictionWriter):
             check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._probs = {}
+        self._parts = []
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        self._probs.update(zip(batch[1].tolist(), prediction.float().tolist(), strict=True))
+        self._parts.append((batch[1].numpy(), prediction.float().numpy()))  # (input rows (B,), probabilities (B, K))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        probs = self._probs
+        k = len(pl_module.class_names)
+        rows = np.concatenate([r for r, _ in self._parts]) if self._parts else np.zeros(0, np.int64)
+        probs = np.concatenate([p for _, p in self._parts]) if self._parts else np.zeros((0, k), np.float32)
+        self._parts = []
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             parts: list = [None] * trainer.world_size
-            dist.all_gather_object(parts, probs)
-            probs = {k: v for part in parts for k, v in part.items()}
+            dist.all_gather_object(parts, (rows, probs))
+            rows, probs = np.concatenate([r for r, _ in parts]), np.concatenate([p for _, p in parts])
         if trainer.is_global_zero:
-            self._write(trainer, probs, pl_module.class_names)
+            self._write(trainer, rows, probs, pl_module.class_names)
 
-    def _write(self, trainer: Trainer, probs: dict[int, list[float]], names: list[str]) -> None:
-        rows = trainer.datamodule.predict_rows
-        n = len(rows.ids) if rows is not None else len(probs)
+    def _write(self, trainer: Trainer, rows: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
+        """rows (M,) input row of each probability row, probs (M, K)."""
+        inputs = trainer.datamodule.predict_rows
+        n = len(inputs.ids) if inputs is not None else len(rows)
+        at = np.full(n, -1, dtype=np.int64)  # input row -> its probability row, -1: none (an empty review)
+        at[rows] = np.arange(len(rows))
         out = self.path(trainer)
         fields = prediction_fields(names)
         with atomic_file(out, "w", newline="", encoding="utf-8") as f:
@@ -80,12 +87,11 @@ class PredictionWriter(BasePredictionWriter):
             if writer:
                 writer.writeheader()
             for i in range(n):
-                p = probs.get(i)
                 row = dict.fromkeys(fields)
-                row["id"] = rows.ids[i] if rows is not None else str(i)
-                row["error"] = rows.errors[i] if rows is not None else ""
-                if p is not None:
-                    pred = prediction(p, names)
+                row["id"] = inputs.ids[i] if inputs is not None else str(i)
+                row["error"] = inputs.errors[i] if inputs is not None else ""
+                if at[i] >= 0:
+                    pred = prediction(probs[at[i]].tolist(), names)
                     row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
                     row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
                 writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")

@@ -11,6 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rnn_lightning.cli import main
+from rnn_lightning.data import reviews_io
 from rnn_lightning.errors import InputError
 from rnn_lightning.inference import SentimentPredictor
 from rnn_lightning.serving import ExportedPredictor
@@ -78,6 +79,33 @@ def test_text_file_with_empty_bad_and_huge_lines(cli, trained, tmp_path):
         assert float(row["prob_0"]) + float(row["prob_1"]) == pytest.approx(1, abs=1e-5)
     assert rows[0]["label"] == "1" and rows[4]["label"] == "0"  # the tiny model learned the sentiment words
     assert not list(tmp_path.glob(".out.csv.*"))  # no temporary file left behind
+
+
+def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path, monkeypatch):
+    """Chunks of two rows (empty rows and a bad one among them, split across chunks) against one chunk."""
+    lines = [REVIEWS[0], "", REVIEWS[1], "  ", "", REVIEWS[2], "great", ""]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    whole = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "whole.csv")
+    monkeypatch.setattr(reviews_io, "CHUNK_ROWS", 2)
+    chunked = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "chunked.csv")
+    assert chunked == whole and len(whole) == len(lines)
+    assert [r["error"] == "empty review" for r in whole] == [not line.strip() for line in lines]
+
+
+def test_csv_field_that_is_not_utf8_is_flagged_and_classified(cli, trained, tmp_path):
+    (tmp_path / "in.csv").write_bytes(b'id,text\na,"great, \xff superb"\nb,\n')
+    rows = predict_cli(cli, trained, str(tmp_path / "in.csv"), tmp_path / "out.csv")
+    assert [(r["id"], r["error"], bool(r["label"])) for r in rows] == [
+        ("a", "invalid UTF-8 replaced", True), ("b", "empty review", False)
+    ]
+
+
+def test_jsonl_line_without_text_is_one_line_naming_it(cli, trained, tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "great"}) + "\n" + json.dumps({"review": "bad"}) + "\n")
+    run_dir, _, best = trained
+    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+                 "--data.predict_path", str(tmp_path / "in.jsonl"), check=False)  # fmt: skip
+    assert "line 2" in one_line_error(result) and "'review'" in one_line_error(result)
 
 
 def test_tables_folders_and_stdin_give_the_same_probabilities(cli, trained, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.data import sources
-from rnn_lightning.data.reviews_io import ReviewRows, read_reviews
+from rnn_lightning.data.reviews_io import EMPTY, ReviewRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_folder, content_digests
@@ -250,7 +251,8 @@ class IMDBDataModule(LightningDataModule):
         self.predict_path = predict_path
         self.unlabelled, self.tokenizer_from = unlabelled, tokenizer_from
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
-        self.predict_rows: ReviewRows | None = None
+        self.predict_rows: ReviewRows | None = None  # every input row's id and error (not its text)
+        self._review_chunks = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.tokenizer: Tokenizer | None = None
         self.splits: dict[str, TokenizedReviews] = {}
@@ -403,7 +405,7 @@ class IMDBDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self._predicting_raw_text():
-            self.predict_rows = read_reviews(self.predict_path)
+            self._review_chunks = read_reviews(self.predict_path)  # checked now, read in predict_dataloader
             return
         if self.splits:
             return
@@ -538,9 +540,29 @@ class IMDBDataModule(LightningDataModule):
             )
         return self.splits["test"]
 
+    def _encode_reviews(self) -> TokenizedReviews:
+        """The input of ``predict_path``, read and encoded a chunk at a time into a temporary file in
+        ``cache_dir`` (unlinked from the start: it goes when the process does), memory-mapped: an input
+        of any size costs memory for its ids and errors only. Empty rows get no ids; each dataset row
+        carries its row's index in the input."""
+        self.predict_rows, keep = ReviewRows(), []
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.cache_dir) as f:
+            for chunk in self._review_chunks:
+                rows = [i for i, error in enumerate(chunk.errors) if error != EMPTY]
+                if rows:
+                    f.write(encode(self.tokenizer, [chunk.texts[i] for i in rows]).tobytes())
+                keep.extend(len(self.predict_rows.ids) + i for i in rows)
+                self.predict_rows.ids += chunk.ids
+                self.predict_rows.errors += chunk.errors
+            f.flush()
+            shape = (len(keep), self.tokenizer.truncation["max_length"])
+            ids = np.memmap(f, np.int32, "r", shape=shape) if keep else np.zeros(shape, np.int32)  # the map outlives f
+        return TokenizedReviews(ids, np.array(keep, dtype=np.int64))
+
     def predict_dataloader(self) -> DataLoader:
         """Batches of (ids (B, T), row index (B,)): the index places each prediction in the output."""
-        if self.predict_rows is None:
+        if self._review_chunks is None:
             test = self._test_split()  # its own split: no row view
             self.splits["predict"] = TokenizedReviews(test.ids, np.arange(len(test)))
         else:
@@ -548,9 +570,5 @@ class IMDBDataModule(LightningDataModule):
                 raise InputError(
                     "ckpt_path: predicting raw text needs a checkpoint (it carries the tokenizer); pass --ckpt_path"
                 )
-            rows = self.predict_rows
-            keep = [i for i, error in enumerate(rows.errors) if error != "empty review"]
-            self.splits["predict"] = TokenizedReviews(
-                encode(self.tokenizer, [rows.texts[i] for i in keep]), np.array(keep, dtype=np.int64)
-            )
+            self.splits["predict"] = self._encode_reviews()
         return self._loader("predict", shuffle=False)

@@ -6,21 +6,29 @@ so the output has one row per input row, in input order:
 - empty or whitespace-only text: error ``empty review`` (no probability);
 - bytes that are not UTF-8: decoded with U+FFFD in their place and classified; error ``invalid UTF-8 replaced``;
 - very long text (a 1 MB line): classified from its last ``max_len`` tokens, like every review.
+
+Rows are read a chunk at a time (``read_reviews``), so an input of any size is never held whole:
+the caller encodes each chunk and keeps only the ids and errors.
 """
 
-import io
+import csv
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnn_lightning.errors import InputError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+EMPTY = "empty review"
+CHUNK_ROWS = 8192  # rows handed on at a time
 
 
 @dataclass
 class ReviewRows:
+    """One chunk of input rows: ids, texts and errors, index-aligned."""
+
     ids: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -35,19 +43,23 @@ class ReviewRows:
         else:
             text = raw
         if not text.strip():
-            error = "empty review"
+            error = EMPTY
         self.ids.append(row_id)
         self.texts.append(text)
         self.errors.append(error)
 
 
-def read_reviews(path: str) -> ReviewRows:
-    """Rows of ``path``: ``-`` (stdin, one review a line), ``.txt`` (one a line), ``.csv``/``.jsonl``/
-    ``.parquet`` with a ``text`` column (and ``id`` if present), or a folder of ``.txt`` files (one review each)."""
-    rows = ReviewRows()
+def read_reviews(path: str, chunk_rows: int | None = None) -> Iterator[ReviewRows]:
+    """Rows of ``path`` in chunks of ``chunk_rows``: ``-`` (stdin, one review a line), ``.txt`` (one a
+    line), ``.csv``/``.jsonl``/``.parquet`` with a ``text`` column (and ``id`` if present), or a folder
+    of ``.txt`` files (one review each, ids are their paths inside it).
+
+    The path, the folder's files and a table's columns are checked when this is called, before any
+    row is read; a malformed row later on is an ``InputError`` naming its line.
+    """
+    chunk_rows = chunk_rows or CHUNK_ROWS
     if path == "-":
-        _read_lines(sys.stdin.buffer, rows)
-        return rows
+        return _chunks(_lines(sys.stdin.buffer), chunk_rows)
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(
@@ -57,45 +69,90 @@ def read_reviews(path: str) -> ReviewRows:
         files = sorted(p.rglob("*.txt"))
         if not files:
             raise InputError(f"data.predict_path: folder {path!r} holds no .txt files")
-        for f in files:
-            rows.add(str(f.relative_to(p)), f.read_bytes())
-        return rows
-    if p.suffix in TABLE_SUFFIXES:
-        return _read_table(p)
-    with open(p, "rb") as f:
-        _read_lines(f, rows)
-    return rows
+        return _chunks(((str(f.relative_to(p)), f.read_bytes()) for f in files), chunk_rows)
+    if p.suffix == ".parquet":
+        rows = _parquet(p, chunk_rows)
+    elif p.suffix == ".csv":
+        rows = _csv(p)
+    elif p.suffix == ".jsonl":
+        rows = _jsonl(p)
+    else:
+        return _chunks(_lines(open(p, "rb")), chunk_rows)
+    first = next(rows, None)  # reads the header (or first record): a missing column is refused now
+    return _chunks(rows if first is None else _prepend(first, rows), chunk_rows)
 
 
-def _read_lines(stream: io.BufferedIOBase, rows: ReviewRows) -> None:
-    for number, line in enumerate(stream, start=1):
-        rows.add(str(number), line.rstrip(b"\r\n"))
+def _chunks(rows: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[ReviewRows]:
+    chunk = ReviewRows()
+    for row_id, raw in rows:
+        chunk.add(row_id, raw)
+        if len(chunk.ids) == size:
+            yield chunk
+            chunk = ReviewRows()
+    if chunk.ids:
+        yield chunk
 
 
-def _read_table(p: Path) -> ReviewRows:
-    import pyarrow.csv
+def _prepend(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _lines(stream) -> Iterator[tuple[str, bytes]]:
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            yield str(number), line.rstrip(b"\r\n")
+
+
+def _no_text_column(p: Path, columns: Iterable[str]) -> InputError:
+    return InputError(f"data.predict_path: {str(p)!r} has no 'text' column (columns: {sorted(columns)})")
+
+
+def _record(number: int, text, row_id) -> tuple[str, bytes | str]:
+    return str(number if row_id is None else row_id), "" if text is None else text if isinstance(text, bytes) else str(text)
+
+
+def _parquet(p: Path, chunk_rows: int) -> Iterator[tuple[str, bytes | str]]:
     import pyarrow.parquet
 
-    if p.suffix == ".parquet":
-        table = pyarrow.parquet.read_table(p)
-        records = table.to_pylist()
-    elif p.suffix == ".csv":
-        records = pyarrow.csv.read_csv(p).to_pylist()
-    else:
-        records = []
-        with open(p, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise InputError(
-                            f"data.predict_path: line {number} of {str(p)!r} is not JSON ({e.msg})"
-                        ) from None
-    if records and "text" not in records[0]:
-        raise InputError(f"data.predict_path: {str(p)!r} has no 'text' column (columns: {sorted(records[0])})")
-    rows = ReviewRows()
-    for number, record in enumerate(records, start=1):
-        text = record.get("text")
-        rows.add(str(record.get("id", number)), "" if text is None else str(text))
-    return rows
+    f = pyarrow.parquet.ParquetFile(p)
+    names = f.schema_arrow.names
+    if "text" not in names:
+        raise _no_text_column(p, names)
+    columns = ["text"] + (["id"] if "id" in names else [])
+    number = 0
+    for batch in f.iter_batches(batch_size=chunk_rows, columns=columns):
+        ids = batch.column("id").to_pylist() if "id" in columns else [None] * batch.num_rows
+        for text, row_id in zip(batch.column("text").to_pylist(), ids, strict=True):
+            number += 1
+            yield _record(number, text, row_id)
+
+
+def _csv(p: Path) -> Iterator[tuple[str, bytes | str]]:
+    csv.field_size_limit(sys.maxsize)  # a review may be longer than the csv module's 128 KB default
+    # surrogateescape keeps bytes that are not UTF-8, so each field is decoded (and flagged) like a line
+    with open(p, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "text" not in reader.fieldnames:
+            raise _no_text_column(p, reader.fieldnames or [])
+        for number, record in enumerate(reader, start=1):
+            text = record["text"]
+            raw = text.encode("utf-8", "surrogateescape") if text is not None else None
+            yield _record(number, raw, record.get("id"))
+
+
+def _jsonl(p: Path) -> Iterator[tuple[str, bytes | str]]:
+    with open(p, "rb") as f:
+        number = 0
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"data.predict_path: line {line_number} of {str(p)!r} is not JSON ({e.msg})") from None
+            if not isinstance(record, dict) or "text" not in record:
+                what = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
+                raise InputError(f"data.predict_path: line {line_number} of {str(p)!r} has no 'text' ({what})")
+            number += 1
+            yield _record(number, record.get("text"), record.get("id"))
