@@ -11,6 +11,9 @@ then runs, each in a fresh process watched from here:
 2. ``fit``: ``cli.py fit`` of base.yaml for ``--steps`` optimizer steps on the cached data (a full
    epoch at 5M reviews is ~4,400 steps, hours on 2 cores): steps/s, and the time from launch to the
    first training step (the warm start);
+3. with ``--predict_mb``, ``cli.py predict`` of the first size's checkpoint (or ``--predict_ckpt``) on
+   text files of that many MB (one review a line, IMDB's reviews repeated): reviews/s and peak
+   memory, which must not grow with the file;
 
 and reports each one's peak resident memory: all of it (VmHWM, which counts the pages of memory-mapped
 files the process has read, reclaimable by the kernel) and the anonymous part alone (RssAnon, polled),
@@ -114,8 +117,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000, 5_000_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[50_000, 500_000, 5_000_000])
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--predict_mb", type=int, nargs="*", default=[])
+    p.add_argument("--predict_ckpt", type=Path, help="default: the last checkpoint of the first size's fit")
     args = p.parse_args()
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     results = []
@@ -150,7 +155,34 @@ def main() -> None:
         }
         results.append(row)
         print(json.dumps(row), flush=True)
+    ckpt = args.predict_ckpt or args.out / f"runs_{args.sizes[0]}" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    for mb in args.predict_mb:
+        path, n = write_lines(args.data, args.out / f"predict_{mb}mb.txt", mb)
+        cmd = [
+            sys.executable, "cli.py", "predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(path),
+            "--data.cache_dir", str(args.out / "predict_cache"), "--prediction_writer.output", str(path.with_suffix(".csv")),
+            "--trainer.enable_progress_bar", "false",
+        ]  # fmt: skip
+        run = watch(cmd, env, args.out / f"predict_{mb}mb.log")
+        row = {"predict_mb": mb, "reviews": n, "reviews_per_s": round(n / run["wall_s"]),
+               "peak_rss_mib": round(run["peak_rss_mib"]), "peak_anon_mib": round(run["peak_anon_mib"])}  # fmt: skip
+        results.append(row)
+        print(json.dumps(row), flush=True)
     (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+
+
+def write_lines(source: Path, path: Path, mb: int) -> tuple[Path, int]:
+    """A text file of about ``mb`` MB, one IMDB review a line (repeated in order); its path and line count."""
+    import pyarrow.parquet as pq
+
+    texts = [t.replace("\n", " ").encode() for t in pq.read_table(source / "train.parquet", columns=["text"]).column("text").to_pylist()]
+    n, size = 0, 0
+    with open(path, "wb") as f:
+        while size < mb * 1_000_000:
+            line = texts[n % len(texts)] + b"\n"
+            f.write(line)
+            n, size = n + 1, size + len(line)
+    return path, n
 
 
 if __name__ == "__main__":

@@ -175,6 +175,20 @@ class SigtermAtPredict(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class RankFails(Callback):
+    """Under DDP, process ``rank`` stops (SIGSTOP: alive but stuck) or dies (exit 9) as training batch
+    ``batch`` starts; the others wait for it in the next collective."""
+
+    def __init__(self, rank: int = 1, batch: int = 2, how: str = "stop") -> None:
+        self.rank, self.batch, self.how = rank, batch, how
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and batch_idx == self.batch:
+            if self.how == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            os._exit(9)
+
+
 class PoisonGradient(Callback):
     """Makes one gradient infinite at global step ``at_step``."""
 

@@ -237,3 +237,23 @@ def test_texts_are_taken_across_arrow_chunks_in_the_order_asked():
     rows = np.array([49, 0, 7, 8, 30, 31, 3, 3, 12])
     assert [t for chunk in Texts(column).chunks(rows, size=4) for t in chunk] == [words[i] for i in rows]
     assert Texts(column).to_list() == words
+
+
+def test_rows_read_from_the_memory_mapped_cache_equal_the_array(tmp_path):
+    """Batches are read from the token cache with pread (so the file is not mapped into the process):
+    the same rows, in the order asked, repeats included, as indexing the array."""
+    ids = np.random.default_rng(0).integers(0, 1000, (300, 7), dtype=np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    mapped = np.load(tmp_path / "ids.npy", mmap_mode="r")
+    rows = np.array([299, 0, 5, 5, 123, 1], dtype=np.int64)
+    assert np.array_equal(dm_module.read_rows(mapped, rows), ids[rows])
+    view = dm_module.TokenizedReviews(mapped, np.arange(300) % 2, rows=np.arange(100, 300))
+    batch, labels = view.__getitems__([0, 199, 3])
+    assert torch.equal(batch, torch.from_numpy(ids[[100, 299, 103]]).long()) and labels.tolist() == [0, 1, 1]
+
+
+def test_epoch_order_is_the_seeded_permutation():
+    sampler = dm_module.EpochShuffleSampler(200_000, seed=3)
+    sampler.set_epoch(2)
+    expected = torch.randperm(200_000, generator=torch.Generator().manual_seed(5)).tolist()
+    assert list(sampler) == expected and list(sampler) == expected  # every iteration the same order

@@ -93,6 +93,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_what_was_written(
 
 @pytest.mark.slow
 def test_two_fits_started_together_in_one_folder_get_two_runs(tiny_args, tmp_path):
+    """Same working directory and the same (not yet written) token cache: both tokenize at once."""
     cmd = [sys.executable, str(ROOT / "cli.py"), "fit", *tiny_args, "--trainer.max_epochs", "1"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=SUBPROCESS_ENV) for _ in range(2)]  # fmt: skip
@@ -102,6 +103,8 @@ def test_two_fits_started_together_in_one_folder_get_two_runs(tiny_args, tmp_pat
     for version in (0, 1):
         assert (ckpt_dir(tmp_path, version) / "last.ckpt").exists()
         assert (tmp_path / "lightning_logs" / f"version_{version}" / "config.yaml").exists()
+    caches = [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "arrow"]
+    assert len(caches) == 1 and not caches[0].startswith(".tmp"), caches  # one cache, no half-written one left
 
 
 @pytest.mark.slow

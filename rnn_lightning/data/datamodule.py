@@ -57,7 +57,32 @@ class TokenizedReviews(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
         rows = idx if self.rows is None else self.rows[idx]
-        return torch.from_numpy(self.ids[rows].astype(np.int64)), self.labels[idx]
+        return torch.from_numpy(read_rows(self.ids, rows).astype(np.int64)), self.labels[idx]
+
+
+def read_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``ids[rows]``. From a memory-mapped array, each row is read with ``pread`` instead: indexing the map
+    would map the file pages around every row read into this process (the kernel's fault-around), so
+    its resident memory would grow towards the whole file over an epoch of random batches."""
+    if not isinstance(ids, np.memmap) or ids.filename is None:
+        return ids[rows]
+    out = np.empty((len(rows), *ids.shape[1:]), dtype=ids.dtype)
+    row_bytes = out[0].nbytes if len(out) else 0
+    fd = _read_fd(ids.filename)
+    for i, row in enumerate(rows.tolist()):
+        if os.preadv(fd, [out[i]], ids.offset + row * row_bytes) != row_bytes:
+            raise InputError(f"data: {ids.filename} is shorter than its header says; clear data.cache_dir and rerun")
+    return out
+
+
+_read_fds: dict[tuple[int, str], int] = {}  # (process id, file) -> descriptor: DataLoader workers open their own
+
+
+def _read_fd(filename: str) -> int:
+    key = (os.getpid(), filename)
+    if key not in _read_fds:
+        _read_fds[key] = os.open(filename, os.O_RDONLY)
+    return _read_fds[key]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -78,7 +103,9 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)
+        # as Python ints a slice at a time: a list of millions of them would take ~36 bytes each
+        return (i for part in order.split(1 << 16) for i in part.tolist())
 
 
 class ResumableLoader(DataLoader):
