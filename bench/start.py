@@ -1,11 +1,12 @@
 """Start-up time: launch of ``cli.py fit`` (base.yaml, warm token cache) to its first training step.
 
-    python bench/start.py --data ../shared/imdb [--runs 5]
+    python -m bench.start --data ../shared/imdb [--runs 5]
 
 Runs the fit once to fill the cache, then ``--runs`` times with it warm (one training batch, no
 validation), and prints the median of: launch to first step; import of the CLI module alone (a fresh
 interpreter each time); the rest (parsing, building the trainer, model and data, reading the cache).
-Last, the slowest imports by their own cumulative time (``python -X importtime``).
+Last, what the big imports cost, each with everything it pulls in (``python -X importtime``; a module
+already imported by an earlier one counts there, so the order of first import matters).
 """
 
 import argparse
@@ -25,16 +26,20 @@ def import_seconds() -> float:
     return float(run([sys.executable, "-c", code]).strip())
 
 
-def slowest_imports(n: int = 12) -> list[tuple[float, str]]:
-    """(cumulative seconds, module) of the top-level packages the CLI imports, slowest first."""
+BIG = ("torch", "torch._dynamo", "torchmetrics", "scipy.signal", "matplotlib", "tensorboard", "jsonargparse",
+       "tokenizers", "lightning")
+
+
+def big_imports() -> list[tuple[float, str]]:
+    """(cumulative seconds, module) for each of ``BIG`` where the CLI's import first reaches it."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import rnn_lightning.cli"],
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    rows = []
+    seen = {}
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(2)) <= 2:  # a package imported by the CLI itself or one level below
-            rows.append((int(m.group(1)) / 1e6, m.group(3)))
-    return sorted(rows, reverse=True)[:n]
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|\s*(\S+)", line)
+        if m and m.group(2) in BIG:
+            seen[m.group(2)] = int(m.group(1)) / 1e6  # a module is reported once, where it finished loading
+    return sorted(((t, name) for name, t in seen.items()), reverse=True)
 
 
 def main() -> None:
@@ -55,7 +60,7 @@ def main() -> None:
     print(f"launch to first step: median {statistics.median(launch):.2f} s ({', '.join(f'{x:.2f}' for x in launch)})")
     print(f"import rnn_lightning.cli: median {statistics.median(imports):.2f} s")
     print(f"callbacks built to first step: median {statistics.median(built):.2f} s")
-    for seconds, module in slowest_imports():
+    for seconds, module in big_imports():
         print(f"  {seconds:6.2f} s  {module}")
 
 

@@ -27,6 +27,7 @@ def prediction_fields(class_names: list[str]) -> list[str]:
     """The columns of a prediction file: id, predicted class, its probability, each class's, error."""
     return ["id", "label", "prob", *(f"prob_{name}" for name in class_names), "error"]
 
+
 PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
 
 
@@ -180,6 +181,36 @@ class RunConfigSaver(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+LOST_PEER = ("timed out", "connection reset by peer", "connection closed by peer")
+
+
+def is_lost_peer(exception: BaseException) -> bool:
+    """torch.distributed's error for a collective whose peer died (connection lost) or stopped
+    answering (the strategy's timeout passed)."""
+    return isinstance(exception, RuntimeError) and any(s in str(exception).lower() for s in LOST_PEER)
+
+
+def describe_peers(trainer: Trainer) -> str:
+    """What became of the other processes of this node, as far as this one can see: those Lightning
+    started for local ranks 1..N-1 (``launcher.procs``, the public attribute of its subprocess
+    launcher; empty under torchrun, whose agent reports its own workers)."""
+    states = []
+    for local_rank, proc in enumerate(getattr(trainer.strategy.launcher, "procs", None) or [], start=1):
+        code = proc.poll()
+        if code is not None:
+            states.append(f"process {local_rank} exited with code {code}")
+        elif _stopped(proc.pid):
+            states.append(f"process {local_rank} is stopped (SIGSTOP)")
+    return "; ".join(states)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):  # no /proc (not Linux): unknown
+        return False
+
+
 class GracefulStop(Callback):
     """SIGTERM (what SLURM, Kubernetes and ``timeout`` send) or SIGINT (Ctrl+C) during ``fit``: finish the
     current batch, write ``last.ckpt`` of exactly that point (mid-epoch included; the training loader
@@ -188,6 +219,10 @@ class GracefulStop(Callback):
 
     Lightning's own SIGTERM path does the stopping (all DDP processes at the same step); SIGINT is
     forwarded to it, so both signals behave alike. This callback adds the checkpoint and the exit code.
+
+    Under DDP, a collective that lost a peer (dead, or past the timeout): the exception is given what
+    became of this node's other processes (for the CLI's one-line error), and the processes Lightning
+    started for them are killed, so a stopped one does not outlive the run.
     """
 
     def __init__(self) -> None:
@@ -215,6 +250,12 @@ class GracefulStop(Callback):
             raise SIGTERMException
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if is_lost_peer(exception):
+            exception.peers = describe_peers(trainer)  # read by the CLI's one-line error
+            launcher = trainer.strategy.launcher
+            if getattr(launcher, "procs", None):  # a stopped process would outlive this one, holding its pipes
+                launcher.kill(signal.SIGKILL)
+            return
         if not isinstance(exception, SIGTERMException):
             return
         signum = self.signum or signal.SIGTERM
@@ -225,7 +266,9 @@ class GracefulStop(Callback):
             return
         last = [c for c in trainer.checkpoint_callbacks if getattr(c, "filename", None) == checkpoint.LAST_NAME]
         if not last or last[0].dirpath is None:
-            rank_zero_warn(f"Stopped by {name} at global step {trainer.global_step}; checkpointing is off, nothing saved")
+            rank_zero_warn(
+                f"Stopped by {name} at global step {trainer.global_step}; checkpointing is off, nothing saved"
+            )
             return
         path = Path(last[0].dirpath) / f"{checkpoint.LAST_NAME}.ckpt"
         trainer.save_checkpoint(path)

@@ -11,6 +11,7 @@ import errno
 import inspect
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -26,7 +27,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.callbacks import GracefulStop, HParamsWithMetrics, ParameterSummary, PredictionWriter, RunConfigSaver
+from rnn_lightning.callbacks import (
+    GracefulStop,
+    HParamsWithMetrics,
+    ParameterSummary,
+    PredictionWriter,
+    RunConfigSaver,
+    is_lost_peer,
+)
 from rnn_lightning.data import IMDBDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
@@ -182,7 +190,9 @@ class RNNLightningCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError) as e:
             # LightningCLI builds the optimizer here (a negative learning rate, an unknown argument): one line.
-            if "_add_configure_optimizers_method_to_model" in {f.f_code.co_name for f, _ in traceback.walk_tb(e.__traceback__)}:
+            if "_add_configure_optimizers_method_to_model" in {
+                f.f_code.co_name for f, _ in traceback.walk_tb(e.__traceback__)
+            }:
                 raise optimizer_error(e) from None
             raise
 
@@ -292,14 +302,16 @@ def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) ->
         if isinstance(e.__cause__, InputError):
             sys.exit(f"error: {e.__cause__}")
         raise
-    except RuntimeError as e:  # torch.distributed's error for a collective that waited past its timeout
-        if "timed out" not in str(e).lower():
+    except RuntimeError as e:
+        if not is_lost_peer(e):
             raise
         rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
-        sys.exit(
-            f"error: DDP: process {rank} waited past trainer.strategy.init_args.timeout for another process "
-            f"(dead, stopped or stuck), so every process stops ({' '.join(str(e).split())[-120:]})"
-        )
+        what = "lost another process"  # its connection closed: it died
+        if "timed out" in str(e).lower():  # it stopped answering
+            what = "waited past trainer.strategy.init_args.timeout for another process"
+        seen = getattr(e, "peers", "") or "dead, stopped or stuck"
+        detail = re.sub(r"\[\S+:\d+\] ?", "", " ".join(str(e).split())).split(". This is")[0]  # gloo's own words
+        sys.exit(f"error: DDP: process {rank} {what} ({seen}), so every process stops ({detail[-120:]})")
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise

@@ -1,10 +1,11 @@
 """DDP on 2 CPU processes (gloo) through the same CLI: one run directory, exact metrics, one vocabulary."""
 
 import re
+import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, make_reviews, run_cli, runs
+from tests.helpers import ROOT, Result, make_reviews, one_line_error, run_cli, runs
 
 DDP = ["--config", str(ROOT / "configs" / "ddp_cpu.yaml")]
 pytestmark = pytest.mark.slow  # each test starts several multi-process runs
@@ -95,3 +96,17 @@ def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     assert {"test/acc", "test/f1", "test/auroc", "test/balanced_acc", "test/f1_ok"} <= two.keys()
     for key in two:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("how, seen", [("stop", "process 1 is stopped (SIGSTOP)"), ("exit", "process 1 exited with code 9")])
+def test_a_stuck_or_dead_process_ends_the_run_in_one_line_naming_it(tiny_args, tmp_path, how, seen):
+    """Process 1 stops (alive, never answering) or dies at its third batch: process 0 ends within the
+    strategy's timeout with one line naming process 1's state, and no process of the run is left."""
+    result = run_cli(
+        "fit", *tiny_args, *DDP, "--trainer.strategy.init_args.timeout", "0:00:15",
+        "--trainer.callbacks+=tests.helpers.RankFails", "--trainer.callbacks.init_args.how", how, check=False,
+    )  # fmt: skip
+    line = one_line_error(Result(result.returncode, result.stdout + result.stderr))
+    assert line.startswith("error: DDP: process 0 ") and seen in line, line
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert leftover == [], "a process of the run is still there"
