@@ -81,6 +81,17 @@ def test_text_file_with_empty_bad_and_huge_lines(cli, trained, tmp_path):
     assert not list(tmp_path.glob(".out.csv.*"))  # no temporary file left behind
 
 
+def test_predicting_text_reads_no_dataset(cli, trained, tmp_path):
+    """The checkpoint brings the tokenizer and the classes: a dataset that is not there is never read."""
+    run_dir, _, best = trained
+    (tmp_path / "in.txt").write_text(REVIEWS[0] + "\n")
+    cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+        "--data.dataset", str(tmp_path / "not_here"), "--data.predict_path", str(tmp_path / "in.txt"),
+        "--prediction_writer.output", str(tmp_path / "out.csv"))  # fmt: skip
+    with open(tmp_path / "out.csv", newline="") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == ["1"]
+
+
 def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path, monkeypatch):
     """Chunks of two rows (empty rows and a bad one among them, split across chunks) against one chunk."""
     lines = [REVIEWS[0], "", REVIEWS[1], "  ", "", REVIEWS[2], "great", ""]

@@ -269,7 +269,8 @@ class IMDBDataModule(LightningDataModule):
             raise InputError(f"data: train_name, validation_name and test_name must differ, got {names}")
         if isinstance(dataset, dict):
             dataset = {str(k): str(v) for k, v in dataset.items()}
-        sources.check_dataset(dataset)
+        if predict_path is None:  # predicting texts reads no dataset (a saved config's may be elsewhere)
+            sources.check_dataset(dataset)
         self.save_hyperparameters()
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.config_name, self.text_field, self.label_field, self.split_names = config_name, text_field, label_field, names

@@ -147,7 +147,7 @@ class SentimentClassifier(RecurrentModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
         raw_text = stage == "predict" and getattr(data, "predict_path", None) is not None  # no dataset read
-        if data is not None and hasattr(data, "class_names") and not raw_text and data.class_names != self.class_names:
+        if data is not None and not raw_text and hasattr(data, "class_names") and data.class_names != self.class_names:
             raise InputError(f"ckpt_path: the model's classes {self.class_names} are not the data's {data.class_names}")
         if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
             names = copy_network(self.hparams.init_from, self)
