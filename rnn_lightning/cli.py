@@ -182,6 +182,10 @@ class RNNLightningCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a prediction is not a run: no TensorBoard run, no config.yaml
+            if cfg.get("return_predictions") is None:
+                # the prediction writer writes the file; a list of every batch's results kept for the
+                # caller would grow with the input (~1 GB more for 750,000 reviews)
+                cfg.return_predictions = False
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
 
