@@ -216,6 +216,7 @@ class RNNLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
+        tune_cpu_runtime()
         trainer = self.trainer
         try:
             self.model.configure_optimizers()  # the optimizer and scheduler arguments, checked before any work
@@ -297,7 +298,7 @@ def quiet_lightning() -> None:
 
 def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
-    tune_cpu_runtime()
+    tune_cpu_runtime(training=False)  # the training settings come in before_fit
     try:
         RNNLightningCLI(model_class, args=args)
     except (InputError, NonFiniteLossError) as e:
