@@ -9,21 +9,27 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def tune_cpu_runtime(training: bool = True) -> None:
-    """Flush denormal floats to zero, and when ``training``, keep freed large buffers for reuse.
+    """Flush denormal floats to zero, and set how glibc serves large buffers: for ``training``, keep them.
 
     - glibc serves allocations above 32 MB (e.g. an 80 x 1024 x 100 float activation) with a fresh
       mmap each time, so every training step page-faults them in again; raising the thresholds lets
-      the heap reuse them (a measurable share of a base-model step on a CPU; BENCHMARKS.md). Not
-      outside training: a heap that is never trimmed grows with fragmentation over a long
-      ``predict`` (to 5 GB over 750,000 reviews, against a flat ~0.6 GB without it).
+      the heap reuse them (a measurable share of a base-model step on a CPU; BENCHMARKS.md).
+    - Outside training the threshold is fixed at 4 MB instead: glibc's own threshold rises to the
+      size of the largest buffer freed, and then a long ``predict`` carved each batch's buffers out of
+      a heap fragmented by the small results kept between batches, growing it to 5 GB over 750,000
+      reviews; with the fixed threshold the process stays flat (BENCHMARKS.md, "Data at scale").
     - Vanishing gradients through 80 recurrent steps reach denormal range, where CPU arithmetic is
       many times slower; flushing them to zero changes nothing a float32 model can resolve.
     """
     torch.set_flush_denormal(True)
-    if training and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc (e.g. musl): nothing to tune
-            return
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune
+        return
+    if training:
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31)
+    else:
+        libc.mallopt(_M_MMAP_THRESHOLD, 4 << 20)
