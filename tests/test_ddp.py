@@ -103,7 +103,7 @@ def test_a_stuck_or_dead_process_ends_the_run_in_one_line_naming_it(tiny_args, t
     """Process 1 stops (alive, never answering) or dies at its third batch: process 0 ends within the
     strategy's timeout with one line naming process 1's state, and no process of the run is left."""
     result = run_cli(
-        "fit", *tiny_args, *DDP, "--trainer.strategy.init_args.timeout", "0:00:15",
+        "fit", *tiny_args, *DDP, "--trainer.strategy.init_args.timeout", "0:00:40",
         "--trainer.callbacks+=tests.helpers.RankFails", "--trainer.callbacks.init_args.how", how, check=False,
     )  # fmt: skip
     line = one_line_error(Result(result.returncode, result.stdout + result.stderr))
