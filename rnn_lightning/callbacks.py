@@ -47,16 +47,25 @@ class PredictionWriter(BasePredictionWriter):
             raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
         self.output = output
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._written = False
 
     def path(self, trainer: Trainer) -> Path:
         return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._written = False
         if stage == "predict":
             check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._parts = []
+        self._parts, self._written = [], False
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning skips the loop, and its epoch hooks, when no row has text to classify (an empty
+        # input, only blank lines): the file still gets one row per input row. Not called after an error.
+        if stage == "predict" and not self._written and trainer.is_global_zero:
+            k = len(pl_module.class_names)
+            self._write(trainer, np.zeros(0, np.int64), np.zeros((0, k), np.float32), pl_module.class_names)
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -74,6 +83,7 @@ class PredictionWriter(BasePredictionWriter):
             rows, probs = np.concatenate([r for r, _ in parts]), np.concatenate([p for _, p in parts])
         if trainer.is_global_zero:
             self._write(trainer, rows, probs, pl_module.class_names)
+        self._written = True
 
     def _write(self, trainer: Trainer, rows: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
         """rows (M,) input row of each probability row, probs (M, K)."""

@@ -170,6 +170,13 @@ class RNNLightningCLI(LightningCLI):
                 # its checkpoints/ folder is not empty because it is this run's
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if subcommand != "fit":
+            # The checkpoint's vocabulary and length, not the defaults: a checkpoint given without its
+            # config must still build its own embedding (the parse-time link to the model ran already).
+            data_hparams = self._resumed.get("datamodule_hyper_parameters") or {}
+            for key in ("vocab_size", "max_len"):
+                if key in data_hparams:
+                    cfg.data[key] = data_hparams[key]
+            cfg.model.vocab_size = cfg.data.vocab_size
             # The checkpoint's own bookkeeping callbacks, pointed at its folder: Lightning then restores
             # their state without warning that they are missing or that their folder moved.
             for key in ("checkpoint", "last_checkpoint"):

@@ -143,3 +143,62 @@ def test_wrong_config_values(cli, tmp_path, override):
     assert result.code != 0
     key = override[0].lstrip("-").split(".")[-1]
     check(result, [key, "model.", "optimizer", "ckpt_path", "data."])
+
+
+# ---------------------------------------------------------------- inputs to predict
+
+PREDICT_TEXTS = {  # a column of texts, spoilt
+    "fine": lambda t, rng: t,
+    "some_missing": lambda t, rng: [None if rng.random() < 0.3 else x for x in t],
+    "numbers": lambda t, rng: [rng.randint(0, 9) for _ in t],
+    "blank": lambda t, rng: [" " * rng.randint(0, 3) for _ in t],
+    "one_huge": lambda t, rng: [x if i else "word " * 300_000 for i, x in enumerate(t)],
+}
+PREDICT_DAMAGE = {  # what happens to the written file's bytes
+    "none": lambda b, rng: b,
+    "truncated": lambda b, rng: b[: len(b) // 2],
+    "garbage": lambda b, rng: bytes(rng.randrange(256) for _ in range(300)),
+    "empty": lambda b, rng: b"",
+    "not_utf8": lambda b, rng: b.replace(b"e", b"\xff", 3),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from rnn_lightning.cli import main
+
+    root = tmp_path_factory.mktemp("ckpt")
+    write_splits = {"train": make_reviews(60, seed=1), "test": make_reviews(20, seed=2)}
+    for split, frame in write_splits.items():
+        frame.to_parquet(root / f"{split}.parquet")
+    main(fit_args(str(root), root))
+    return next((root / "lightning_logs").rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_generated_spoilt_prediction_inputs(cli, checkpoint, tmp_path, seed):
+    """A file to predict with a spoilt text column, a missing one or damaged bytes: a prediction file
+    with one row per input row, or one line naming data.predict_path."""
+    rng = random.Random(seed)
+    texts = PREDICT_TEXTS[rng.choice(sorted(PREDICT_TEXTS))](make_reviews(12, seed=seed).text.tolist(), rng)
+    suffix = rng.choice([".txt", ".csv", ".jsonl", ".parquet"])
+    frame = pd.DataFrame({"text": texts} if rng.random() < 0.85 else {"review": texts})
+    path = tmp_path / f"in{suffix}"
+    if suffix == ".txt":
+        path.write_text("\n".join(str(t) for t in texts) + "\n")
+    else:
+        try:
+            write(frame, path)
+        except Exception:  # a mixture pyarrow will not write: as JSON lines under the same name
+            path.write_text("".join(json.dumps(r, default=str) + "\n" for r in frame.to_dict("records")))
+    path.write_bytes(PREDICT_DAMAGE[rng.choice(sorted(PREDICT_DAMAGE))](path.read_bytes(), rng))
+    out = tmp_path / "out.csv"
+    result = cli("predict", "--ckpt_path", str(checkpoint), "--data.predict_path", str(path),
+                 "--prediction_writer.output", str(out), check=False)  # fmt: skip
+    if result.code == 0:
+        rows = pd.read_csv(out, keep_default_na=False)
+        assert list(rows.columns[:3]) == ["id", "label", "prob"]
+        assert all((r.label == "") == bool(r.error == "empty review") for r in rows.itertuples()), rows
+    else:
+        check(result, ["data.predict_path"])
+        assert not out.exists()  # nothing that looks complete

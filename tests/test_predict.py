@@ -103,6 +103,16 @@ def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path
     assert [r["error"] == "empty review" for r in whole] == [not line.strip() for line in lines]
 
 
+@pytest.mark.parametrize("content, errors", [("", []), ("\n  \n\t\n", ["empty review"] * 3)])
+def test_input_with_nothing_to_classify_still_replaces_the_output(cli, trained, tmp_path, content, errors):
+    """No row with text (an empty file, blank lines): no batch runs, yet the file has one row per
+    input row, and an older file at that path is replaced, not left looking like this run's."""
+    (tmp_path / "in.txt").write_text(content)
+    (tmp_path / "out.csv").write_text("id,label\nold,pos\n")
+    rows = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "out.csv")
+    assert [r["error"] for r in rows] == errors and all(r["label"] == "" for r in rows)
+
+
 def test_csv_field_that_is_not_utf8_is_flagged_and_classified(cli, trained, tmp_path):
     (tmp_path / "in.csv").write_bytes(b'id,text\na,"great, \xff superb"\nb,\n')
     rows = predict_cli(cli, trained, str(tmp_path / "in.csv"), tmp_path / "out.csv")

@@ -71,15 +71,29 @@ def read_reviews(path: str, chunk_rows: int | None = None) -> Iterator[ReviewRow
             raise InputError(f"data.predict_path: folder {path!r} holds no .txt files")
         return _chunks(((str(f.relative_to(p)), f.read_bytes()) for f in files), chunk_rows)
     if p.suffix == ".parquet":
-        rows = _parquet(p, chunk_rows)
+        rows = _unreadable_is_input_error(_parquet(p, chunk_rows), p)
     elif p.suffix == ".csv":
-        rows = _csv(p)
+        rows = _unreadable_is_input_error(_csv(p), p)
     elif p.suffix == ".jsonl":
         rows = _jsonl(p)
     else:
         return _chunks(_lines(open(p, "rb")), chunk_rows)
     first = next(rows, None)  # reads the header (or first record): a missing column is refused now
     return _chunks(rows if first is None else _prepend(first, rows), chunk_rows)
+
+
+def _unreadable_is_input_error(rows: Iterator, p: Path) -> Iterator:
+    """``rows``, with what pyarrow or the csv module raise for a damaged file turned into one line naming it."""
+    import pyarrow as pa
+
+    try:
+        yield from rows
+    except (pa.ArrowException, csv.Error, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(
+            f"data.predict_path: could not read {str(p)!r} as {p.suffix[1:]} ({type(e).__name__}: {e})".replace("\n", " ")[:400]
+        ) from None
 
 
 def _chunks(rows: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[ReviewRows]:
@@ -149,8 +163,9 @@ def _jsonl(p: Path) -> Iterator[tuple[str, bytes | str]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"data.predict_path: line {line_number} of {str(p)!r} is not JSON ({e.msg})") from None
+            except ValueError as e:  # not JSON, or not UTF-8
+                why = getattr(e, "msg", None) or type(e).__name__
+                raise InputError(f"data.predict_path: line {line_number} of {str(p)!r} is not JSON ({why})") from None
             if not isinstance(record, dict) or "text" not in record:
                 what = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
                 raise InputError(f"data.predict_path: line {line_number} of {str(p)!r} has no 'text' ({what})")
