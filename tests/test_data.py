@@ -257,3 +257,19 @@ def test_epoch_order_is_the_seeded_permutation():
     sampler.set_epoch(2)
     expected = torch.randperm(200_000, generator=torch.Generator().manual_seed(5)).tolist()
     assert list(sampler) == expected and list(sampler) == expected  # every iteration the same order
+
+
+def test_parquet_class_label_names_survive_the_arrow_copy(tmp_path):
+    """A parquet file written by datasets with a ClassLabel column: its names are the classes, through
+    the row-group-by-row-group Arrow copy, and a second read uses the copy."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])})
+    frame = make_reviews(40, seed=3)
+    for split, rows in (("train", frame), ("test", make_reviews(20, seed=4))):
+        datasets.Dataset.from_dict(rows.to_dict("list"), features=features).to_parquet(tmp_path / f"{split}.parquet")
+    for _ in range(2):
+        labelled = load_labelled(str(tmp_path), cache_dir=tmp_path / "cache")
+        assert labelled.class_names == ["bad", "good"]
+        assert labelled.splits["train"].labels.tolist() == frame.label.tolist()
+    assert len(list((tmp_path / "cache").rglob("parquet.arrow"))) == 2  # one copy per file
