@@ -8,5 +8,12 @@ class InputError(ValueError):
     """
 
 
+def unreadable_file(field: str, path, error: Exception) -> InputError:
+    """The one line for a file that its reader (datasets, pyarrow, csv) could not read: the field, the
+    file, its type by suffix, and the reader's own words, on one line."""
+    message = f"{field}: could not read {str(path)!r} as {path.suffix[1:]} ({type(error).__name__}: {error})"
+    return InputError(message.replace("\n", " ")[:400])
+
+
 class NonFiniteLossError(RuntimeError):
     """Training met a NaN/inf loss or gradient and ``model.on_nonfinite`` is ``stop``."""

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnn_lightning.errors import InputError
+from rnn_lightning.data.sources import parquet_batches
+from rnn_lightning.errors import InputError, unreadable_file
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 EMPTY = "empty review"
@@ -91,9 +92,7 @@ def _unreadable_is_input_error(rows: Iterator, p: Path) -> Iterator:
     except (pa.ArrowException, csv.Error, ValueError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(
-            f"data.predict_path: could not read {str(p)!r} as {p.suffix[1:]} ({type(e).__name__}: {e})".replace("\n", " ")[:400]
-        ) from None
+        raise unreadable_file("data.predict_path", p, e) from None
 
 
 def _chunks(rows: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[ReviewRows]:
@@ -135,7 +134,7 @@ def _parquet(p: Path, chunk_rows: int) -> Iterator[tuple[str, bytes | str]]:
         raise _no_text_column(p, names)
     columns = ["text"] + (["id"] if "id" in names else [])
     number = 0
-    for batch in f.iter_batches(batch_size=chunk_rows, columns=columns):
+    for batch in parquet_batches(f, chunk_rows, columns):
         ids = batch.column("id").to_pylist() if "id" in columns else [None] * batch.num_rows
         for text, row_id in zip(batch.column("text").to_pylist(), ids, strict=True):
             number += 1

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rnn_lightning.data.tokenizer import CHUNK
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, unreadable_file
 from rnn_lightning.files import atomic_file, content_digests
 
 ACLIMDB_CLASSES = ("neg", "pos")  # aclImdb's label folders, in class-id order
@@ -300,9 +300,7 @@ def _read_file(path: Path, cache_dir: Path | None = None):
             return _parquet_to_arrow(path, Path(options["cache_dir"]) / PARQUET_COPY)
         return _load(builder, data_files={"split": str(path)}, split="split", **options)
     except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
-        raise InputError(
-            f"data.dataset: could not read {str(path)!r} as {path.suffix[1:]} ({type(e).__name__}: {e})".replace("\n", " ")[:400]
-        ) from None
+        raise unreadable_file("data.dataset", path, e) from None
 
 
 PARQUET_COPY = "parquet.arrow"
@@ -310,8 +308,8 @@ PARQUET_COPY = "parquet.arrow"
 
 def _parquet_to_arrow(path: Path, target: Path):
     """A parquet file as a memory-mapped ``datasets.Dataset``, through an Arrow copy at ``target``
-    written one row group at a time. ``datasets``' own conversion (and pyarrow's reader over the whole
-    file) holds every row group read so far until the end: ~1 GB more per million reviews."""
+    written one row group at a time. ``datasets``' own conversion holds every row group read so far
+    until the end: ~1 GB more per million reviews."""
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -319,10 +317,16 @@ def _parquet_to_arrow(path: Path, target: Path):
     if not target.is_file():
         f = pq.ParquetFile(path)
         with atomic_file(target, "wb") as out, pa.ipc.new_stream(out, f.schema_arrow) as writer:
-            for group in range(f.num_row_groups):
-                for batch in f.iter_batches(batch_size=CHUNK, row_groups=[group]):
-                    writer.write_batch(batch)
+            for batch in parquet_batches(f, CHUNK):
+                writer.write_batch(batch)
     return datasets.Dataset.from_file(str(target))  # the schema's metadata carries the features (ClassLabel)
+
+
+def parquet_batches(f, batch_size: int, columns: list[str] | None = None) -> Iterator:
+    """The record batches of an open ``pyarrow.parquet.ParquetFile``, read one row group at a time:
+    one reader over the whole file keeps every row group it has decoded until it is done."""
+    for group in range(f.num_row_groups):
+        yield from f.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
 
 def _load(*args, **kwargs):
