@@ -58,7 +58,7 @@ class PredictionWriter(BasePredictionWriter):
             check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._parts, self._written = [], False
+        self._parts = []
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Lightning skips the loop, and its epoch hooks, when no row has text to classify (an empty
