@@ -87,9 +87,11 @@ class RNNLightningCLI(LightningCLI):
             # raw text reads no dataset; testing checks that the data's classes are the checkpoint's).
             for key in ("class_names", "class_counts"):
                 parser.link_arguments("data", f"model.{key}", compute_fn=self._class_fact(key), apply_on="instantiate")
-        if "init_from" in inspect.signature(self.model_class).parameters:
-            # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction.
-            parser.link_arguments("model.init_from", "data.tokenizer_from")
+        starts = [f"model.{k}" for k in ("init_from", "teacher") if k in inspect.signature(self.model_class).parameters]
+        if starts:
+            # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction;
+            # a teacher without one brings its own, so that it reads the same tokens as the model.
+            parser.link_arguments(tuple(starts), "data.tokenizer_from", compute_fn=lambda *paths: next(filter(None, paths), None))
         # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
         parser.link_arguments(
             "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
@@ -193,6 +195,8 @@ class RNNLightningCLI(LightningCLI):
                 # the prediction writer writes the file; a list of every batch's results kept for the
                 # caller would grow with the input (~1 GB more for 750,000 reviews)
                 cfg.return_predictions = False
+        if self.subcommand == "fit" and cfg.model.get("distillation", 0) > 0 and not cfg.data.unlabelled:
+            raise InputError("model.distillation: needs data.unlabelled: true (the teacher labels the unlabelled reviews)")
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
 

@@ -140,3 +140,59 @@ def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_name
         names = copy_network(str(last), model)
     assert "bigrams.weight" not in names and torch.equal(model.net.bigrams.weight, before)
     assert "initialised afresh: bigrams.weight" in caplog.text
+
+
+def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_teacher_alone():
+    from rnn_lightning.models.classifier import soft_label_loss
+
+    torch.manual_seed(0)
+    model = SentimentClassifier(**NET, pooling="max", distillation=1.0, teacher="unused.ckpt")
+    teacher = SentimentClassifier(**NET, pooling="max").net.eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    model._teacher = (teacher,)
+    model.train()
+    tokens, labels = torch.randint(1, 64, (6, 10)), torch.tensor([0, 1, 0, 1, 1, 0])
+    model._unlabelled = torch.randint(1, 64, (9, 10))
+    loss = model._step((tokens, labels), "train")
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert not any(k.startswith("_teacher") for k in model.state_dict())  # never in a checkpoint
+    # the soft-label loss is smallest at the teacher's own probabilities, binary and K-class alike
+    target = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
+    at_target = soft_label_loss(torch.logit(target[:, 1]), target)
+    assert at_target < soft_label_loss(torch.tensor([2.0, -0.5]), target)
+    three = torch.tensor([[0.2, 0.5, 0.3]])
+    assert soft_label_loss(three.log(), three) < soft_label_loss(torch.zeros(1, 3), three)
+
+
+@pytest.fixture(scope="module")
+def teacher(data_with_unlabelled, tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    main(["fit", *tiny_cli_args(data_with_unlabelled, root), "--trainer.max_epochs", "1"])
+    return ckpt_dir(root) / "last.ckpt"
+
+
+def test_a_student_trains_from_a_teacher_with_its_tokenizer(teacher, data_with_unlabelled, tmp_path, cli):
+    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--data.unlabelled", "true", "--model.teacher", str(teacher),
+            "--model.distillation", "1", "--trainer.max_epochs", "1"]  # fmt: skip
+    cli("fit", *args)
+    student = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")
+    # the teacher's tokenizer came along (data.tokenizer_from is linked to model.teacher), its weights did not
+    assert checkpoint.tokenizer_json(student) == checkpoint.tokenizer_json(checkpoint.load_checkpoint(teacher))
+    assert student["state_dict"].keys() == checkpoint.load_checkpoint(teacher)["state_dict"].keys()
+    assert student["hyper_parameters"]["teacher"] == str(teacher)
+
+
+def test_the_teacher_objective_refuses_what_it_cannot_use_in_one_line(teacher, data_with_unlabelled, tmp_path, cli):
+    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--trainer.max_epochs", "1"]
+    line = one_line_error(cli("fit", *args, "--model.distillation", "1", "--data.unlabelled", "true", check=False))
+    assert line.startswith("error: model.distillation: needs model.teacher")
+    line = one_line_error(cli("fit", *args, "--model.distillation", "1", "--model.teacher", str(teacher), check=False))
+    assert line.startswith("error: model.distillation: needs data.unlabelled: true")
+    missing = str(tmp_path / "none.ckpt")
+    line = one_line_error(cli("fit", *args, "--data.unlabelled", "true", "--model.distillation", "1",
+                              "--model.teacher", missing, check=False))  # fmt: skip
+    assert line.startswith("error: data.tokenizer_from (model.init_from or model.teacher):") and missing in line

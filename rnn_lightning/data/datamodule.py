@@ -358,7 +358,7 @@ class IMDBDataModule(LightningDataModule):
         try:
             tok = Tokenizer.from_str(checkpoint.tokenizer_json(checkpoint.load_checkpoint(self.tokenizer_from)))
         except InputError as e:
-            raise InputError(f"data.tokenizer_from (model.init_from): {str(e).split(': ', 1)[1]}") from None
+            raise InputError(f"data.tokenizer_from (model.init_from or model.teacher): {str(e).split(': ', 1)[1]}") from None
         if tok.get_vocab_size() > self.vocab_size:
             raise InputError(
                 f"data.vocab_size: {self.vocab_size}, but the tokenizer of {self.tokenizer_from!r} has "

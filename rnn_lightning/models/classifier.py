@@ -45,7 +45,10 @@ class SentimentClassifier(RecurrentModule):
     - virtual adversarial training: the KL divergence between the prediction and the prediction
       with the input moved where one power-iteration step says it changes most; needs no label, so
       it runs on the unlabelled batch (``data.unlabelled: true``) when there is one, else the labelled;
-    - entropy minimisation: the mean entropy of the predictions on the unlabelled batch.
+    - entropy minimisation: the mean entropy of the predictions on the unlabelled batch;
+    - self-training from a teacher (noisy student, Xie et al. 2020): a trained classifier, fixed and
+      without dropout, gives its probabilities for each unlabelled review, and this model, under its
+      own dropout, learns them as soft labels (cross-entropy with them; class weights do not apply).
 
     Args:
         class_names: the classes in id order; the CLI links them from the data (``data.class_names``), or
@@ -63,6 +66,11 @@ class SentimentClassifier(RecurrentModule):
         virtual_adversarial: weight of the virtual-adversarial loss.
         entropy: weight of the entropy-minimisation loss.
         epsilon: norm of the (virtual) adversarial perturbation per review.
+        teacher: a classifier checkpoint whose predictions on the unlabelled batch are learned with
+            weight ``distillation``. It must read the same tokens: the CLI links ``data.tokenizer_from``
+            to it when ``init_from`` is not set. Loaded at the start of every ``fit`` (resumes too); it
+            is not part of this model's weights or checkpoints.
+        distillation: weight of the loss against the teacher's predictions (needs ``data.unlabelled``).
         **net: the network's hyperparameters, by name: ``SentimentRNN``'s arguments (``model.cell``,
             ``model.hidden_size``, ...), with its defaults and checks. The CLI lists them from there.
     """
@@ -78,11 +86,13 @@ class SentimentClassifier(RecurrentModule):
         virtual_adversarial: float = 0.0,
         entropy: float = 0.0,
         epsilon: float = 1.0,
+        teacher: str | None = None,
+        distillation: float = 0.0,
         **net: Any,
     ) -> None:
         super().__init__()
         for name, value in (("adversarial", adversarial), ("virtual_adversarial", virtual_adversarial),
-                            ("entropy", entropy), ("epsilon", epsilon)):  # fmt: skip
+                            ("entropy", entropy), ("epsilon", epsilon), ("distillation", distillation)):  # fmt: skip
             if not value >= 0:
                 raise InputError(f"model.{name}: expected a number >= 0, got {value}")
         names = list(class_names) if class_names is not None else list(DEFAULT_CLASSES)
@@ -92,6 +102,11 @@ class SentimentClassifier(RecurrentModule):
         self.hparams.class_names = self.class_names = names
         self.build_network(on_nonfinite, num_classes=len(names), **net)
         del self.hparams["num_classes"]  # it is len(class_names), not an argument of its own
+        if distillation > 0 and not teacher:
+            raise InputError("model.distillation: needs model.teacher, the checkpoint of a trained classifier")
+        # Kept out of the module tree (a tuple, not an attribute nn.Module registers): the teacher is
+        # neither trained nor saved; it is loaded from its own checkpoint in setup("fit").
+        self._teacher: tuple[torch.nn.Module] | None = None
         self.register_buffer("class_weight", self._class_weight(class_weights, class_counts, names), persistent=False)
         # Compute groups would share one state between the F1s, but never update the one inside the
         # per-class wrapper (torchmetrics then warns it computes before any update): off for K > 2.
@@ -152,6 +167,13 @@ class SentimentClassifier(RecurrentModule):
         if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
             names = copy_network(self.hparams.init_from, self)
             rank_zero_info(f"model.init_from: {len(names)} tensors from {self.hparams.init_from}: {', '.join(names)}")
+        if stage == "fit" and self.hparams.distillation > 0:
+            self._teacher = (load_teacher(self.hparams.teacher, self.class_names, data),)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self._teacher is not None:
+            self._teacher[0].to(self.device)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,) for two classes, (B, K) for more."""
@@ -214,11 +236,18 @@ class SentimentClassifier(RecurrentModule):
             vat = self._virtual_adversarial(unlabelled)
             extra = extra + hp.virtual_adversarial * vat
             self.log("train/virtual_adversarial", vat.detach(), on_step=True, on_epoch=False)
+        student = self.net(unlabelled) if hp.entropy > 0 or hp.distillation > 0 else None  # (B,) or (B, K)
         if hp.entropy > 0:
-            p = probabilities(self.net(unlabelled))  # (B, K)
+            p = probabilities(student)  # (B, K)
             ent = -(p * torch.log(p.clamp_min(1e-7))).sum(-1).mean()
             extra = extra + hp.entropy * ent
             self.log("train/entropy", ent.detach(), on_step=True, on_epoch=False)
+        if hp.distillation > 0:
+            with torch.no_grad():
+                target = probabilities(self._teacher[0](unlabelled))  # (B, K), the teacher in eval mode
+            soft = soft_label_loss(student, target)
+            extra = extra + hp.distillation * soft
+            self.log("train/distillation", soft.detach(), on_step=True, on_epoch=False)
         return extra
 
     def _virtual_adversarial(self, tokens: Tensor) -> Tensor:
@@ -299,6 +328,33 @@ def perturbation(direction: Tensor, tokens: Tensor, pad_id: int, norm: float) ->
     d = direction.float() * real
     scale = norm / d.square().sum(dim=(0, 2), keepdim=True).sqrt().clamp_min(1e-12)
     return (d * scale).to(direction.dtype)
+
+
+def soft_label_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B,) or (B, K) against probabilities ``targets`` (B, K) of each class."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets[:, 1])
+
+
+def load_teacher(path: str, class_names: list[str], data) -> torch.nn.Module:
+    """The network of classifier checkpoint ``path``, fixed and in eval mode, checked to predict
+    ``class_names`` from the same tokens as ``data``'s tokenizer makes."""
+    from rnn_lightning.inference import SentimentPredictor  # it imports this module
+
+    try:
+        teacher = SentimentPredictor.from_checkpoint(path)
+    except InputError as e:
+        raise InputError(f"model.teacher: {str(e).split(': ', 1)[1]}") from None
+    if teacher.class_names != class_names:
+        raise InputError(f"model.teacher: {path!r} predicts the classes {teacher.class_names}, the data has {class_names}")
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is not None and tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        raise InputError(
+            f"model.teacher: the vocabulary of {path!r} is not the data's; leave data.tokenizer_from to the link "
+            "(the teacher's, or model.init_from's when the teacher was trained from that)"
+        )
+    return teacher.net.requires_grad_(False)
 
 
 def categorical_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
