@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rnn_lightning import callbacks
 from rnn_lightning.cli import main
 from rnn_lightning.data import reviews_io
 from rnn_lightning.errors import InputError
@@ -43,12 +44,14 @@ def trained(parquet_dir, tmp_path_factory):
     return run_dir, args, best
 
 
-def predict_cli(cli, trained, predict_path: str, output, stdin: bytes | None = None, monkeypatch=None) -> list[dict]:
+def predict_cli(
+    cli, trained, predict_path: str, output, stdin: bytes | None = None, monkeypatch=None, batch_size: int = 16
+) -> list[dict]:
     run_dir, _, best = trained
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
-        "--data.predict_path", predict_path, "--prediction_writer.output", str(output))  # fmt: skip
+    cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best), "--data.batch_size",
+        str(batch_size), "--data.predict_path", predict_path, "--prediction_writer.output", str(output))  # fmt: skip
     if output.suffix == ".jsonl":
         return [json.loads(line) for line in output.read_text().splitlines()]
     with open(output, newline="") as f:
@@ -100,6 +103,10 @@ def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path
     monkeypatch.setattr(reviews_io, "CHUNK_ROWS", 2)
     chunked = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "chunked.csv")
     assert chunked == whole and len(whole) == len(lines)
+    monkeypatch.setattr(callbacks, "MERGE_ROWS", 2)  # the predictions merged into the file two at a time
+    merged = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "merged.csv", batch_size=3)
+    assert merged == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.csv", "in.txt", "merged.csv", "whole.csv"]
     assert [r["error"] == "empty review" for r in whole] == [not line.strip() for line in lines]
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.data import sources
-from rnn_lightning.data.reviews_io import EMPTY, ReviewRows, read_reviews
+from rnn_lightning.data.reviews_io import EMPTY, InputRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_folder, content_digests
@@ -48,6 +48,8 @@ class TokenizedReviews(Dataset):
 
     def token_ids(self) -> np.ndarray:
         """All ids of this view, (N, T) (read into memory)."""
+        if isinstance(self.ids, FileRows):
+            return read_rows(self.ids, np.arange(len(self.ids)) if self.rows is None else self.rows)
         return np.asarray(self.ids if self.rows is None else self.ids[self.rows])
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
@@ -60,18 +62,34 @@ class TokenizedReviews(Dataset):
         return torch.from_numpy(read_rows(self.ids, rows).astype(np.int64)), self.labels[idx]
 
 
-def read_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``ids[rows]``. From a memory-mapped array, each row is read with ``pread`` instead: indexing the map
-    would map the file pages around every row read into this process (the kernel's fault-around), so
-    its resident memory would grow towards the whole file over an epoch of random batches."""
-    if not isinstance(ids, np.memmap) or ids.filename is None:
+class FileRows:
+    """(N, T) int32 token rows at the start of an open file that has no name (an unlinked temporary
+    file), read by ``read_rows`` with ``pread`` on its descriptor (DataLoader workers inherit it)."""
+
+    dtype = np.dtype(np.int32)
+
+    def __init__(self, file, shape: tuple[int, int]) -> None:
+        self.file, self.shape = file, shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def read_rows(ids: np.ndarray | FileRows, rows: np.ndarray) -> np.ndarray:
+    """``ids[rows]``. From a memory-mapped array or ``FileRows``, each row is read with ``pread``
+    instead: indexing a map would map the file pages around every row read into this process (the
+    kernel's fault-around), so its resident memory would grow towards the whole file over an epoch."""
+    if isinstance(ids, FileRows):
+        fd, offset, name = ids.file.fileno(), 0, "the temporary token file"
+    elif isinstance(ids, np.memmap) and ids.filename is not None:
+        fd, offset, name = _read_fd(ids.filename), ids.offset, ids.filename
+    else:
         return ids[rows]
     out = np.empty((len(rows), *ids.shape[1:]), dtype=ids.dtype)
     row_bytes = out[0].nbytes if len(out) else 0
-    fd = _read_fd(ids.filename)
     for i, row in enumerate(rows.tolist()):
-        if os.preadv(fd, [out[i]], ids.offset + row * row_bytes) != row_bytes:
-            raise InputError(f"data: {ids.filename} is shorter than its header says; clear data.cache_dir and rerun")
+        if os.preadv(fd, [out[i]], offset + row * row_bytes) != row_bytes:
+            raise InputError(f"data: {name} is shorter than its header says; clear data.cache_dir and rerun")
     return out
 
 
@@ -279,7 +297,8 @@ class IMDBDataModule(LightningDataModule):
         self.predict_path = predict_path
         self.unlabelled, self.tokenizer_from = unlabelled, tokenizer_from
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
-        self.predict_rows: ReviewRows | None = None  # every input row's id and error (not its text)
+        self.predict_rows: InputRows | None = None  # every input row's id and error (not its text)
+        self._predict_tokens = None
         self._review_chunks = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.tokenizer: Tokenizer | None = None
@@ -570,23 +589,22 @@ class IMDBDataModule(LightningDataModule):
 
     def _encode_reviews(self) -> TokenizedReviews:
         """The input of ``predict_path``, read and encoded a chunk at a time into a temporary file in
-        ``cache_dir`` (unlinked from the start: it goes when the process does), memory-mapped: an input
-        of any size costs memory for its ids and errors only. Empty rows get no ids; each dataset row
-        carries its row's index in the input."""
-        self.predict_rows, keep = ReviewRows(), []
+        ``cache_dir`` (unlinked from the start: it goes when the process does), whose rows batches read
+        with ``pread``; every input row's id and error go to another such file (``predict_rows``). So an
+        input of any size costs memory for one index per text only. Empty rows get no ids; each dataset
+        row carries its row's index in the input."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=self.cache_dir) as f:
-            for chunk in self._review_chunks:
-                rows = [i for i, error in enumerate(chunk.errors) if error != EMPTY]
-                if rows:
-                    f.write(encode(self.tokenizer, [chunk.texts[i] for i in rows]).tobytes())
-                keep.extend(len(self.predict_rows.ids) + i for i in rows)
-                self.predict_rows.ids += chunk.ids
-                self.predict_rows.errors += chunk.errors
-            f.flush()
-            shape = (len(keep), self.tokenizer.truncation["max_length"])
-            ids = np.memmap(f, np.int32, "r", shape=shape) if keep else np.zeros(shape, np.int32)  # the map outlives f
-        return TokenizedReviews(ids, np.array(keep, dtype=np.int64))
+        tokens, self.predict_rows, keep = tempfile.TemporaryFile(dir=self.cache_dir), InputRows(self.cache_dir), []
+        for chunk in self._review_chunks:
+            rows = [i for i, error in enumerate(chunk.errors) if error != EMPTY]
+            if rows:
+                tokens.write(encode(self.tokenizer, [chunk.texts[i] for i in rows]).tobytes())
+            keep.append(np.asarray(rows, dtype=np.int64) + len(self.predict_rows))
+            self.predict_rows.extend(chunk.ids, chunk.errors)
+        tokens.flush()
+        self._predict_tokens = tokens  # open while the dataset reads it
+        keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+        return TokenizedReviews(FileRows(tokens, (len(keep), self.tokenizer.truncation["max_length"])), keep)
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of (ids (B, T), row index (B,)): the index places each prediction in the output."""

@@ -14,6 +14,7 @@ the caller encodes each chunk and keeps only the ids and errors.
 import csv
 import json
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,29 @@ class ReviewRows:
         self.ids.append(row_id)
         self.texts.append(text)
         self.errors.append(error)
+
+
+class InputRows:
+    """Every input row's (id, error), in input order, spooled to an unlinked temporary file in
+    ``folder`` as they are read, so that their number costs no memory; ``rows()`` reads them back."""
+
+    def __init__(self, folder: Path) -> None:
+        self._file, self._count = tempfile.TemporaryFile("w+", dir=folder, encoding="utf-8"), 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def extend(self, ids: list[str], errors: list[str]) -> None:
+        self._file.writelines(json.dumps([i, e]) + "\n" for i, e in zip(ids, errors, strict=True))
+        self._count += len(ids)
+
+    def rows(self) -> Iterator[tuple[str, str]]:
+        """(id, error) of every row so far, from the first."""
+        self._file.flush()
+        self._file.seek(0)
+        for line in self._file:
+            row_id, error = json.loads(line)
+            yield row_id, error
 
 
 def read_reviews(path: str, chunk_rows: int | None = None) -> Iterator[ReviewRows]:
