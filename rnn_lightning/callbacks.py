@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateFinder, ModelSummary
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -223,15 +225,18 @@ class ParameterSummary(ModelSummary):
 
 class RunConfigSaver(SaveConfigCallback):
     """LightningCLI's config saver (``config.yaml`` in the run folder), except that a fit resumed
-    from a checkpoint of its own run keeps the ``config.yaml`` the run started with, and a command
-    without a logger (``predict``) writes none (it has no run folder of its own)."""
+    from a checkpoint of its own run (in its folder, or a SLURM requeue checkpoint, which names its
+    run) keeps the ``config.yaml`` the run started with, and a command without a logger
+    (``predict``) writes none (it has no run folder of its own)."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if trainer.logger is None:
             return
         log_dir, ckpt_path = trainer.log_dir, self.config.get("ckpt_path")
         if stage == "fit" and ckpt_path and log_dir and os.path.isfile(os.path.join(log_dir, self.config_filename)):
-            if Path(ckpt_path).resolve().is_relative_to(Path(log_dir).resolve()):
+            if Path(ckpt_path).resolve().is_relative_to(Path(log_dir).resolve()) or Path(ckpt_path).match(
+                checkpoint.HPC_PATTERN
+            ):
                 return
         super().setup(trainer, pl_module, stage)
 
@@ -278,11 +283,20 @@ class GracefulStop(Callback):
     Under DDP, a collective that lost a peer (dead, or past the timeout): the exception is given what
     became of this node's other processes (for the CLI's one-line error), and the processes Lightning
     started for them are killed, so a stopped one does not outlive the run.
+
+    Under SLURM, Lightning's requeue signal (SIGUSR1; ``SLURMEnvironment(auto_requeue=True)``, the
+    default) saves ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` and requeues the job, which then
+    resumes from it. Lightning does that inside the signal handler, wherever the step happens to be
+    (after the optimizer step but before the loop counts the batch, the batch would be trained twice);
+    here it is deferred to the start of the next batch, a point a checkpoint resumes from exactly.
+    Every checkpoint also records its TensorBoard run, so the requeued job continues that run.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous_sigint = None
+        self._requeue = None  # (signal, Lightning's handler) under SLURM
+        self._requeue_pending = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.signum = None
@@ -293,6 +307,34 @@ class GracefulStop(Callback):
         if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        self._requeue, self._requeue_pending = None, False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning installs its SLURM handlers just before the loop runs, so this is the first hook after them.
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if env is None and SLURMEnvironment.detect():  # a single-device strategy holds no environment
+            env = SLURMEnvironment()
+        if not isinstance(env, SLURMEnvironment) or threading.current_thread() is not threading.main_thread():
+            return
+        signum = env.requeue_signal
+        handler = signal.getsignal(signum) if signum is not None else None
+        if callable(handler):  # installed by Lightning when auto_requeue is on
+            self._requeue = (signum, handler)
+            signal.signal(signum, self._note_requeue)
+
+    def _note_requeue(self, signum, frame) -> None:
+        self._requeue_pending = True
+
+    def on_train_batch_start(self, trainer: Trainer, *args, **kwargs) -> None:
+        if self._requeue_pending:
+            self._requeue_pending = False
+            signum, handler = self._requeue
+            handler(signum, None)  # Lightning's: hpc_ckpt_N.ckpt, then `scontrol requeue`
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, ckpt: dict) -> None:
+        logger = trainer.logger
+        if isinstance(logger, TensorBoardLogger) and isinstance(logger.version, int):
+            ckpt[checkpoint.RUN_VERSION_KEY] = logger.version
 
     def _forward_sigint(self, signum, frame) -> None:
         if self.signum is not None:

@@ -21,6 +21,9 @@ TOKENIZER_KEY = "tokenizer"  # the tokenizer's JSON inside DATAMODULE_KEY
 HPARAMS_KEY = "hyper_parameters"
 WEIGHTS_KEY = "state_dict"
 DROPOUT_RNG_KEY = "dropout_rng_state"
+RUN_VERSION_KEY = "run_version"  # the TensorBoard run (version_N) that wrote it
+
+HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints, in trainer.default_root_dir
 
 LAST_NAME = "last"  # checkpoints/last.ckpt: the latest epoch, for resuming
 BEST_PATTERN = "best-*.ckpt"  # checkpoints/best-epochNN-accX.XXXX.ckpt: the best by val/acc
@@ -88,6 +91,12 @@ def find_checkpoint(runs_dir: Path, which: Literal["last", "best"], run: Path | 
             f"ckpt_path: {which!r} but no run under {runs_dir} has checkpoints/{NAMED[which]}; pass a checkpoint's path"
         )
     return max(found, key=lambda p: (run_version(p.parents[1]), p.stat().st_mtime))
+
+
+def requeue_checkpoint(root_dir: str | Path) -> Path | None:
+    """The newest of Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``) in ``root_dir``, if any."""
+    found = [(int(p.stem.rsplit("_", 1)[1]), p) for p in Path(root_dir).glob(HPC_PATTERN) if p.stem.rsplit("_", 1)[1].isdigit()]
+    return max(found)[1] if found else None
 
 
 def run_of_config(config_paths) -> Path | None:

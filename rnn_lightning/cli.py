@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -155,6 +156,12 @@ class RNNLightningCLI(LightningCLI):
             return
         cfg = self.config[subcommand]
         path = cfg.get("ckpt_path")
+        if subcommand == "fit" and path in (None, "hpc") and SLURMEnvironment.detect():
+            # A requeued SLURM job: Lightning resumes from its requeue checkpoint; checked and named here.
+            path = checkpoint.requeue_checkpoint(cfg.trainer.get("default_root_dir") or ".")
+            if path is not None:
+                cfg.ckpt_path = str(path)
+                rank_zero_info(f"SLURM requeue: resuming {path}")
         if not path or path in ("hpc", "registry") or "://" in str(path):
             return
         runs = runs_dir(cfg.trainer)
@@ -164,6 +171,8 @@ class RNNLightningCLI(LightningCLI):
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
         version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
+        if version is None:  # e.g. a requeue checkpoint, which Lightning writes outside the run's folder
+            version = self._resumed.get(checkpoint.RUN_VERSION_KEY)
         logger = cfg.trainer.get("logger")
         if subcommand == "fit" and version is not None and isinstance(logger, Namespace):
             if logger.init_args.get("version") is None:  # resuming a run continues its TensorBoard run

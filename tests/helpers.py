@@ -167,6 +167,18 @@ class SigintAt(SigtermAt):
     signum = signal.SIGINT
 
 
+class RequeueAt(Callback):
+    """Sends this process SIGUSR1 (SLURM's notice that the job will be stopped and requeued) at the end
+    of batch ``batch`` of epoch ``epoch``: after its optimizer step, before Lightning counts it done."""
+
+    def __init__(self, epoch: int = 1, batch: int = 1) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class SigtermAtPredict(Callback):
     """Sends this process SIGTERM as the first ``predict`` batch starts."""
 

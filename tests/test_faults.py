@@ -61,6 +61,42 @@ def test_signal_mid_epoch_saves_that_point_exits_nonzero_and_resumes_to_the_same
         assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
 
 
+@pytest.mark.slow
+def test_slurm_requeue_saves_at_a_batch_boundary_and_the_requeued_job_continues_the_run(tiny_args, tmp_path):
+    """Under SLURM (its environment variables, a stand-in ``scontrol``), SIGUSR1 at the end of epoch 1,
+    batch 1 (mid-step for Lightning's loop): the requeue checkpoint is written at the start of batch 2
+    and ``scontrol requeue`` is called, which here kills the job at once (SIGKILL, the harshest stop). The same command again (the
+    requeued job) resumes from that checkpoint, in the same TensorBoard run, to bitwise the weights of
+    an uninterrupted run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\nkill -9 $PPID\n')
+    scontrol.chmod(0o755)
+    slurm = {**SUBPROCESS_ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1",
+             "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+    whole, job = tmp_path / "whole", tmp_path / "job"
+
+    def args(root):
+        return [*tiny_args, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(root), "--trainer.deterministic", "true"]  # fmt: skip
+
+    run_cli("fit", *args(whole), env=SUBPROCESS_ENV)
+    first = run_cli("fit", *args(job), "--trainer.callbacks+=tests.helpers.RequeueAt", env=slurm, check=False)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = job / "hpc_ckpt_1.ckpt"
+    state = torch.load(hpc, weights_only=True)
+    assert state["global_step"] == 8 and state["run_version"] == 0  # epoch 1 (6 batches an epoch), batch 2 not begun
+    second = run_cli("fit", *args(job), env=slurm)
+    assert f"SLURM requeue: resuming {hpc}" in second.stdout + second.stderr
+    assert runs(job) == ["version_0"]  # the run continues
+    a = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
+    b = torch.load(ckpt_dir(job) / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 18
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name  # bitwise
+
+
 def test_last_with_a_runs_config_resumes_that_run_not_the_newest(cli, tiny_args, tmp_path):
     cli("fit", *tiny_args, "--trainer.max_epochs", "1")
     cli("fit", *tiny_args, "--trainer.max_epochs", "1", "--model.hidden_size", "12")  # version_1, newer
