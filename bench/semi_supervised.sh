@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The semi-supervised preset end to end: language-model pretraining on the training and unlabelled
-# reviews, fine-tuning the classifier from it, then `test` once on the best checkpoint by validation.
+# The semi-supervised preset end to end: a teacher trained on the labelled reviews, then ROUNDS students
+# (configs/self_training.yaml), each learning the labelled reviews and the previous model's soft labels
+# of the 50,000 unlabelled ones, then `test` once on the last student's best checkpoint by validation.
 #
-#   bash bench/semi_supervised.sh DATA_DIR OUT_DIR [extra arguments for every stage, e.g. --seed_everything 1]
+#   bash bench/semi_supervised.sh DATA_DIR OUT_DIR [extra arguments for every fit, e.g. --seed_everything 1]
+#   ROUNDS=1 bash bench/semi_supervised.sh ...    (default 2)
 #
 # DATA_DIR is in the ../shared/imdb layout (train/test/unsupervised parquet). Everything is written
 # under OUT_DIR (token caches, runs, one log per stage); the last line printed is the test accuracy.
+# The test reviews are read once, by the final `test`: no stage trains on them or builds a vocabulary
+# from them.
 set -euo pipefail
 DATA=${1:?usage: bench/semi_supervised.sh DATA_DIR OUT_DIR [args...]}
 OUT=${2:?usage: bench/semi_supervised.sh DATA_DIR OUT_DIR [args...]}
 shift 2
+ROUNDS=${ROUNDS:-2}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python}
+preset=(--config configs/bigru.yaml --config configs/bigru_bigram.yaml)
 common=(--data.dataset "$DATA" --data.cache_dir "$OUT/cache" "$@")
 
 stage() {  # stage NAME COMMAND... : runs it with its log in OUT/NAME.log, prints its wall time
@@ -28,13 +34,19 @@ stage() {  # stage NAME COMMAND... : runs it with its log in OUT/NAME.log, print
     echo "$name: $(($(date +%s) - t0)) s wall"
 }
 
-stage pretrain "$PY" pretrain.py fit --config configs/bigru.yaml --config configs/lm.yaml "${common[@]}" \
-    --trainer.default_root_dir "$OUT/lm"
-LM=$(ls -d "$OUT"/lm/lightning_logs/version_* | sort -V | tail -1)/checkpoints/last.ckpt
-grep -o "val/ppl=[0-9.]*" "$OUT/pretrain.log" | tail -1 || true
-finetune=(--config configs/bigru.yaml --config configs/semi_supervised.yaml "${common[@]}" --model.init_from "$LM"
-          --trainer.default_root_dir "$OUT/classifier")
-stage finetune "$PY" cli.py fit "${finetune[@]}"
-stage test "$PY" cli.py test "${finetune[@]}" --ckpt_path best
+best() {  # best ROOT : the best-by-validation checkpoint of the run under ROOT
+    ls "$1"/lightning_logs/version_0/checkpoints/best-*.ckpt | tail -1
+}
+
+stage teacher "$PY" cli.py fit "${preset[@]}" "${common[@]}" --trainer.max_epochs 1 --trainer.default_root_dir "$OUT/teacher"
+model=$(best "$OUT/teacher")
+echo "teacher: $(basename "$model")"
+for round in $(seq 1 "$ROUNDS"); do
+    stage "student$round" "$PY" cli.py fit "${preset[@]}" --config configs/self_training.yaml "${common[@]}" \
+        --model.teacher "$model" --trainer.default_root_dir "$OUT/student$round"
+    model=$(best "$OUT/student$round")
+    echo "student$round: $(basename "$model")"
+done
+stage test "$PY" cli.py test --config "$(dirname "$(dirname "$model")")/config.yaml" --ckpt_path "$model"
 grep -E "test/(acc|auroc)" "$OUT/test.log" | tr -s ' │' ' '
 grep -E "test/acc" "$OUT/test.log" | tr -s ' │' ' ' | awk '{print "test accuracy", $2}'
