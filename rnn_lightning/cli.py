@@ -92,7 +92,7 @@ class RNNLightningCLI(LightningCLI):
         if starts:
             # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction;
             # a teacher without one brings its own, so that it reads the same tokens as the model.
-            parser.link_arguments(tuple(starts), "data.tokenizer_from", compute_fn=lambda *paths: next(filter(None, paths), None))
+            parser.link_arguments(tuple(starts), "data.tokenizer_from", compute_fn=first_path)
         # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
         parser.link_arguments(
             "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
@@ -257,6 +257,15 @@ class RNNLightningCLI(LightningCLI):
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def first_path(*paths: str | list[str] | None) -> str | None:
+    """The first checkpoint given (a list counts by its first), for the tokenizer that comes along."""
+    for path in paths:
+        path = path[0] if isinstance(path, list) and path else path
+        if path:
+            return path
+    return None
 
 
 def optimizer_error(e: Exception) -> InputError:

@@ -160,6 +160,12 @@ def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     assert not any(k.startswith("_teacher") for k in model.state_dict())  # never in a checkpoint
+    model._teacher = (teacher, teacher)  # an ensemble averages its probabilities: two alike are one
+    torch.manual_seed(3)
+    single = model._semi_supervised(tokens, labels, model.net.embed(tokens), loss.detach())
+    model._teacher = (teacher,)
+    torch.manual_seed(3)
+    assert torch.allclose(single, model._semi_supervised(tokens, labels, model.net.embed(tokens), loss.detach()))
     # the soft-label loss is smallest at the teacher's own probabilities, binary and K-class alike
     target = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
     at_target = soft_label_loss(torch.logit(target[:, 1]), target)
@@ -176,14 +182,14 @@ def teacher(data_with_unlabelled, tmp_path_factory):
 
 
 def test_a_student_trains_from_a_teacher_with_its_tokenizer(teacher, data_with_unlabelled, tmp_path, cli):
-    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--data.unlabelled", "true", "--model.teacher", str(teacher),
-            "--model.distillation", "1", "--trainer.max_epochs", "1"]  # fmt: skip
+    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--data.unlabelled", "true",
+            "--model.teacher", f"[{teacher}, {teacher}]", "--model.distillation", "1", "--trainer.max_epochs", "1"]  # fmt: skip
     cli("fit", *args)
     student = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")
     # the teacher's tokenizer came along (data.tokenizer_from is linked to model.teacher), its weights did not
     assert checkpoint.tokenizer_json(student) == checkpoint.tokenizer_json(checkpoint.load_checkpoint(teacher))
     assert student["state_dict"].keys() == checkpoint.load_checkpoint(teacher)["state_dict"].keys()
-    assert student["hyper_parameters"]["teacher"] == str(teacher)
+    assert student["hyper_parameters"]["teacher"] == [str(teacher), str(teacher)]  # an ensemble of two
 
 
 def test_the_teacher_objective_refuses_what_it_cannot_use_in_one_line(teacher, data_with_unlabelled, tmp_path, cli):

@@ -67,8 +67,9 @@ class SentimentClassifier(RecurrentModule):
         entropy: weight of the entropy-minimisation loss.
         epsilon: norm of the (virtual) adversarial perturbation per review.
         teacher: a classifier checkpoint whose predictions on the unlabelled batch are learned with
-            weight ``distillation``. It must read the same tokens: the CLI links ``data.tokenizer_from``
-            to it when ``init_from`` is not set. Loaded at the start of every ``fit`` (resumes too); it
+            weight ``distillation``, or a list of them (their probabilities averaged: an ensemble). It
+            must read the same tokens: the CLI links ``data.tokenizer_from`` to it (the first) when
+            ``init_from`` is not set. Loaded at the start of every ``fit`` (resumes too); it
             is not part of this model's weights or checkpoints.
         distillation: weight of the loss against the teacher's predictions (needs ``data.unlabelled``).
         **net: the network's hyperparameters, by name: ``SentimentRNN``'s arguments (``model.cell``,
@@ -86,7 +87,7 @@ class SentimentClassifier(RecurrentModule):
         virtual_adversarial: float = 0.0,
         entropy: float = 0.0,
         epsilon: float = 1.0,
-        teacher: str | None = None,
+        teacher: str | list[str] | None = None,
         distillation: float = 0.0,
         **net: Any,
     ) -> None:
@@ -106,7 +107,7 @@ class SentimentClassifier(RecurrentModule):
             raise InputError("model.distillation: needs model.teacher, the checkpoint of a trained classifier")
         # Kept out of the module tree (a tuple, not an attribute nn.Module registers): the teacher is
         # neither trained nor saved; it is loaded from its own checkpoint in setup("fit").
-        self._teacher: tuple[torch.nn.Module] | None = None
+        self._teacher: tuple[torch.nn.Module, ...] | None = None
         self.register_buffer("class_weight", self._class_weight(class_weights, class_counts, names), persistent=False)
         # Compute groups would share one state between the F1s, but never update the one inside the
         # per-class wrapper (torchmetrics then warns it computes before any update): off for K > 2.
@@ -168,12 +169,13 @@ class SentimentClassifier(RecurrentModule):
             names = copy_network(self.hparams.init_from, self)
             rank_zero_info(f"model.init_from: {len(names)} tensors from {self.hparams.init_from}: {', '.join(names)}")
         if stage == "fit" and self.hparams.distillation > 0:
-            self._teacher = (load_teacher(self.hparams.teacher, self.class_names, data),)
+            paths = [self.hparams.teacher] if isinstance(self.hparams.teacher, str) else self.hparams.teacher
+            self._teacher = tuple(load_teacher(path, self.class_names, data) for path in paths)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self._teacher is not None:
-            self._teacher[0].to(self.device)
+        for teacher in self._teacher or ():
+            teacher.to(self.device)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,) for two classes, (B, K) for more."""
@@ -244,7 +246,8 @@ class SentimentClassifier(RecurrentModule):
             self.log("train/entropy", ent.detach(), on_step=True, on_epoch=False)
         if hp.distillation > 0:
             with torch.no_grad():
-                target = probabilities(self._teacher[0](unlabelled))  # (B, K), the teacher in eval mode
+                # (B, K), averaged over the teachers (each in eval mode)
+                target = torch.stack([probabilities(t(unlabelled)) for t in self._teacher]).mean(0)
             soft = soft_label_loss(student, target)
             extra = extra + hp.distillation * soft
             self.log("train/distillation", soft.detach(), on_step=True, on_epoch=False)
