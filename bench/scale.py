@@ -122,6 +122,7 @@ def main() -> None:
     p.add_argument("--predict_mb", type=int, nargs="*", default=[])
     p.add_argument("--predict_ckpt", type=Path, help="default: the last checkpoint of the first size's fit")
     args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     results = []
     for n in args.sizes:
