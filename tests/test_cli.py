@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.cli import RNNLightningCLI
+from rnn_lightning.cli import RNNLightningCLI, main
 from rnn_lightning.models import LanguageModel, SentimentClassifier
-from tests.helpers import ROOT, ckpt_dir, one_line_error, run_cli, runs
+from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
 
 WARNINGS_NOBODY_CAN_ACT_ON = (
     "Skipping setting a default `ModelSummary`",
@@ -86,6 +86,7 @@ def configs() -> list[list[str]]:
         "bf16.yaml": [base],
         "lm.yaml": [bigru],
         "semi_supervised.yaml": [bigru],
+        "self_training.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml"],
         "ddp.yaml": [base],
         "ddp_cpu.yaml": [base],
     }
@@ -102,9 +103,15 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     if any("ddp.yaml" in s for s in stack):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
     model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SentimentClassifier  # pretrain.py's
+    data = parquet_dir
+    if stack[-1].endswith("self_training.yaml"):  # reads the unlabelled split; the teacher is loaded by fit
+        data = write_splits(tmp_path / "data", make_reviews(96, seed=1), make_reviews(48, seed=2))
+        make_reviews(50, seed=3).drop(columns="label").to_parquet(data / "unsupervised.parquet")
+        main(["fit", *tiny_cli_args(data, tmp_path / "teacher"), "--trainer.max_epochs", "1"])
+        args += ["--model.teacher", str(ckpt_dir(tmp_path / "teacher") / "last.ckpt")]
     cli = RNNLightningCLI(
         model_class,
-        args=[*args, "--data.dataset", str(parquet_dir), "--data.cache_dir", str(tmp_path),
+        args=[*args, "--data.dataset", str(data), "--data.cache_dir", str(tmp_path),
               "--trainer.default_root_dir", str(tmp_path)],
         run=False,
     )  # fmt: skip
