@@ -95,7 +95,8 @@ def find_checkpoint(runs_dir: Path, which: Literal["last", "best"], run: Path | 
 
 def requeue_checkpoint(root_dir: str | Path) -> Path | None:
     """The newest of Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``) in ``root_dir``, if any."""
-    found = [(int(p.stem.rsplit("_", 1)[1]), p) for p in Path(root_dir).glob(HPC_PATTERN) if p.stem.rsplit("_", 1)[1].isdigit()]
+    numbered = {p.stem.rsplit("_", 1)[1]: p for p in Path(root_dir).glob(HPC_PATTERN)}
+    found = [(int(n), p) for n, p in numbered.items() if n.isdigit()]
     return max(found)[1] if found else None
 
 

@@ -298,7 +298,6 @@ class IMDBDataModule(LightningDataModule):
         self.unlabelled, self.tokenizer_from = unlabelled, tokenizer_from
         self.shuffle_seed = torch.initial_seed() % 2**31  # set by seed_everything before the CLI builds this
         self.predict_rows: InputRows | None = None  # every input row's id and error (not its text)
-        self._predict_tokens = None
         self._review_chunks = None
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.tokenizer: Tokenizer | None = None
@@ -601,8 +600,7 @@ class IMDBDataModule(LightningDataModule):
                 tokens.write(encode(self.tokenizer, [chunk.texts[i] for i in rows]).tobytes())
             keep.append(np.asarray(rows, dtype=np.int64) + len(self.predict_rows))
             self.predict_rows.extend(chunk.ids, chunk.errors)
-        tokens.flush()
-        self._predict_tokens = tokens  # open while the dataset reads it
+        tokens.flush()  # kept open by the dataset's FileRows, which reads it
         keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
         return TokenizedReviews(FileRows(tokens, (len(keep), self.tokenizer.truncation["max_length"])), keep)
 
