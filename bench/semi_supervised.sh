@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python}
-preset=(--config configs/bigru.yaml --config configs/bigru_bigram.yaml)
+preset=(--config configs/bigru.yaml --config configs/bigru_bigram.yaml --config configs/ngram_bag.yaml)
 common=(--data.dataset "$DATA" --data.cache_dir "$OUT/cache" "$@")
 
 stage() {  # stage NAME COMMAND... : runs it with its log in OUT/NAME.log, prints its wall time

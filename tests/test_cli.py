@@ -86,7 +86,8 @@ def configs() -> list[list[str]]:
         "bf16.yaml": [base],
         "lm.yaml": [bigru],
         "semi_supervised.yaml": [bigru],
-        "self_training.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml"],
+        "self_training.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml", ROOT / "configs" / "ngram_bag.yaml"],
+        "ngram_bag.yaml": [bigru, ROOT / "configs" / "bigru_bigram.yaml"],
         "ddp.yaml": [base],
         "ddp_cpu.yaml": [base],
     }

@@ -151,6 +151,8 @@ def test_predict_step_returns_probabilities():
         ({"dropout": 1.0}, "model.dropout"),
         ({"word_dropout": -0.1}, "model.word_dropout"),
         ({"bigram_buckets": 1}, "model.bigram_buckets"),
+        ({"ngram_buckets": -3}, "model.ngram_buckets"),
+        ({"ngram_gain": 0.0}, "model.ngram_gain"),
         ({"num_layers": 0}, "model.num_layers"),
     ],
 )
@@ -267,6 +269,29 @@ def test_bigram_rows_hash_word_pairs_and_skip_padding():
     net(tokens).sum().backward()
     grad = net.bigrams.weight.grad.abs().sum(1)
     assert grad[0] == 0 and set(grad.nonzero().flatten().tolist()) == set(rows[rows != 0].tolist())
+
+
+def test_ngram_bag_adds_the_normalised_weights_of_the_reviews_words_pairs_and_triples():
+    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000)
+    tokens = torch.tensor([[0, 0, 5, 7, 5, 7], [0, 5, 7, 9, 5, 7]])
+    plain = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
+    plain.load_state_dict(net.state_dict(), strict=False)
+    net.eval(), plain.eval()
+    assert torch.equal(net(tokens), plain(tokens))  # the table starts at zero: silent until trained
+    rows = net._ngram_rows(tokens)
+    assert (rows[:, 0] != 0).sum(1).tolist() == [4, 3, 2]  # 4 words, 3 pairs, 2 triples after the padding
+    assert rows[0, 1, 0] == 0 and rows[1, 1, 1] == 0 and rows[2, 1, 2] == 0
+    assert rows[1, 0, 3] == rows[1, 0, 5] == rows[1, 1, 2]  # every (5, 7) shares a row, across reviews
+    assert rows[2, 0, 4] != rows[2, 0, 5]  # (5, 7, 5) and (7, 5, 7) do not
+    with torch.no_grad():
+        net.ngrams.weight.copy_(torch.randn(1000, 1))
+        net.ngrams.weight[0].zero_()
+    w = net.ngrams.weight[:, 0]
+    bag = torch.stack([30 * w[r[r != 0]].sum() / (r != 0).sum().sqrt() for r in rows.transpose(0, 1).reshape(2, -1)])
+    assert torch.allclose(net(tokens) - plain(tokens), bag, atol=1e-5)
+    net(tokens).sum().backward()
+    used = net.ngrams.weight.grad[:, 0].nonzero().flatten().tolist()
+    assert set(used) == set(rows[rows != 0].tolist())
 
 
 def test_word_dropout_hides_words_while_training_only():

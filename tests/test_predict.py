@@ -27,13 +27,14 @@ REVIEWS = [
 
 @pytest.fixture(scope="module")
 def trained(parquet_dir, tmp_path_factory):
-    """A tiny model (with word-pair embeddings) fitted and tested once through the CLI:
+    """A tiny model (with word-pair embeddings and an n-gram bag) fitted and tested once through the CLI:
     (run directory, base CLI args, best checkpoint)."""
     root = tmp_path_factory.mktemp("trained")
     args = [
         *tiny_cli_args(parquet_dir, root),
         "--model.pooling", "max",
         "--model.bigram_buckets", "101",  # the word-pair path goes through predict and export too
+        "--model.ngram_buckets", "97",  # and the n-gram bag
         "--optimizer.init_args.lr", "0.02",
         "--trainer.max_epochs", "8",
     ]  # fmt: skip

@@ -59,6 +59,8 @@ class LanguageModel(RecurrentModule):
                 "model.bigram_buckets: a bidirectional language model cannot use word-pair embeddings "
                 "(the pair at step t holds word t-1, which the backward direction predicts there); set it to 0"
             )
+        if config["ngram_buckets"]:
+            raise InputError("model.ngram_buckets: a language model predicts words, it has no class logits to add to; set it to 0")
         vocab = config["vocab_size"]
         if list(cutoffs) != sorted(set(cutoffs)) or not cutoffs or cutoffs[0] < 2 or cutoffs[-1] >= vocab - 1:
             raise InputError(

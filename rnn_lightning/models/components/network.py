@@ -44,6 +44,14 @@ class SentimentRNN(nn.Module):
             the word's embedding plus that of (previous word, word), indexed by a hash of the pair
             (row 0: no pair, i.e. the first word or next to padding); colliding pairs share a row.
             A pair like "not good" enters the recurrence as one signal instead of being composed by it.
+        ngram_buckets: rows of a table of per-class weights of the review's words, word pairs and word
+            triples, hashed (0: none). Their sum over sqrt(count) is added to the head's logits: a
+            linear bag-of-n-grams path beside the recurrent one (the model a linear baseline is),
+            at almost no cost beside the recurrence.
+        ngram_gain: the bag's sum is scaled by ngram_gain / sqrt(n) for n n-grams. Under Adam, whose
+            steps do not depend on a gradient's scale, the gain is the bag's learning rate relative to
+            the network's: a linear model of ~1,000 features a review needs larger weights than one
+            step size per update can reach in an epoch.
     """
 
     def __init__(
@@ -61,6 +69,8 @@ class SentimentRNN(nn.Module):
         implementation: Implementation = "auto",
         word_dropout: float = 0.0,
         bigram_buckets: int = 0,
+        ngram_buckets: int = 0,
+        ngram_gain: float = 30.0,
     ) -> None:
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # as passed, by name
@@ -73,7 +83,10 @@ class SentimentRNN(nn.Module):
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
         self.num_classes = num_classes
-        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), 1 if num_classes == 2 else num_classes)
+        n_logits = 1 if num_classes == 2 else num_classes
+        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), n_logits)
+        self.ngrams = nn.Embedding(ngram_buckets, n_logits, padding_idx=0) if ngram_buckets else None
+        self.ngram_gain = ngram_gain
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,6 +100,8 @@ class SentimentRNN(nn.Module):
                 self.bigrams.weight[0].zero_()
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if self.ngrams is not None:
+            nn.init.zeros_(self.ngrams.weight)  # the bag starts silent; a linear model's usual start
         for layer in self.layers:
             layer.reset_parameters()
 
@@ -122,6 +137,8 @@ class SentimentRNN(nn.Module):
         last_only = self.pooling == "last"
         x = self.encode(x, last_only=last_only)  # (B, D*H) if last_only, else (T, B, D*H)
         logits = self.head(x if last_only else self._pool(x, tokens))
+        if self.ngrams is not None:
+            logits = logits + self._ngram_logits(tokens)
         return logits.squeeze(-1) if self.num_classes == 2 else logits
 
     def encode(self, x: Tensor, last_only: bool = False) -> Tensor:
@@ -149,6 +166,33 @@ class SentimentRNN(nn.Module):
         prev = torch.nn.functional.pad(words[:, :-1], (1, 0), value=self.pad_id)
         rows = (prev * 2_654_435_761 + words) % (self.bigrams.num_embeddings - 1) + 1
         return rows.masked_fill((prev == self.pad_id) | (words == self.pad_id), 0)
+
+    def _ngram_logits(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, C): the sum of the ngram table's rows of the review's n words, pairs and triples,
+        times ngram_gain / sqrt(n) (a linear model of length-normalised n-gram counts, as TF-IDF's L2 norm gives)."""
+        rows = self._ngram_rows(tokens)
+        count = (rows != 0).sum(dim=(0, 2)).clamp(min=1).unsqueeze(-1)  # (B, 1)
+        return self.ngrams(rows).sum(dim=(0, 2)).float() * (self.ngram_gain / count.sqrt())
+
+    def _ngram_rows(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (3, B, T) rows of ``self.ngrams`` for the word, the pair and the triple ending at
+        each step: hashes in [1, buckets), 0 where the n-gram touches padding."""
+        real = tokens != self.pad_id
+        prev1 = torch.nn.functional.pad(tokens[:, :-1], (1, 0), value=self.pad_id)
+        prev2 = torch.nn.functional.pad(tokens[:, :-2], (2, 0), value=self.pad_id)
+        real1 = real & (prev1 != self.pad_id)
+        real2 = real1 & (prev2 != self.pad_id)
+        p, a = 2_147_483_647, 2_654_435_761  # a prime modulus keeps every product inside int64
+        pair = (prev1 * a + tokens) % p
+        triple = ((prev2 * a + prev1) % p * a + tokens) % p
+        buckets = self.ngrams.num_embeddings - 1
+        return torch.stack(
+            [
+                (tokens % buckets + 1).masked_fill(~real, 0),
+                ((pair * 3 + 1) % buckets + 1).masked_fill(~real1, 0),
+                ((triple * 3 + 2) % buckets + 1).masked_fill(~real2, 0),
+            ]
+        )
 
     def _dropout_mask(self, batch: int, layer: int) -> Tensor | None:
         """Input dropout before layer ``layer``: (1, B, in), one draw per review and feature, or None."""
@@ -187,8 +231,11 @@ def check_hyperparameters(config: dict) -> None:
     for name, low in (("vocab_size", 3), ("num_classes", 2), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
         if not isinstance(config[name], int) or config[name] < low:
             raise InputError(f"{name}: expected an integer >= {low}, got {config[name]!r}")
-    if config["bigram_buckets"] != 0 and config["bigram_buckets"] < 2:
-        raise InputError(f"bigram_buckets: expected 0 (no bigrams) or an integer >= 2, got {config['bigram_buckets']}")
+    for name in ("bigram_buckets", "ngram_buckets"):
+        if not isinstance(config[name], int) or config[name] == 1 or config[name] < 0:
+            raise InputError(f"{name}: expected 0 (none) or an integer >= 2, got {config[name]!r}")
+    if not config["ngram_gain"] > 0:
+        raise InputError(f"ngram_gain: expected a number > 0, got {config['ngram_gain']}")
     for name in ("dropout", "word_dropout"):
         if not 0.0 <= config[name] < 1.0:
             raise InputError(f"{name}: expected a number in [0, 1), got {config[name]}")
