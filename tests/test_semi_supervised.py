@@ -125,6 +125,8 @@ def test_a_bidirectional_language_model_refuses_what_would_let_it_see_its_target
         LanguageModel(cutoffs=[8, 20], **{**NET, "num_layers": 2}, bidirectional=True)
     with pytest.raises(InputError, match="model.bigram_buckets: a bidirectional language model cannot"):
         LanguageModel(cutoffs=[8, 20], **NET, bidirectional=True, bigram_buckets=50)
+    with pytest.raises(InputError, match="model.ngram_buckets: a language model predicts words"):
+        LanguageModel(cutoffs=[8, 20], **NET, ngram_buckets=50)
     with pytest.raises(InputError, match="model.cutoffs"):
         LanguageModel(cutoffs=[20, 8], **NET)
     LanguageModel(cutoffs=[8, 20], **NET, bigram_buckets=50)  # one direction: the pair holds no future word
@@ -140,6 +142,24 @@ def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_name
         names = copy_network(str(last), model)
     assert "bigrams.weight" not in names and torch.equal(model.net.bigrams.weight, before)
     assert "initialised afresh: bigrams.weight" in caplog.text
+
+
+def test_the_class_logits_weights_start_afresh_for_another_number_of_classes(tmp_path):
+    """A binary classifier with an n-gram bag starts a 5-class one: embedding and layers copied, the
+    head and the bag (one weight per class each) left as initialised."""
+    from rnn_lightning.models.classifier import copy_network
+
+    net = {**NET, "pooling": "max", "ngram_buckets": 50}
+    source = SentimentClassifier(**net)
+    torch.nn.init.normal_(source.net.ngrams.weight)
+    ckpt = {checkpoint.WEIGHTS_KEY: source.state_dict(), checkpoint.HPARAMS_KEY: {},
+            checkpoint.DATAMODULE_KEY: {checkpoint.TOKENIZER_KEY: "{}"}}  # fmt: skip
+    torch.save(ckpt, tmp_path / "binary.ckpt")
+    model = SentimentClassifier(**net, class_names=["a", "b", "c", "d", "e"])
+    names = copy_network(str(tmp_path / "binary.ckpt"), model)
+    assert model.net.ngrams.weight.shape == (50, 5) and not model.net.ngrams.weight.any()
+    assert names and not any(k.startswith(("head.", "ngrams.")) for k in names)
+    assert torch.equal(model.net.embedding.weight, source.net.embedding.weight)
 
 
 def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_teacher_alone():

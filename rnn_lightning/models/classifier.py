@@ -376,7 +376,8 @@ def categorical_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
 
 
 def copy_network(path: str, model: "RecurrentModule") -> list[str]:
-    """Copy every tensor of ``path``'s network that this network has too, except the head; the names copied.
+    """Copy every tensor of ``path``'s network that this network has too, except the class logits' (the
+    head and the n-gram bag, which start afresh for this model's classes); the names copied.
 
     The embedding and the recurrent layers must be there, and every tensor copied must have the same
     shape on both sides: a mismatch, e.g. another vocabulary size, is a one-line error naming both
@@ -389,7 +390,7 @@ def copy_network(path: str, model: "RecurrentModule") -> list[str]:
         raise InputError(f"model.init_from: {str(e).split(': ', 1)[1]}") from None
     source = {k[len("net.") :]: v for k, v in ckpt[checkpoint.WEIGHTS_KEY].items() if k.startswith("net.")}
     target = model.net.state_dict()
-    wanted = [k for k in target if not k.startswith("head.")]
+    wanted = [k for k in target if not k.startswith(("head.", "ngrams."))]
     required = [k for k in wanted if k.startswith(("embedding.", "layers."))]
     missing = [k for k in required if k not in source]
     if missing:
