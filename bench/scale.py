@@ -1,6 +1,6 @@
 """Scale check of the data path: tokenizing and training configs/base.yaml at 50k, 500k, 5M reviews.
 
-    python bench/scale.py --data ../shared/imdb --out /tmp/scale --sizes 50000 500000 5000000
+    python bench/scale.py --data ../shared/imdb --out /tmp/scale --sizes 50000 500000 5000000 --steps 0
 
 For each size N it writes ``train.parquet`` (N reviews drawn with replacement from IMDB's 50,000
 labelled ones, in row groups so writing never holds them all) and a 2,000-review ``test.parquet``,
@@ -8,9 +8,9 @@ then runs, each in a fresh process watched from here:
 
 1. ``prepare``: the data module's ``prepare_data`` (read, split, train the tokenizer, encode into the
    memory-mapped cache): reviews/s of the whole, and of the encoding alone (run again by itself);
-2. ``fit``: ``cli.py fit`` of base.yaml for ``--steps`` optimizer steps on the cached data (a full
-   epoch at 5M reviews is ~4,400 steps, hours on 2 cores): steps/s, and the time from launch to the
-   first training step (the warm start);
+2. ``fit``: ``cli.py fit`` of base.yaml on the cached data for ``--steps`` optimizer steps, or with
+   ``--steps 0`` one whole epoch (~4,400 steps at 5M reviews): training reviews/s, and the time from
+   launch to the first training step (the warm start);
 3. with ``--predict_mb``, ``cli.py predict`` of the first size's checkpoint (or ``--predict_ckpt``) on
    text files of that many MB (one review a line, IMDB's reviews repeated): reviews/s and peak
    memory, which must not grow with the file;
@@ -21,6 +21,7 @@ which is what must not grow with N. Repeating IMDB's text is fine for a scale te
 """
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -29,7 +30,10 @@ import threading
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback
+
+from rnn_lightning.data import IMDBDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +122,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sizes", type=int, nargs="*", default=[50_000, 500_000, 5_000_000])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps of fit; 0: one whole epoch")
     p.add_argument("--predict_mb", type=int, nargs="*", default=[])
     p.add_argument("--predict_ckpt", type=Path, help="default: the last checkpoint of the first size's fit")
     args = p.parse_args()
@@ -136,11 +140,16 @@ def main() -> None:
         prepare_s = facts["PREPARE_S"]
         fit_cmd = [
             sys.executable, "cli.py", "fit", "--config", "configs/base.yaml", "--data.dataset", str(folder),
-            "--data.cache_dir", str(cache), "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "2",
+            "--data.cache_dir", str(cache), "--trainer.max_steps", str(args.steps or -1), "--trainer.max_epochs", "1",
+            "--trainer.limit_val_batches", "2",
             "--trainer.default_root_dir", str(args.out / f"runs_{n}"), "--trainer.enable_progress_bar", "false",
             "--trainer.callbacks+=bench.scale.FirstStep",
         ]  # fmt: skip
         fit = watch(fit_cmd, env, args.out / f"fit_{n}.log")
+        fit_s = fit["wall_s"] - fit["first_step_s"]  # the training steps, two validation batches and the checkpoint
+        last = args.out / f"runs_{n}" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+        batch = inspect.signature(IMDBDataModule).parameters["batch_size"].default  # base.yaml keeps it
         row = {
             "reviews": n,
             "read_s": round(facts["READ_S"], 1),  # datasets' Arrow copy and the label checks
@@ -150,7 +159,9 @@ def main() -> None:
             "prepare_peak_rss_mib": round(prep["peak_rss_mib"]),
             "prepare_peak_anon_mib": round(prep["peak_anon_mib"]),
             "fit_first_step_s": round(fit["first_step_s"], 1),
-            "fit_steps_per_s": round(args.steps / (fit["wall_s"] - fit["first_step_s"]), 2),
+            "fit_steps": steps,
+            "fit_steps_per_s": round(steps / fit_s, 2),
+            "fit_reviews_per_s": round(steps * batch / fit_s),  # the last batch counted as full
             "fit_peak_rss_mib": round(fit["peak_rss_mib"]),
             "fit_peak_anon_mib": round(fit["peak_anon_mib"]),
         }
