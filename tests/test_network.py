@@ -134,6 +134,21 @@ def test_dropout_mask_is_shared_across_time_steps():
     assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # same features dropped at every step
 
 
+@pytest.mark.parametrize("k", [2, 5])
+def test_training_metrics_keep_no_per_review_state(k):
+    """Training metrics stay the same size however many steps an epoch has; validation's exact AUROC
+    keeps every score."""
+    model = SentimentClassifier(class_names=[str(i) for i in range(k)])
+    for _ in range(3):
+        scores = torch.rand(8) if k == 2 else torch.rand(8, k).softmax(-1)
+        labels = torch.randint(0, k, (8,))
+        model.train_metrics.update(scores, labels)
+        model.val_metrics.update(scores, labels)
+    states = [v for m in model.train_metrics.values() for v in m.metric_state.values()]
+    assert states and not any(isinstance(v, list) for v in states)
+    assert "train/auroc" not in model.train_metrics.compute() and "val/auroc" in model.val_metrics.compute()
+
+
 def test_predict_step_returns_probabilities():
     model = SentimentClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
     for names in (["neg", "pos"], ["a", "b", "c"]):
