@@ -30,9 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback
 
+from rnn_lightning import checkpoint
 from rnn_lightning.data import IMDBDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +147,7 @@ def main() -> None:
         ]  # fmt: skip
         fit = watch(fit_cmd, env, args.out / f"fit_{n}.log")
         fit_s = fit["wall_s"] - fit["first_step_s"]  # the training steps, two validation batches and the checkpoint
-        last = args.out / f"runs_{n}" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-        steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+        steps = checkpoint.load_checkpoint(last_checkpoint(args.out, n))["global_step"]
         batch = inspect.signature(IMDBDataModule).parameters["batch_size"].default  # base.yaml keeps it
         row = {
             "reviews": n,
@@ -167,7 +166,7 @@ def main() -> None:
         }
         results.append(row)
         print(json.dumps(row), flush=True)
-    ckpt = args.predict_ckpt or args.out / f"runs_{args.sizes[0]}" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt = args.predict_ckpt or last_checkpoint(args.out, args.sizes[0])
     for mb in args.predict_mb:
         path, n = write_lines(args.data, args.out / f"predict_{mb}mb.txt", mb)
         cmd = [
@@ -181,6 +180,11 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
     (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+
+
+def last_checkpoint(out: Path, n: int) -> Path:
+    """``last.ckpt`` of the newest fit run of size ``n``."""
+    return checkpoint.find_checkpoint(out / f"runs_{n}" / "lightning_logs", "last")
 
 
 def write_lines(source: Path, path: Path, mb: int) -> tuple[Path, int]:

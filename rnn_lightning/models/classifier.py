@@ -117,7 +117,8 @@ class SentimentClassifier(RecurrentModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Training has no AUROC: an exact one keeps every score of the epoch, thousands of small tensors
         # that pin the allocator's heap between each step's large temporaries, so fit's memory would grow
-        # with the steps of an epoch; a binned one costs ~7% of a base-model step.
+        # with the steps of an epoch; a binned one adds a pass over its thresholds to every step
+        # (BENCHMARKS.md "Data at scale").
         train = {k: v for k, v in classification_metrics(names).items() if k != "auroc"}
         self.train_metrics = MetricCollection(train, compute_groups=len(names) == 2).clone(prefix="train/")
         # Epoch losses as metrics too: weighted by batch size and summed across processes, so the
