@@ -168,6 +168,7 @@ def test_predict_step_returns_probabilities():
         ({"bigram_buckets": 1}, "model.bigram_buckets"),
         ({"ngram_buckets": -3}, "model.ngram_buckets"),
         ({"ngram_gain": 0.0}, "model.ngram_gain"),
+        ({"ngram_nb": True}, "model.ngram_nb"),
         ({"num_layers": 0}, "model.num_layers"),
     ],
 )
@@ -307,6 +308,39 @@ def test_ngram_bag_adds_the_normalised_weights_of_the_reviews_words_pairs_and_tr
     net(tokens).sum().backward()
     used = net.ngrams.weight.grad[:, 0].nonzero().flatten().tolist()
     assert set(used) == set(rows[rows != 0].tolist())
+
+
+def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio():
+    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000, ngram_nb=True)
+    tokens = torch.tensor([[0, 5, 7, 5, 7, 5, 7], [0, 0, 0, 0, 9, 11, 13]])
+    rows = net._review_ngrams(tokens)
+    # 5 7 5 7 5 7: words {5, 7}, pairs {57, 75}, triples {575, 757}; the second review's 3 + 2 + 1 all distinct
+    assert (rows != 0).sum(1).tolist() == [6, 6]
+    assert set(rows[0][rows[0] != 0].tolist()) == set(net._ngram_rows(tokens)[:, 0].flatten().tolist()) - {0}
+    net.fit_ngram_scale([(tokens[:1], torch.tensor([1])), (tokens[1:], torch.tensor([0]))])  # two batches
+    scale = net.ngram_scale[:, 0]
+    # alpha 1: a row in the 6 presences of class 1 only: log((1+1)/(6+B)) - log((0+1)/(6+B)) = log 2
+    expected = torch.log(torch.tensor(2.0))
+    assert torch.allclose(scale[rows[0][rows[0] != 0]], expected) and torch.allclose(scale[rows[1][rows[1] != 0]], -expected)
+    assert int((scale != 0).sum()) == 12  # every other row, and row 0, is unseen: 0
+    with torch.no_grad():
+        net.ngrams.weight.normal_()
+        net.ngrams.weight[0].zero_()
+    plain = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
+    plain.load_state_dict(net.state_dict(), strict=False)
+    net.eval(), plain.eval()
+    w = net.ngrams.weight[:, 0] * scale
+    bag = torch.stack([30 * w[r[r != 0]].sum() / (r != 0).sum().sqrt() for r in rows])
+    assert torch.allclose(net(tokens) - plain(tokens), bag, atol=1e-5)
+
+
+def test_ngram_nb_scale_has_one_column_per_class_for_more_than_two():
+    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True)
+    tokens = torch.tensor([[0, 5, 7], [0, 9, 11], [0, 13, 15]])
+    net.fit_ngram_scale([(tokens, torch.tensor([0, 1, 2]))])
+    row = net._review_ngrams(tokens[1:2])[0].max()  # one of the class-1 review's rows
+    r = net.ngram_scale[row]  # class 1 against the rest (3 presences each side): positive; the others negative
+    assert r[1] > 0 and r[0] < 0 and r[2] < 0
 
 
 def test_word_dropout_hides_words_while_training_only():

@@ -34,7 +34,8 @@ def trained(parquet_dir, tmp_path_factory):
         *tiny_cli_args(parquet_dir, root),
         "--model.pooling", "max",
         "--model.bigram_buckets", "101",  # the word-pair path goes through predict and export too
-        "--model.ngram_buckets", "4099",  # and the n-gram bag (few collisions: a repeated n-gram counts n times)
+        "--model.ngram_buckets", "4099",  # and the n-gram bag, as the preset has it (few collisions)
+        "--model.ngram_nb", "true",
         "--optimizer.init_args.lr", "0.02",
         "--trainer.max_epochs", "8",
     ]  # fmt: skip

@@ -162,6 +162,29 @@ def test_the_class_logits_weights_start_afresh_for_another_number_of_classes(tmp
     assert torch.equal(model.net.embedding.weight, source.net.embedding.weight)
 
 
+def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_saves_them(data_with_unlabelled, tmp_path):
+    """The scale in the checkpoint is the one the training split's reviews give (validation excluded);
+    a classifier started from that checkpoint counts its own."""
+    import yaml
+
+    from rnn_lightning.data import IMDBDataModule
+    from rnn_lightning.models.classifier import copy_network
+
+    args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--model.ngram_buckets", "4099", "--model.ngram_nb", "true",
+            "--trainer.max_epochs", "1"]  # fmt: skip
+    main(["fit", *args])
+    saved = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")[checkpoint.WEIGHTS_KEY]["net.ngram_scale"]
+    config = yaml.safe_load((ckpt_dir(tmp_path).parent / "config.yaml").read_text())
+    dm = IMDBDataModule(**config["data"])
+    dm.prepare_data(), dm.setup("fit")
+    model = SentimentClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
+    model.net.fit_ngram_scale(dm.batches("fit", size=7))  # batches of any size count the same
+    assert (saved != 0).sum() > 100 and torch.allclose(saved, model.net.ngram_scale)
+    fresh = SentimentClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
+    assert "ngram_scale" not in copy_network(str(ckpt_dir(tmp_path) / "last.ckpt"), fresh)
+    assert torch.equal(fresh.net.ngram_scale, torch.ones(4099, 1))
+
+
 def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_teacher_alone():
     from rnn_lightning.models.classifier import soft_label_loss
 

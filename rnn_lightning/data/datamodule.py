@@ -531,6 +531,14 @@ class IMDBDataModule(LightningDataModule):
                 self._write_cache(target, tokenizer)
             self._load_cache(target, tokenizer)
 
+    def batches(self, split: str = "fit", size: int = 4096):
+        """(ids (B, T), labels (B,)) over a split in order: ``fit``, the labelled training texts (the
+        validation part excluded), or ``unlabelled`` (labels meaningless); for statistics a model takes
+        from its training data before it trains (``model.ngram_nb``)."""
+        data = self.splits[split]
+        for start in range(0, len(data), size):
+            yield data.__getitems__(list(range(start, min(start + size, len(data)))))
+
     # ---------------------------------------------------------------- loaders
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None, seed_offset: int = 0) -> DataLoader:

@@ -177,10 +177,20 @@ class SentimentClassifier(RecurrentModule):
             paths = [self.hparams.teacher] if isinstance(self.hparams.teacher, str) else self.hparams.teacher
             self._teacher = tuple(load_teacher(path, self.class_names, data) for path in paths)
 
+    def _fit_ngram_scale(self, data) -> None:
+        """``model.ngram_nb``: the bag's naive-Bayes ratios, from the labelled training reviews (each DDP
+        process counts all of them: the same ratios everywhere, no communication)."""
+        if not hasattr(data, "batches"):
+            raise InputError("model.ngram_nb: counts the training split of the data module, which has none")
+        self.net.fit_ngram_scale(data.batches("fit"))
+        rank_zero_info(f"model.ngram_nb: naive-Bayes ratios of {int((self.net.ngram_scale != 0).any(-1).sum())} n-gram rows")
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         for teacher in self._teacher or ():
             teacher.to(self.device)
+        if self.net.ngram_nb and self.trainer.ckpt_path is None:  # a resume has them in its checkpoint
+            self._fit_ngram_scale(self.trainer.datamodule)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B,) for two classes, (B, K) for more."""
@@ -382,7 +392,7 @@ def categorical_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
 
 def copy_network(path: str, model: "RecurrentModule") -> list[str]:
     """Copy every tensor of ``path``'s network that this network has too, except the class logits' (the
-    head and the n-gram bag, which start afresh for this model's classes); the names copied.
+    head and the n-gram bag with its scale, which start afresh for this model's classes); the names copied.
 
     The embedding and the recurrent layers must be there, and every tensor copied must have the same
     shape on both sides: a mismatch, e.g. another vocabulary size, is a one-line error naming both
@@ -395,7 +405,7 @@ def copy_network(path: str, model: "RecurrentModule") -> list[str]:
         raise InputError(f"model.init_from: {str(e).split(': ', 1)[1]}") from None
     source = {k[len("net.") :]: v for k, v in ckpt[checkpoint.WEIGHTS_KEY].items() if k.startswith("net.")}
     target = model.net.state_dict()
-    wanted = [k for k in target if not k.startswith(("head.", "ngrams."))]
+    wanted = [k for k in target if not k.startswith(("head.", "ngrams.", "ngram_scale"))]
     required = [k for k in wanted if k.startswith(("embedding.", "layers."))]
     missing = [k for k in required if k not in source]
     if missing:

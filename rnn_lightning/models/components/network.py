@@ -52,6 +52,11 @@ class SentimentRNN(nn.Module):
             steps do not depend on a gradient's scale, the gain is the bag's learning rate relative to
             the network's: a linear model of ~1,000 features a review needs larger weights than one
             step size per update can reach in an epoch.
+        ngram_nb: the bag as NBSVM (Wang & Manning 2012) has it: each n-gram counts once per review,
+            and each row's weight is multiplied by its naive-Bayes log-count ratio, counted on the
+            training split at the start of ``fit`` (``fit_ngram_scale``) and saved in the checkpoint
+            (``ngram_scale``). Then one update moves an n-gram's weight in proportion to how much its
+            presence tells the classes apart, instead of the same step for every n-gram (Adam's).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class SentimentRNN(nn.Module):
         bigram_buckets: int = 0,
         ngram_buckets: int = 0,
         ngram_gain: float = 30.0,
+        ngram_nb: bool = False,
     ) -> None:
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # as passed, by name
@@ -86,7 +92,9 @@ class SentimentRNN(nn.Module):
         n_logits = 1 if num_classes == 2 else num_classes
         self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), n_logits)
         self.ngrams = nn.Embedding(ngram_buckets, n_logits, padding_idx=0) if ngram_buckets else None
-        self.ngram_gain = ngram_gain
+        self.ngram_gain, self.ngram_nb = ngram_gain, ngram_nb
+        if ngram_nb:  # (buckets, C) log-count ratios; ones until fit_ngram_scale counts the training split
+            self.register_buffer("ngram_scale", torch.ones(ngram_buckets, n_logits))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -169,10 +177,46 @@ class SentimentRNN(nn.Module):
 
     def _ngram_logits(self, tokens: Tensor) -> Tensor:
         """(B, T) ids -> (B, C): the sum of the ngram table's rows of the review's n words, pairs and triples,
-        times ngram_gain / sqrt(n) (a linear model of length-normalised n-gram counts, as TF-IDF's L2 norm gives)."""
-        rows = self._ngram_rows(tokens)
-        count = (rows != 0).sum(dim=(0, 2)).clamp(min=1).unsqueeze(-1)  # (B, 1)
-        return self.ngrams(rows).sum(dim=(0, 2)).float() * (self.ngram_gain / count.sqrt())
+        times ngram_gain / sqrt(n) (a linear model of length-normalised n-gram counts, as TF-IDF's L2 norm gives).
+        With ``ngram_nb`` each distinct n-gram counts once, its row times its ``ngram_scale``."""
+        rows = self._review_ngrams(tokens)  # (B, 3T)
+        count = (rows != 0).sum(dim=1).clamp(min=1).unsqueeze(-1)  # (B, 1)
+        weights = self.ngrams(rows)  # (B, 3T, C)
+        if self.ngram_nb:
+            weights = weights * self.ngram_scale[rows]
+        return weights.sum(dim=1).float() * (self.ngram_gain / count.sqrt())
+
+    def _review_ngrams(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, 3T) rows of each review's n-grams (0: none); with ``ngram_nb`` each distinct
+        row once (sorted, repeats set to 0)."""
+        rows = self._ngram_rows(tokens).permute(1, 0, 2).reshape(tokens.shape[0], -1)
+        if not self.ngram_nb:
+            return rows
+        rows = rows.sort(dim=1).values
+        repeat = torch.zeros_like(rows, dtype=torch.bool)
+        repeat[:, 1:] = rows[:, 1:] == rows[:, :-1]
+        return rows.masked_fill(repeat, 0)
+
+    @torch.no_grad()
+    def fit_ngram_scale(self, batches, alpha: float = 1.0) -> None:
+        """Set ``ngram_scale`` from (tokens (B, T), labels (B,)) batches of the training split: for each
+        class c, log(f_c / f_rest), with f the smoothed (``alpha``) share of a class's n-gram presences
+        that fall in the row; two classes have one column, of class 1 against class 0. Rows no review has
+        keep scale 0 (an n-gram unseen in training carries no evidence)."""
+        buckets, n_logits = self.ngram_scale.shape
+        k = max(2, n_logits)
+        counts = torch.zeros(k, buckets, dtype=torch.float64)
+        for tokens, labels in batches:
+            rows = self._review_ngrams(tokens.to(self.ngram_scale.device)).cpu()  # (B, 3T)
+            for c in range(k):
+                counts[c] += torch.bincount(rows[labels == c].flatten(), minlength=buckets)
+        counts[:, 0] = 0  # row 0: "no n-gram"
+        seen = counts.sum(0) > 0
+        rest = counts.sum(0, keepdim=True) - counts
+        f_class, f_rest = counts + alpha, rest + alpha
+        ratio = (f_class / f_class.sum(1, keepdim=True)).log() - (f_rest / f_rest.sum(1, keepdim=True)).log()
+        ratio = (ratio[1:] if n_logits == 1 else ratio).t() * seen.unsqueeze(-1)  # (buckets, C)
+        self.ngram_scale.copy_(ratio.to(self.ngram_scale.dtype))
 
     def _ngram_rows(self, tokens: Tensor) -> Tensor:
         """(B, T) ids -> (3, B, T) rows of ``self.ngrams`` for the word, the pair and the triple ending at
@@ -234,6 +278,8 @@ def check_hyperparameters(config: dict) -> None:
     for name in ("bigram_buckets", "ngram_buckets"):
         if not isinstance(config[name], int) or config[name] == 1 or config[name] < 0:
             raise InputError(f"{name}: expected 0 (none) or an integer >= 2, got {config[name]!r}")
+    if config["ngram_nb"] and not config["ngram_buckets"]:
+        raise InputError("ngram_nb: needs ngram_buckets, the bag's table (e.g. 2097152)")
     if not config["ngram_gain"] > 0:
         raise InputError(f"ngram_gain: expected a number > 0, got {config['ngram_gain']}")
     for name in ("dropout", "word_dropout"):
