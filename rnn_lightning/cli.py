@@ -42,6 +42,7 @@ from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.models.base import RecurrentModule
 from rnn_lightning.runtime import tune_cpu_runtime
+from rnn_lightning.schedules import CosineOverFit
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
@@ -136,10 +137,16 @@ class RNNLightningCLI(LightningCLI):
         return value
 
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
-        """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)."""
+        """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)
+        and the step count of a ``CosineOverFit`` (from the trainer, once the module is attached to it)."""
         out = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if lr_scheduler is None or config.lr_scheduler_interval == "epoch":
+        if isinstance(lr_scheduler, CosineOverFit):
+            try:
+                lr_scheduler.total_steps = lightning_module.trainer.estimated_stepping_batches
+            except RuntimeError:  # not attached to a trainer yet: before_fit's early check of the arguments
+                pass
+        elif lr_scheduler is None or config.lr_scheduler_interval == "epoch":
             return out
         config = out["lr_scheduler"] if isinstance(out, dict) else {"scheduler": lr_scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": "step"}}

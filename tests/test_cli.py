@@ -202,6 +202,32 @@ def test_lr_scheduler_can_step_every_optimizer_step(cli, tiny_args, tmp_path):
     assert last["lr_schedulers"][0]["last_epoch"] == last["global_step"]  # stepped once per optimizer step
 
 
+def test_cosine_over_fit_anneals_to_zero_over_the_runs_own_steps(cli, tiny_args, tmp_path):
+    """No step count in the config: the run's (epochs x batches, accumulation counted) sizes it."""
+    cli(
+        "fit", *tiny_args, "--lr_scheduler", "rnn_lightning.schedules.CosineOverFit",
+        "--trainer.accumulate_grad_batches", "2",
+    )  # fmt: skip
+    last = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
+    assert last["global_step"] > 2 and last["lr_schedulers"][0]["last_epoch"] == last["global_step"]
+    assert "total_steps" not in last["lr_schedulers"][0]  # a resume counts its own
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_over_fit_is_pytorchs_cosine_with_the_step_count_filled_in():
+    from rnn_lightning.schedules import CosineOverFit
+
+    opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3) for _ in range(2)]
+    ours, theirs = CosineOverFit(opts[0], eta_min=1e-5), torch.optim.lr_scheduler.CosineAnnealingLR(opts[1], 176, 1e-5)
+    ours.total_steps = 176
+    for _ in range(176):
+        assert opts[0].param_groups[0]["lr"] == pytest.approx(opts[1].param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        opts[0].step(), opts[1].step(), ours.step(), theirs.step()
+    for _ in range(3):  # past the end it stays at eta_min (PyTorch's would climb back up)
+        ours.step()
+        assert opts[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 def test_learning_rate_finder_runs_from_the_cli(cli, tiny_args, tmp_path):
     result = cli(
         "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.callbacks.LearningRateSuggestion",
