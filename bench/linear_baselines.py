@@ -42,12 +42,17 @@ def tfidf_logreg(train, test) -> float:
     return float((model.predict(x_test) == test[1]).mean())
 
 
-def nbsvm(train, test, alpha: float = 1.0) -> float:
-    from sklearn.feature_extraction.text import CountVectorizer
+def nbsvm(train, test, alpha: float = 1.0, n_features: int | None = None) -> float:
+    """``n_features``: hash the n-grams into that many columns (None: one column per n-gram)."""
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    vec = CountVectorizer(ngram_range=(1, 3), binary=True, token_pattern=r"(?u)\b\w+\b|[^\w\s]")
-    x_train = vec.fit_transform(train[0])
+    pattern = r"(?u)\b\w+\b|[^\w\s]"
+    vec = CountVectorizer(ngram_range=(1, 3), binary=True, token_pattern=pattern)
+    if n_features:
+        vec = HashingVectorizer(n_features=n_features, ngram_range=(1, 3), binary=True, token_pattern=pattern,
+                                alternate_sign=False, norm=None)  # fmt: skip
+    x_train = vec.fit_transform(train[0]).tocsr()
     y = train[1]
     p = alpha + np.asarray(x_train[y == 1].sum(0)).ravel()
     q = alpha + np.asarray(x_train[y == 0].sum(0)).ravel()
