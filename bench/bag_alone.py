@@ -3,6 +3,7 @@
     pip install -e ".[bench]"
     python -m bench.bag_alone --data ../shared/imdb --cache_dir CACHE [--nb] [--gain 30] [--epochs 2] [--buckets N]
     python -m bench.bag_alone --data ../shared/imdb --cache_dir CACHE --nbsvm [--buckets N]
+    python -m bench.bag_alone --data ../shared/imdb --cache_dir CACHE --checkpoint CKPT
 
 Reads the token cache of the preset's data settings (30,000 words, the last 400 tokens of each review,
 the movie-disjoint ``blocks`` validation split). Trains only the network's n-gram table (its own
@@ -10,7 +11,9 @@ the movie-disjoint ``blocks`` validation split). Trains only the network's n-gra
 preset's optimizer (AdamW 2e-3, weight decay 0.01, batch 128, a cosine over all steps) and prints the
 validation accuracy after each epoch. ``--nbsvm`` fits ``bench.linear_baselines.nbsvm`` on the same ids
 instead (``--buckets``: hashed into that many features, as the bag is; 0: not hashed). A diagnostic of what bounds the
-preset (BENCHMARKS.md), not a model to use. Never reads the test split.
+preset (BENCHMARKS.md), not a model to use. ``--checkpoint``: a trained classifier with a bag, its
+validation accuracy from the whole logit, from the bag's term alone and from the rest alone. Never
+reads the test split.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import torch
 
 from bench.linear_baselines import nbsvm
 from rnn_lightning.data import IMDBDataModule
+from rnn_lightning.inference import SentimentPredictor
 from rnn_lightning.models.components.network import SentimentRNN
 
 
@@ -32,6 +36,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--nb", action="store_true", help="the bag as ngram_nb: true has it")
     p.add_argument("--nbsvm", action="store_true", help="NBSVM (scikit-learn) on the same ids instead")
+    p.add_argument("--checkpoint", help="split a trained model's validation logit into the bag and the rest")
     args = p.parse_args()
     dm = IMDBDataModule(dataset=args.data, vocab_size=30_000, max_len=400, batch_size=128, val_split="blocks",
                         cache_dir=args.cache_dir)  # fmt: skip
@@ -39,6 +44,14 @@ def main() -> None:
     fit, val = dm.splits["fit"], dm.splits["val"]
     x_fit, y_fit = torch.from_numpy(fit.token_ids().astype(np.int64)), fit.labels
     x_val, y_val = torch.from_numpy(val.token_ids().astype(np.int64)), val.labels
+    if args.checkpoint:
+        net = SentimentPredictor.from_checkpoint(args.checkpoint).net
+        with torch.no_grad():
+            parts = [(net(x_val[i : i + 512]), net._ngram_logits(x_val[i : i + 512]).squeeze(-1)) for i in range(0, len(y_val), 512)]
+        whole, bag = torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
+        for name, logit in (("whole", whole), ("bag alone", bag), ("network alone", whole - bag)):
+            print(f"{name}: val accuracy {((logit > 0).long() == y_val).float().mean():.4f}")
+        return
     if args.nbsvm:
         words = lambda x: [" ".join(f"w{i}" for i in row if i) for row in x.tolist()]  # noqa: E731
         acc = nbsvm((words(x_fit), y_fit.numpy()), (words(x_val), y_val.numpy()), n_features=args.buckets or None)
