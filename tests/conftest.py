@@ -13,6 +13,18 @@ import pytest
 from tests.helpers import InProcessCLI, make_reviews, tiny_cli_args, write_splits
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_build_dir(tmp_path_factory) -> Path:
+    """The compiled CPU loop (models/components/native.py) is built here, not in the user's cache;
+    subprocesses inherit it."""
+    from rnn_lightning.models.components import native
+
+    path = tmp_path_factory.mktemp("native")
+    os.environ[native.ENV_DIR] = str(path)
+    native.library.cache_clear()
+    return path
+
+
 @pytest.fixture(scope="session")
 def parquet_dir(tmp_path_factory) -> Path:
     """A folder in the stanfordnlp/imdb layout: train.parquet (96 reviews) and test.parquet (48)."""

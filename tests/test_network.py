@@ -1,7 +1,11 @@
+import os
+import shutil
+
 import pytest
 import torch
 
 from rnn_lightning.models import SentimentClassifier
+from rnn_lightning.models.components import native
 from rnn_lightning.models.components.network import SentimentRNN
 from rnn_lightning.models.components.recurrent import RecurrentLayer
 
@@ -50,13 +54,17 @@ def test_keras_initialisation():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("impl", ["fused", "bptt"])
+@pytest.mark.parametrize("impl", ["fused", "bptt", "bptt_pytorch_loop"])
 @pytest.mark.parametrize("pooling", ["max", "last"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling, device, exact_cuda):
+def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling, device, exact_cuda, monkeypatch):
     """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
     two bidirectional layers, and max pooling (every time step's output gets a gradient) or the
-    final states (the last layer computes nothing else)."""
+    final states (the last layer computes nothing else). ``bptt`` runs the float32 ``rnn`` cell's
+    time loop compiled where a compiler is present (native.py); ``bptt_pytorch_loop`` is its fallback."""
+    if impl == "bptt_pytorch_loop":
+        monkeypatch.setattr(native, "usable", lambda x: False)
+        impl = "bptt"
     torch.manual_seed(0)
     kwargs = dict(
         vocab_size=40,
@@ -398,3 +406,81 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
             SentimentClassifier(**bad)
     with pytest.raises(InputError, match="model: .*unexpected keyword argument 'colour'"):
         SentimentClassifier(colour="red")
+
+
+COMPILER = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def _reference_loop(gi, w_hh, gout):
+    """The tanh recurrence and its backward, step by step in PyTorch: hs (T + 1, B, H), dz (T, B, H)."""
+    T = gi.shape[0]
+    hs = [torch.zeros_like(gi[0])]
+    for t in range(T):
+        hs.append(torch.tanh(gi[t] + hs[-1] @ w_hh.t()))
+    hs = torch.stack(hs)
+    dz = torch.empty_like(gi)
+    dh = gout[-1] if gout.dim() == 3 else gout
+    for t in range(T - 1, -1, -1):
+        dz[t] = dh * (1 - hs[t + 1] ** 2)
+        if t:
+            dh = dz[t] @ w_hh + (gout[t - 1] if gout.dim() == 3 else 0)
+    return hs, dz
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
+@pytest.mark.parametrize("H", [64, 128, 10])  # the register-tiled product (H a multiple of 64) and the general one
+@pytest.mark.parametrize("last_only", [False, True])
+def test_compiled_loop_matches_the_recurrence_step_by_step(H, last_only):
+    """States and pre-activation gradients of native.py's loop against PyTorch's tanh, over 30 steps
+    and a batch that leaves a partial block of rows."""
+    assert native.library() is not None  # a compiler is present: it must build
+    torch.manual_seed(0)
+    T, B = 30, 13
+    gi, w_hh = torch.randn(T, B, H) * 0.7, torch.randn(H, H) / H**0.5
+    gout = torch.randn(B, H) if last_only else torch.randn(T, B, H)
+    hs_ref, dz_ref = _reference_loop(gi, w_hh, gout)
+    hs = native.tanh_forward(gi, w_hh)
+    torch.testing.assert_close(hs, hs_ref, atol=2e-6, rtol=0)
+    torch.testing.assert_close(native.tanh_backward(hs, gout, w_hh), dz_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
+def test_compiled_tanh_is_exact_to_float_precision_over_its_whole_range():
+    """One step from a zero state is tanh(gi): within 2 float32 ulps of 1 everywhere, signs kept, no NaN at the extremes."""
+    x = torch.cat([torch.linspace(-30, 30, 200_001), torch.tensor([0.0, -0.0, 1e-30, -1e-8, 88.0, -100.0, 1e30])])
+    gi = x.view(1, -1, 1)  # T = 1, B = every value, H = 1
+    h = native.tanh_forward(gi, torch.zeros(1, 1))[1, :, 0]
+    torch.testing.assert_close(h, torch.tanh(x.double()).float(), atol=2.4e-7, rtol=0)
+    assert torch.equal(torch.sign(h), torch.sign(x)) and torch.isfinite(h).all()
+
+
+def test_without_a_compiler_the_pytorch_loop_runs_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(native.ENV_DIR, str(tmp_path / "build"))
+    native.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="compiled CPU time loop is unavailable"):
+            assert native.library() is None
+        layer = RecurrentLayer("rnn", 6, 5)
+        x = torch.randn(9, 4, 6)
+        torch.testing.assert_close(layer(x, "bptt"), layer(x, "autograd"), atol=1e-6, rtol=0)
+    finally:
+        native.library.cache_clear()  # the next user builds it again from the session's directory
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
+def test_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv(native.ENV_DIR, str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        built = list(tmp_path.glob("tanh_rnn-*.so"))
+        assert len(built) == 1 and list(tmp_path.iterdir()) == built  # no temporary file left beside it
+        stamp = built[0].stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+        monkeypatch.setenv(native.ENV_SWITCH, "0")
+        native.library.cache_clear()
+        assert native.library() is None  # switched off
+    finally:
+        native.library.cache_clear()

@@ -17,6 +17,8 @@ lstm: i, f, g, o), so results equal the ``autograd`` and ``fused`` implementatio
 import torch
 from torch import Tensor
 
+from rnn_lightning.models.components import native
+
 
 def _scaled(w: Tensor, rows: slice | None) -> Tensor:
     """w with the given block of rows (a tanh gate's pre-activation) doubled, so sigmoid(.) = sigmoid(2x)."""
@@ -41,6 +43,11 @@ class _RNNTanh(torch.autograd.Function):
     ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
+        ctx.lowp, ctx.last_only, ctx.native = lowp, last_only, lowp != torch.bfloat16 and native.usable(w_hh)
+        if ctx.native:  # the float32 time loop compiled (native.py): the same function, one pass per step
+            hs = native.tanh_forward(_project(x, w_ih, b_ih + b_hh, lowp), w_hh)
+            ctx.save_for_backward(x, w_ih, w_hh, hs)
+            return _outputs(hs, last_only)
         if lowp == torch.bfloat16:  # the whole recurrence in bfloat16 (see bptt_layer); a true tanh is the precise one
             gi = _project(x, w_ih, b_ih + b_hh, lowp, keep_lowp=True)
             w_hh_t, act = w_hh.t().to(lowp), torch.tanh
@@ -51,7 +58,6 @@ class _RNNTanh(torch.autograd.Function):
         gis, hss = gi.unbind(0), hs.unbind(0)  # per-step views made at once, not one indexing op per use
         for t in range(T):
             act(gis[t].addmm_(hss[t], w_hh_t), out=hss[t + 1])  # in place: addmm with out= would copy gi[t] first
-        ctx.lowp, ctx.last_only = lowp, last_only
         ctx.save_for_backward(x, w_ih, w_hh, hs)
         return _outputs(hs, last_only)
 
@@ -59,6 +65,8 @@ class _RNNTanh(torch.autograd.Function):
     @torch.autocast("cpu", enabled=False)
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs = ctx.saved_tensors
+        if ctx.native:
+            return _weight_grads(ctx, native.tanh_backward(hs, gout, w_hh), x, hs, w_ih)
         T = hs.shape[0] - 1
         deriv = torch.addcmul(
             torch.ones((), dtype=hs.dtype, device=hs.device), hs[1:], hs[1:], value=-1

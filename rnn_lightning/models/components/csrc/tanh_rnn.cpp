@@ -1,0 +1,163 @@
+// The time loop of a float32 tanh RNN layer, forward and backward, on the CPU (used by bptt.py through
+// native.py, which compiles this file once per machine with the system's C++ compiler).
+//
+// The recurrence of each batch row depends on that row only, so each thread takes a block of ROWS rows
+// through all T steps: the block's state (ROWS x H) stays in L1 and W_hh in L2, there is one parallel
+// region per layer instead of a fork/join per op, and each step's product and tanh are one pass.
+// The input projections (one large GEMM before) and the weight gradients (large GEMMs after) stay in
+// PyTorch, where oneDNN/MKL run them near peak. Plain C ABI and OpenMP: no PyTorch headers, so the
+// build takes about a second.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// exp(x) for x <= 0 as 2^n * p(r): arithmetic and bit operations only, so the loops calling it vectorize.
+inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2, in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += static_cast<int32_t>(n) << 23;
+  std::memcpy(&p, &bits, 4);
+  return p;
+}
+
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|); for |x| < 2^-12 the quotient's rounding
+// is above x's own, and tanh(x) = x to float precision there.
+inline float tanh_f(float x) {
+  const float a = std::fabs(x);
+  const float e = exp_neg(-2.0f * a);
+  const float t = (1.0f - e) / (1.0f + e);
+  const float y = a < 2.44140625e-4f ? a : t;
+  return std::copysign(y, x);
+}
+
+// Vectors of the widest float SIMD the compiler targets (built with -march=native): GCC/Clang vector
+// extensions, so the same code is AVX-512, AVX2 or NEON.
+#if defined(__AVX512F__)
+constexpr int VL = 16;
+constexpr int TILE_ROWS = 6;  // 6 rows x 4 vectors of accumulators + 4 of weights: 29 of 32 registers
+#else
+constexpr int VL = 8;
+constexpr int TILE_ROWS = 3;  // 3 x 4 + 4 of 16 registers
+#endif
+constexpr int64_t ROWS = TILE_ROWS;  // rows per block, taken through all T steps by one thread
+typedef float vec __attribute__((vector_size(VL * 4), aligned(4)));
+constexpr int TILE_COLS = 4 * VL;
+
+// acc (R x H, row stride H) += h (R x H, row stride H) @ w (H x H, row-major, rows indexed by h's
+// columns), for H a multiple of TILE_COLS: accumulators for R x TILE_COLS outputs live in registers.
+template <int R>
+inline void add_product_tile(float* __restrict acc, const float* __restrict h, const float* __restrict w, int64_t H) {
+  for (int64_t c = 0; c < H; c += TILE_COLS) {
+    vec a[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 4; ++v) std::memcpy(&a[r][v], acc + r * H + c + v * VL, sizeof(vec));
+    for (int64_t k = 0; k < H; ++k) {
+      vec wv[4];
+      for (int v = 0; v < 4; ++v) std::memcpy(&wv[v], w + k * H + c + v * VL, sizeof(vec));
+      for (int r = 0; r < R; ++r) {
+        const float hk = h[r * H + k];
+        for (int v = 0; v < 4; ++v) a[r][v] += hk * wv[v];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 4; ++v) std::memcpy(acc + r * H + c + v * VL, &a[r][v], sizeof(vec));
+  }
+}
+
+// The same for any H (the loop over j vectorizes; accumulators go through L1).
+inline void add_product_any(float* __restrict acc, const float* __restrict h, const float* __restrict w,
+                            int64_t rows, int64_t H) {
+  for (int64_t k = 0; k < H; ++k) {
+    const float* wk = w + k * H;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float hk = h[r * H + k];
+      float* a = acc + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) a[j] += hk * wk[j];
+    }
+  }
+}
+
+// acc (rows x H) += h (rows x H) @ w, rows <= TILE_ROWS.
+inline void add_product(float* __restrict acc, const float* __restrict h, const float* __restrict w,
+                        int64_t rows, int64_t H) {
+  if (H % TILE_COLS) return add_product_any(acc, h, w, rows, H);
+  switch (rows) {
+    case 1: return add_product_tile<1>(acc, h, w, H);
+    case 2: return add_product_tile<2>(acc, h, w, H);
+    case 3: return add_product_tile<3>(acc, h, w, H);
+#if defined(__AVX512F__)
+    case 4: return add_product_tile<4>(acc, h, w, H);
+    case 5: return add_product_tile<5>(acc, h, w, H);
+    case 6: return add_product_tile<6>(acc, h, w, H);
+#endif
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// gi (T, B, H): the input projections with both biases; wt (H, H) = w_hh^T, row-major. Writes hs
+// (T + 1, B, H): hs[0] = 0, hs[t + 1] = tanh(gi[t] + hs[t] @ wt).
+void rnnl_tanh_forward(const float* gi, const float* wt, float* hs, int64_t T, int64_t B, int64_t H, int threads) {
+  std::memset(hs, 0, sizeof(float) * B * H);
+  const int64_t blocks = (B + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t b0 = blk * ROWS, rows = std::min(ROWS, B - b0), n = rows * H;
+    for (int64_t t = 0; t < T; ++t) {
+      float* out = hs + ((t + 1) * B + b0) * H;
+      std::memcpy(out, gi + (t * B + b0) * H, sizeof(float) * n);
+      add_product(out, hs + (t * B + b0) * H, wt, rows, H);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = tanh_f(out[i]);
+    }
+  }
+}
+
+// hs from rnnl_tanh_forward; gout: the outputs' gradient, (T, B, H), or (B, H) for the last state only
+// (last_only); w (H, H) = w_hh, row-major. Writes dz (T, B, H), the gradient of each step's
+// pre-activation gi[t] + hs[t] @ w_hh^T.
+void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const float* w, float* dz,
+                        int64_t T, int64_t B, int64_t H, int threads) {
+  const int64_t blocks = (B + ROWS - 1) / ROWS;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> dh_buf(ROWS * H);
+    float* dh = dh_buf.data();
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t b0 = blk * ROWS, rows = std::min(ROWS, B - b0), n = rows * H;
+      std::memcpy(dh, gout + ((last_only ? 0 : (T - 1) * B) + b0) * H, sizeof(float) * n);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const float* h = hs + ((t + 1) * B + b0) * H;
+        float* dzt = dz + (t * B + b0) * H;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) dzt[i] = dh[i] * (1.0f - h[i] * h[i]);
+        if (t == 0) break;
+        if (last_only) {
+          std::memset(dh, 0, sizeof(float) * n);
+        } else {
+          std::memcpy(dh, gout + ((t - 1) * B + b0) * H, sizeof(float) * n);
+        }
+        add_product(dh, dzt, w, rows, H);  // dh_prev[k] = gout + sum_j dz[j] w_hh[j][k]
+      }
+    }
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,115 @@
+"""The compiled time loop of the float32 ``rnn`` cell on a CPU (``csrc/tanh_rnn.cpp``), used by ``bptt.py``.
+
+The source is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``), for this
+machine's instruction set (``-march=native``), into a cache directory (``$RNN_LIGHTNING_NATIVE_DIR``,
+else ``$XDG_CACHE_HOME/rnn_lightning`` or ``~/.cache/rnn_lightning``), keyed by the source, the
+compiler, the flags and the CPU, and loaded through ctypes. It takes about a second and needs no
+PyTorch headers. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, the ``bptt`` layer runs
+its time loop in PyTorch instead (one warning says so); both compute the same function (tests check
+each against the ``autograd`` reference).
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "tanh_rnn.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+ENV_SWITCH, ENV_DIR = "RNN_LIGHTNING_NATIVE", "RNN_LIGHTNING_NATIVE_DIR"
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rnn_lightning"
+
+
+def _cpu_signature() -> str:
+    """What -march=native compiles for: a library built on one CPU may not run on another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
+    target = _cache_dir() / f"tanh_rnn-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place: processes starting together (DDP) never load a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled loop, built on first call; None (with one warning) where it cannot be built or is switched off."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    try:
+        if compiler is None:
+            raise OSError("no C++ compiler found (set CXX)")
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = err.stderr.strip().splitlines()[-1] if isinstance(err, subprocess.CalledProcessError) and err.stderr else err
+        warnings.warn(
+            f"rnn cell: the compiled CPU time loop is unavailable ({detail}); using the PyTorch loop, which is slower",
+            stacklevel=2,
+        )
+        return None
+    lib.rnnl_tanh_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
+    lib.rnnl_tanh_backward.argtypes = [_ptr, _ptr, ctypes.c_int, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
+    return lib
+
+
+def usable(x: Tensor) -> bool:
+    """Whether the compiled loop can run a layer on x: float32 on a CPU, with the library built."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+
+
+def tanh_forward(gi: Tensor, w_hh: Tensor) -> Tensor:
+    """gi (T, B, H) float32: the input projections with both biases -> states (T + 1, B, H),
+    hs[0] = 0, hs[t + 1] = tanh(gi[t] + hs[t] @ w_hh^T)."""
+    T, B, H = gi.shape
+    gi, wt = gi.contiguous(), w_hh.detach().t().contiguous()
+    hs = torch.empty(T + 1, B, H, dtype=torch.float32)
+    library().rnnl_tanh_forward(gi.data_ptr(), wt.data_ptr(), hs.data_ptr(), T, B, H, torch.get_num_threads())
+    return hs
+
+
+def tanh_backward(hs: Tensor, gout: Tensor, w_hh: Tensor) -> Tensor:
+    """hs from ``tanh_forward``; gout: gradient of the outputs hs[1:] (T, B, H), or of the last state
+    only (B, H) -> dz (T, B, H), the gradient of each step's pre-activation."""
+    T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    gout, w = gout.float().contiguous(), w_hh.detach().float().contiguous()
+    dz = torch.empty(T, B, H, dtype=torch.float32)
+    library().rnnl_tanh_backward(
+        hs.data_ptr(), gout.data_ptr(), int(gout.dim() == 2), w.data_ptr(), dz.data_ptr(), T, B, H, torch.get_num_threads()
+    )
+    return dz
