@@ -436,12 +436,14 @@ def test_compiled_loop_matches_the_recurrence_step_by_step(H, last_only):
     assert native.library() is not None  # a compiler is present: it must build
     torch.manual_seed(0)
     T, B = 30, 13
-    gi, w_hh = torch.randn(T, B, H) * 0.7, torch.randn(H, H) / H**0.5
+    gi, bias, w_hh = torch.randn(T, B, H) * 0.7, torch.randn(H) * 0.3, torch.randn(H, H) / H**0.5
     gout = torch.randn(B, H) if last_only else torch.randn(T, B, H)
-    hs_ref, dz_ref = _reference_loop(gi, w_hh, gout)
-    hs = native.tanh_forward(gi, w_hh)
+    hs_ref, dz_ref = _reference_loop(gi + bias, w_hh, gout)
+    hs = native.tanh_forward(gi, bias, w_hh)
     torch.testing.assert_close(hs, hs_ref, atol=2e-6, rtol=0)
-    torch.testing.assert_close(native.tanh_backward(hs, gout, w_hh), dz_ref, atol=1e-5, rtol=1e-5)
+    dz, db = native.tanh_backward(hs, gout, w_hh)
+    torch.testing.assert_close(dz, dz_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(db, dz_ref.sum((0, 1)), atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
@@ -449,17 +451,17 @@ def test_compiled_tanh_is_exact_to_float_precision_over_its_whole_range():
     """One step from a zero state is tanh(gi): within 2 float32 ulps of 1 everywhere, signs kept, no NaN at the extremes."""
     x = torch.cat([torch.linspace(-30, 30, 200_001), torch.tensor([0.0, -0.0, 1e-30, -1e-8, 88.0, -100.0, 1e30])])
     gi = x.view(1, -1, 1)  # T = 1, B = every value, H = 1
-    h = native.tanh_forward(gi, torch.zeros(1, 1))[1, :, 0]
+    h = native.tanh_forward(gi, torch.zeros(1), torch.zeros(1, 1))[1, :, 0]
     torch.testing.assert_close(h, torch.tanh(x.double()).float(), atol=2.4e-7, rtol=0)
     assert torch.equal(torch.sign(h), torch.sign(x)) and torch.isfinite(h).all()
 
 
-def test_without_a_compiler_the_pytorch_loop_runs_and_says_so(tmp_path, monkeypatch):
+def test_without_a_compiler_pytorch_ops_run_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv(native.ENV_DIR, str(tmp_path / "build"))
     native.library.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="compiled CPU time loop is unavailable"):
+        with pytest.warns(UserWarning, match="compiled CPU kernels are unavailable"):
             assert native.library() is None
         layer = RecurrentLayer("rnn", 6, 5)
         x = torch.randn(9, 4, 6)
@@ -474,7 +476,7 @@ def test_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, monkeypa
     native.library.cache_clear()
     try:
         assert native.library() is not None
-        built = list(tmp_path.glob("tanh_rnn-*.so"))
+        built = list(tmp_path.glob("cpu_kernels-*.so"))
         assert len(built) == 1 and list(tmp_path.iterdir()) == built  # no temporary file left beside it
         stamp = built[0].stat().st_mtime_ns
         native.library.cache_clear()
@@ -484,3 +486,33 @@ def test_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, monkeypa
         assert native.library() is None  # switched off
     finally:
         native.library.cache_clear()
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_compiled_embedding_gathers_masks_and_sums_gradients_like_pytorch(with_mask):
+    """Gather and dropout mask forward, and the masked sum of rows backward (pad row zero), against
+    F.embedding * mask and autograd; a frequent token sums many rows."""
+    torch.manual_seed(0)
+    T, B, V, E = 11, 7, 30, 13
+    tokens = torch.randint(0, V, (T, B))
+    tokens[:, 0] = 5  # 11 rows into one gradient row
+    weight = torch.randn(V, E, requires_grad=True)
+    mask = (torch.rand(1, B, E) > 0.3).float() / 0.7 if with_mask else None
+    grad = torch.randn(T, B, E)
+    ref = torch.nn.functional.embedding(tokens, weight, padding_idx=0)
+    ref = ref * mask if with_mask else ref
+    ref.backward(grad)
+    m = mask[0] if with_mask else None
+    torch.testing.assert_close(native.embedding_forward(tokens, weight, m), ref.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(native.embedding_backward(tokens, grad, m, V, 0), weight.grad, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler")
+def test_compiled_embedding_refuses_ids_outside_the_table():
+    weight = torch.randn(10, 4)
+    for bad in (10, -1):
+        tokens = torch.zeros(3, 2, dtype=torch.long)
+        tokens[1, 1] = bad
+        with pytest.raises(IndexError, match="1 token ids outside the embedding's 10 rows"):
+            native.embedding_forward(tokens, weight, None)

@@ -45,7 +45,7 @@ class _RNNTanh(torch.autograd.Function):
         H = w_hh.shape[1]
         ctx.lowp, ctx.last_only, ctx.native = lowp, last_only, lowp != torch.bfloat16 and native.usable(w_hh)
         if ctx.native:  # the float32 time loop compiled (native.py): the same function, one pass per step
-            hs = native.tanh_forward(_project(x, w_ih, b_ih + b_hh, lowp), w_hh)
+            hs = native.tanh_forward(_project(x, w_ih, None, lowp), b_ih + b_hh, w_hh)  # the bias joins in the loop
             ctx.save_for_backward(x, w_ih, w_hh, hs)
             return _outputs(hs, last_only)
         if lowp == torch.bfloat16:  # the whole recurrence in bfloat16 (see bptt_layer); a true tanh is the precise one
@@ -66,7 +66,8 @@ class _RNNTanh(torch.autograd.Function):
     def backward(ctx, gout: Tensor):
         x, w_ih, w_hh, hs = ctx.saved_tensors
         if ctx.native:
-            return _weight_grads(ctx, native.tanh_backward(hs, gout, w_hh), x, hs, w_ih)
+            dz, db = native.tanh_backward(hs, gout, w_hh)
+            return _weight_grads(ctx, dz, x, hs, w_ih, db=db)
         T = hs.shape[0] - 1
         deriv = torch.addcmul(
             torch.ones((), dtype=hs.dtype, device=hs.device), hs[1:], hs[1:], value=-1
@@ -257,10 +258,12 @@ def _mm_tn(a: Tensor, b: Tensor, lowp: torch.dtype | None, chunks: int = 8) -> T
     return torch.bmm(a.transpose(1, 2), b).float().sum(0)
 
 
-def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
+def _project(x: Tensor, w: Tensor, b: Tensor | None, lowp: torch.dtype | None, keep_lowp: bool = False) -> Tensor:
     """Input projections of all steps as one GEMM: x (T, B, in), already in ``lowp`` if given -> (T, B, G*H),
-    float32 unless ``keep_lowp``."""
+    float32 unless ``keep_lowp``; without the bias if ``b`` is None."""
     T, B, _ = x.shape
+    if b is None:
+        return _mm(x.reshape(T * B, -1), w.t(), lowp, keep_lowp).view(T, B, -1)
     if lowp is None:
         return torch.addmm(b, x.reshape(T * B, -1), w.t()).view(T, B, -1)
     # The bias joins the low-precision GEMM, as autocast does for nn.Linear: one pass less over the output.
@@ -268,10 +271,13 @@ def _project(x: Tensor, w: Tensor, b: Tensor, lowp: torch.dtype | None, keep_low
     return out if keep_lowp else out.float()
 
 
-def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None):
+def _weight_grads(
+    ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Tensor | None = None, db: Tensor | None = None
+):
     """Gradients of (x, w_ih, w_hh, b_ih, b_hh, lowp, last_only) from the per-step pre-activation gradients, as large GEMMs.
 
-    dgi (T, B, G*H): gradient of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh (same as dgi unless given).
+    dgi (T, B, G*H): gradient of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh (same as dgi unless given);
+    db: dgi's sum over steps and rows, where already computed (then both biases' gradient).
     """
     T, B, GH = dgi.shape
     dgh = dgi if dgh is None else dgh
@@ -279,8 +285,8 @@ def _weight_grads(ctx, dgi: Tensor, x: Tensor, hs: Tensor, w_ih: Tensor, dgh: Te
     need, lowp = ctx.needs_input_grad, ctx.lowp
     # A bfloat16 sum accumulates in float32 and rounds once at the end (sum(dtype=float32) would first
     # cast the whole tensor, one more pass over the largest gradient).
-    db_ih = flat_i.sum(0).float() if need[3] else None
-    db_hh = flat_h.sum(0).float() if need[4] else None
+    db_ih = (flat_i.sum(0).float() if db is None else db) if need[3] else None
+    db_hh = (flat_h.sum(0).float() if db is None else db.clone()) if need[4] else None
     if lowp is not None:  # cast each operand once, not once per GEMM
         flat_i = flat_i.to(lowp)
         flat_h = flat_i if dgh is dgi else flat_h.to(lowp)

@@ -15,20 +15,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnn_lightning.models.components import native
+
 
 class _MaskedEmbedding(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tokens: Tensor, weight: Tensor, mask: Tensor | None, padding_idx: int, dtype: torch.dtype):
+        T, B = tokens.shape
+        # float32 on a CPU: gather, mask and (backward) the masked sum of rows as one pass each (native.py)
+        ctx.native = dtype == torch.float32 and native.usable(weight) and (mask is None or mask.shape == (1, B, weight.shape[1]))
+        ctx.save_for_backward(tokens, mask)
+        ctx.num_weights, ctx.padding_idx, ctx.weight_dtype = weight.shape[0], padding_idx, weight.dtype
+        if ctx.native:
+            return native.embedding_forward(tokens, weight, None if mask is None else mask[0].float())
         out = F.embedding(tokens, weight.to(dtype))
         if mask is not None:
             out.mul_(mask.to(dtype))
-        ctx.save_for_backward(tokens, mask)
-        ctx.num_weights, ctx.padding_idx, ctx.weight_dtype = weight.shape[0], padding_idx, weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         tokens, mask = ctx.saved_tensors
+        if ctx.native:
+            mask = None if mask is None else mask[0].float()
+            return None, native.embedding_backward(tokens, grad, mask, ctx.num_weights, ctx.padding_idx), None, None, None
         if mask is not None:
             grad = grad * mask.to(grad.dtype)
         grad = grad.float()  # summed in float32 whatever the compute dtype

@@ -1,12 +1,12 @@
-"""The compiled time loop of the float32 ``rnn`` cell on a CPU (``csrc/tanh_rnn.cpp``), used by ``bptt.py``.
+"""Compiled float32 CPU kernels (``csrc/cpu_kernels.cpp``): the ``rnn`` cell's time loop, used by
+``bptt.py``, and the masked embedding gather and its gradient, used by ``masked.py``.
 
 The source is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``), for this
 machine's instruction set (``-march=native``), into a cache directory (``$RNN_LIGHTNING_NATIVE_DIR``,
 else ``$XDG_CACHE_HOME/rnn_lightning`` or ``~/.cache/rnn_lightning``), keyed by the source, the
 compiler, the flags and the CPU, and loaded through ctypes. It takes about a second and needs no
-PyTorch headers. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, the ``bptt`` layer runs
-its time loop in PyTorch instead (one warning says so); both compute the same function (tests check
-each against the ``autograd`` reference).
+PyTorch headers. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, the same functions run as
+PyTorch ops instead (one warning says so); tests check both against the ``autograd`` reference.
 """
 
 import ctypes
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "tanh_rnn.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 ENV_SWITCH, ENV_DIR = "RNN_LIGHTNING_NATIVE", "RNN_LIGHTNING_NATIVE_DIR"
 
@@ -50,7 +50,7 @@ def _cpu_signature() -> str:
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
-    target = _cache_dir() / f"tanh_rnn-{key.hexdigest()[:16]}.so"
+    target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,37 +79,77 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as err:
         detail = err.stderr.strip().splitlines()[-1] if isinstance(err, subprocess.CalledProcessError) and err.stderr else err
         warnings.warn(
-            f"rnn cell: the compiled CPU time loop is unavailable ({detail}); using the PyTorch loop, which is slower",
+            f"the compiled CPU kernels are unavailable ({detail}); using PyTorch's ops, which are slower",
             stacklevel=2,
         )
         return None
-    lib.rnnl_tanh_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
-    lib.rnnl_tanh_backward.argtypes = [_ptr, _ptr, ctypes.c_int, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
+    lib.rnnl_tanh_forward.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
+    lib.rnnl_tanh_backward.argtypes = [_ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
+    lib.rnnl_embedding_forward.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, ctypes.c_int]
+    lib.rnnl_embedding_forward.restype = _i64
+    lib.rnnl_embedding_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, ctypes.c_int]
     return lib
 
 
 def usable(x: Tensor) -> bool:
-    """Whether the compiled loop can run a layer on x: float32 on a CPU, with the library built."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+    """Whether the compiled kernels can run on x: float32 on a CPU, not traced (torch.export and torch.compile
+    see PyTorch's ops instead: they cannot look into a C function), with the library built."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling() and library() is not None
+    )
 
 
-def tanh_forward(gi: Tensor, w_hh: Tensor) -> Tensor:
-    """gi (T, B, H) float32: the input projections with both biases -> states (T + 1, B, H),
-    hs[0] = 0, hs[t + 1] = tanh(gi[t] + hs[t] @ w_hh^T)."""
+def _ptr_of(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def tanh_forward(gi: Tensor, bias: Tensor, w_hh: Tensor) -> Tensor:
+    """gi (T, B, H) float32: the input projections without bias; bias (H): both biases -> states
+    (T + 1, B, H), hs[0] = 0, hs[t + 1] = tanh(gi[t] + bias + hs[t] @ w_hh^T)."""
     T, B, H = gi.shape
-    gi, wt = gi.contiguous(), w_hh.detach().t().contiguous()
+    gi, bias, wt = gi.contiguous(), bias.detach().contiguous(), w_hh.detach().t().contiguous()
     hs = torch.empty(T + 1, B, H, dtype=torch.float32)
-    library().rnnl_tanh_forward(gi.data_ptr(), wt.data_ptr(), hs.data_ptr(), T, B, H, torch.get_num_threads())
+    library().rnnl_tanh_forward(gi.data_ptr(), bias.data_ptr(), wt.data_ptr(), hs.data_ptr(), T, B, H, torch.get_num_threads())
     return hs
 
 
-def tanh_backward(hs: Tensor, gout: Tensor, w_hh: Tensor) -> Tensor:
+def tanh_backward(hs: Tensor, gout: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
     """hs from ``tanh_forward``; gout: gradient of the outputs hs[1:] (T, B, H), or of the last state
-    only (B, H) -> dz (T, B, H), the gradient of each step's pre-activation."""
+    only (B, H) -> (dz (T, B, H), the gradient of each step's pre-activation; its sum (H), the bias gradient)."""
     T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     gout, w = gout.float().contiguous(), w_hh.detach().float().contiguous()
-    dz = torch.empty(T, B, H, dtype=torch.float32)
+    dz, db = torch.empty(T, B, H, dtype=torch.float32), torch.empty(H, dtype=torch.float32)
     library().rnnl_tanh_backward(
-        hs.data_ptr(), gout.data_ptr(), int(gout.dim() == 2), w.data_ptr(), dz.data_ptr(), T, B, H, torch.get_num_threads()
+        hs.data_ptr(), gout.data_ptr(), int(gout.dim() == 2), w.data_ptr(), dz.data_ptr(), db.data_ptr(),
+        T, B, H, torch.get_num_threads(),
+    )  # fmt: skip
+    return dz, db
+
+
+def embedding_forward(tokens: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
+    """tokens (T, B) -> weight[tokens] * mask (T, B, E), mask (B, E) for every step, or None."""
+    T, B = tokens.shape
+    V, E = weight.shape
+    tokens, weight = tokens.contiguous(), weight.detach().contiguous()
+    mask = None if mask is None else mask.contiguous()
+    out = torch.empty(T, B, E, dtype=torch.float32)
+    bad = library().rnnl_embedding_forward(
+        tokens.data_ptr(), weight.data_ptr(), _ptr_of(mask), out.data_ptr(), T * B, B, V, E, torch.get_num_threads()
     )
-    return dz
+    if bad:
+        raise IndexError(f"{bad} token ids outside the embedding's {V} rows (expected 0 <= id < {V})")
+    return out
+
+
+def embedding_backward(tokens: Tensor, grad: Tensor, mask: Tensor | None, num_weights: int, padding_idx: int) -> Tensor:
+    """The weight's gradient of ``embedding_forward``: (num_weights, E), zero in the ``padding_idx`` row."""
+    T, B = tokens.shape
+    E = grad.shape[-1]
+    tokens, grad = tokens.contiguous(), grad.float().contiguous()
+    mask = None if mask is None else mask.contiguous()
+    out = torch.empty(num_weights, E, dtype=torch.float32)
+    library().rnnl_embedding_backward(
+        tokens.data_ptr(), grad.data_ptr(), _ptr_of(mask), out.data_ptr(), T * B, B, num_weights, E, padding_idx,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out

@@ -1,5 +1,6 @@
-// The time loop of a float32 tanh RNN layer, forward and backward, on the CPU (used by bptt.py through
-// native.py, which compiles this file once per machine with the system's C++ compiler).
+// Float32 CPU kernels of the training step's memory- and latency-bound parts, used through native.py,
+// which compiles this file once per machine with the system's C++ compiler: the time loop of a tanh
+// RNN layer, forward and backward (bptt.py), and the masked embedding gather and its gradient (masked.py).
 //
 // The recurrence of each batch row depends on that row only, so each thread takes a block of ROWS rows
 // through all T steps: the block's state (ROWS x H) stays in L1 and W_hh in L2, there is one parallel
@@ -7,6 +8,8 @@
 // The input projections (one large GEMM before) and the weight gradients (large GEMMs after) stay in
 // PyTorch, where oneDNN/MKL run them near peak. Plain C ABI and OpenMP: no PyTorch headers, so the
 // build takes about a second.
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -111,9 +114,10 @@ inline void add_product(float* __restrict acc, const float* __restrict h, const 
 
 extern "C" {
 
-// gi (T, B, H): the input projections with both biases; wt (H, H) = w_hh^T, row-major. Writes hs
-// (T + 1, B, H): hs[0] = 0, hs[t + 1] = tanh(gi[t] + hs[t] @ wt).
-void rnnl_tanh_forward(const float* gi, const float* wt, float* hs, int64_t T, int64_t B, int64_t H, int threads) {
+// gi (T, B, H): the input projections without bias; bias (H): both biases summed; wt (H, H) = w_hh^T,
+// row-major. Writes hs (T + 1, B, H): hs[0] = 0, hs[t + 1] = tanh(gi[t] + bias + hs[t] @ wt).
+void rnnl_tanh_forward(const float* gi, const float* bias, const float* wt, float* hs, int64_t T, int64_t B,
+                       int64_t H, int threads) {
   std::memset(hs, 0, sizeof(float) * B * H);
   const int64_t blocks = (B + ROWS - 1) / ROWS;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -121,7 +125,10 @@ void rnnl_tanh_forward(const float* gi, const float* wt, float* hs, int64_t T, i
     const int64_t b0 = blk * ROWS, rows = std::min(ROWS, B - b0), n = rows * H;
     for (int64_t t = 0; t < T; ++t) {
       float* out = hs + ((t + 1) * B + b0) * H;
-      std::memcpy(out, gi + (t * B + b0) * H, sizeof(float) * n);
+      const float* g = gi + (t * B + b0) * H;
+      for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) out[r * H + j] = g[r * H + j] + bias[j];
       add_product(out, hs + (t * B + b0) * H, wt, rows, H);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) out[i] = tanh_f(out[i]);
@@ -131,14 +138,20 @@ void rnnl_tanh_forward(const float* gi, const float* wt, float* hs, int64_t T, i
 
 // hs from rnnl_tanh_forward; gout: the outputs' gradient, (T, B, H), or (B, H) for the last state only
 // (last_only); w (H, H) = w_hh, row-major. Writes dz (T, B, H), the gradient of each step's
-// pre-activation gi[t] + hs[t] @ w_hh^T.
-void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const float* w, float* dz,
+// pre-activation gi[t] + bias + hs[t] @ w_hh^T, and dbias (H), its sum over all steps and rows.
+void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const float* w, float* dz, float* dbias,
                         int64_t T, int64_t B, int64_t H, int threads) {
   const int64_t blocks = (B + ROWS - 1) / ROWS;
+  // One partial bias sum per thread, added in thread order: the same result on every run.
+  std::vector<float> partial(static_cast<size_t>(threads) * H, 0.0f);
+  int used = 1;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> dh_buf(ROWS * H);
     float* dh = dh_buf.data();
+    float* db = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * H;
+#pragma omp single
+    used = omp_get_num_threads();
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t b0 = blk * ROWS, rows = std::min(ROWS, B - b0), n = rows * H;
@@ -148,6 +161,9 @@ void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const
         float* dzt = dz + (t * B + b0) * H;
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) dzt[i] = dh[i] * (1.0f - h[i] * h[i]);
+        for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) db[j] += dzt[r * H + j];
         if (t == 0) break;
         if (last_only) {
           std::memset(dh, 0, sizeof(float) * n);
@@ -155,6 +171,60 @@ void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const
           std::memcpy(dh, gout + ((t - 1) * B + b0) * H, sizeof(float) * n);
         }
         add_product(dh, dzt, w, rows, H);  // dh_prev[k] = gout + sum_j dz[j] w_hh[j][k]
+      }
+    }
+  }
+  std::memset(dbias, 0, sizeof(float) * H);
+  for (int i = 0; i < used; ++i)
+    for (int64_t j = 0; j < H; ++j) dbias[j] += partial[i * H + j];
+}
+
+// tokens (N), N = T * B, rows of weight (V, E); mask (B, E) for every step alike, or null. Writes out
+// (N, E): out[i] = weight[tokens[i]] * mask[i % B], the gather and the dropout in one pass.
+// Returns the number of tokens outside [0, V), and then writes nothing.
+int64_t rnnl_embedding_forward(const int64_t* tokens, const float* weight, const float* mask, float* out, int64_t N,
+                               int64_t B, int64_t V, int64_t E, int threads) {
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : bad)
+  for (int64_t i = 0; i < N; ++i) bad += tokens[i] < 0 || tokens[i] >= V;
+  if (bad) return bad;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < N; ++i) {
+    const float* w = weight + tokens[i] * E;
+    float* o = out + i * E;
+    if (mask) {
+      const float* m = mask + (i % B) * E;
+#pragma omp simd
+      for (int64_t e = 0; e < E; ++e) o[e] = w[e] * m[e];
+    } else {
+      std::memcpy(o, w, sizeof(float) * E);
+    }
+  }
+  return 0;
+}
+
+// The gradient of rnnl_embedding_forward: grad_weight (V, E) = 0, then grad_weight[tokens[i]] +=
+// grad[i] * mask[i % B] for every i, except the padding_idx row. Each thread owns a range of
+// vocabulary rows and adds the tokens in order: no races, the same result on every run.
+void rnnl_embedding_backward(const int64_t* tokens, const float* grad, const float* mask, float* grad_weight,
+                             int64_t N, int64_t B, int64_t V, int64_t E, int64_t padding_idx, int threads) {
+  std::memset(grad_weight, 0, sizeof(float) * V * E);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+    const int64_t lo = V * k / n, hi = V * (k + 1) / n;
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t v = tokens[i];
+      if (v < lo || v >= hi || v == padding_idx) continue;
+      float* gw = grad_weight + v * E;
+      const float* g = grad + i * E;
+      if (mask) {
+        const float* m = mask + (i % B) * E;
+#pragma omp simd
+        for (int64_t e = 0; e < E; ++e) gw[e] += g[e] * m[e];
+      } else {
+#pragma omp simd
+        for (int64_t e = 0; e < E; ++e) gw[e] += g[e];
       }
     }
   }
