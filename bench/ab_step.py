@@ -31,10 +31,11 @@ def load_base_network(rev: str, into: Path):
     pkg = into / "base_components"
     pkg.mkdir()
     names = subprocess.run(
-        ["git", "ls-tree", "--name-only", f"{rev}:{COMPONENTS}"], check=True, capture_output=True, text=True
+        ["git", "ls-tree", "-r", "--name-only", f"{rev}:{COMPONENTS}"], check=True, capture_output=True, text=True
     ).stdout.split()
-    for name in names:
+    for name in names:  # with subfolders (csrc/: the compiled kernels' source)
         text = subprocess.run(["git", "show", f"{rev}:{COMPONENTS}/{name}"], check=True, capture_output=True, text=True)
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text.stdout.replace("rnn_lightning.models.components", "base_components"))
     sys.path.insert(0, str(into))
     return importlib.import_module("base_components.network").SentimentRNN
