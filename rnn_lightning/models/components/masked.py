@@ -8,7 +8,9 @@ straight from a bfloat16 copy of the table and masked in place (half the bytes, 
 dropout mask between layers is applied while casting. The embedding's gradient is still summed in
 float32: summing thousands of a frequent token's gradients in bfloat16 loses them (see the tests).
 
-Without autocast (``dtype`` float32) both ops compute exactly ``F.embedding(tokens, w) * mask``.
+Without autocast (``dtype`` float32) both ops compute exactly ``F.embedding(tokens, w) * mask``; on a
+CPU the embedding's gather with its mask, and its gradient (the masked rows summed into the table),
+are one compiled pass each (native.py) where the kernels are built.
 """
 
 import torch

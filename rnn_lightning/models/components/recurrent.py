@@ -4,7 +4,8 @@ Every implementation computes the same function from the same parameters:
 
 - ``autograd``: a Python loop over time steps; PyTorch's autograd differentiates it. The reference.
 - ``fused``: PyTorch's native recurrent kernels (cuDNN on a GPU, ATen's own on a CPU).
-- ``bptt``: a hand-written backward through time (see ``bptt.py``); the fast path on a CPU.
+- ``bptt``: a hand-written backward through time (see ``bptt.py``); the fast path on a CPU, where the
+  float32 ``rnn`` cell's time loop runs compiled (``native.py``) if a C++ compiler is present.
 - ``auto``: ``fused`` for CUDA tensors, ``bptt`` otherwise.
 """
 
