@@ -17,6 +17,8 @@ from typing import IO
 
 from rnn_lightning.errors import InputError
 
+CACHE_ROOT = "~/.cache/rnn_lightning"  # the token cache's default folder; compiled kernels go in its kernels/
+
 
 @contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, **open_kwargs) -> Iterator[IO]:

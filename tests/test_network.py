@@ -505,6 +505,7 @@ def test_compiled_embedding_gathers_masks_and_sums_gradients_like_pytorch(with_m
     ref.backward(grad)
     m = mask[0] if with_mask else None
     torch.testing.assert_close(native.embedding_forward(tokens, weight, m), ref.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(native.embedding_forward(tokens.int(), weight, m), ref.detach(), atol=0, rtol=0)
     torch.testing.assert_close(native.embedding_backward(tokens, grad, m, V, 0), weight.grad, atol=1e-5, rtol=1e-6)
 
 

@@ -25,7 +25,7 @@ from rnn_lightning.data import sources
 from rnn_lightning.data.reviews_io import EMPTY, InputRows, read_reviews
 from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import atomic_folder, content_digests
+from rnn_lightning.files import CACHE_ROOT, atomic_folder, content_digests
 
 CACHE_VERSION = 3  # bump when the tokenizer recipe, the split or the cache layout changes
 
@@ -263,7 +263,7 @@ class IMDBDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 42,
         val_split: ValSplit = "random",
-        cache_dir: str = "~/.cache/rnn_lightning",
+        cache_dir: str = CACHE_ROOT,
         num_workers: int = 0,
         predict_path: str | None = None,
         unlabelled: bool = False,

@@ -23,9 +23,9 @@ from rnn_lightning.models.components import native
 class _MaskedEmbedding(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tokens: Tensor, weight: Tensor, mask: Tensor | None, padding_idx: int, dtype: torch.dtype):
-        T, B = tokens.shape
         # float32 on a CPU: gather, mask and (backward) the masked sum of rows as one pass each (native.py)
-        ctx.native = dtype == torch.float32 and native.usable(weight) and (mask is None or mask.shape == (1, B, weight.shape[1]))
+        one_mask = mask is None or mask.shape == (1, tokens.shape[1], weight.shape[1])  # (1, B, E): every step alike
+        ctx.native = dtype == torch.float32 and one_mask and native.usable(weight)
         ctx.save_for_backward(tokens, mask)
         ctx.num_weights, ctx.padding_idx, ctx.weight_dtype = weight.shape[0], padding_idx, weight.dtype
         if ctx.native:

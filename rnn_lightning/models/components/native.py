@@ -3,7 +3,7 @@
 
 The source is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``), for this
 machine's instruction set (``-march=native``), into a cache directory (``$RNN_LIGHTNING_NATIVE_DIR``,
-else ``$XDG_CACHE_HOME/rnn_lightning`` or ``~/.cache/rnn_lightning``), keyed by the source, the
+else ``~/.cache/rnn_lightning/kernels``), keyed by the source, the
 compiler, the flags and the CPU, and loaded through ctypes. It takes about a second and needs no
 PyTorch headers. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, the same functions run as
 PyTorch ops instead (one warning says so); tests check both against the ``autograd`` reference.
@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rnn_lightning.files import CACHE_ROOT
+
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 ENV_SWITCH, ENV_DIR = "RNN_LIGHTNING_NATIVE", "RNN_LIGHTNING_NATIVE_DIR"
@@ -31,10 +33,7 @@ _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 
 def _cache_dir() -> Path:
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rnn_lightning"
+    return Path(os.environ.get(ENV_DIR) or Path(CACHE_ROOT).expanduser() / "kernels")
 
 
 def _cpu_signature() -> str:
@@ -54,7 +53,9 @@ def _build(compiler: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place: processes starting together (DDP) never load a half-written file.
+    # Built beside the target and renamed into place: processes starting together (DDP) never load a
+    # half-written file. Not files.atomic_file: its clean-up of stale temporaries would delete a
+    # concurrent builder's.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
@@ -130,7 +131,7 @@ def embedding_forward(tokens: Tensor, weight: Tensor, mask: Tensor | None) -> Te
     """tokens (T, B) -> weight[tokens] * mask (T, B, E), mask (B, E) for every step, or None."""
     T, B = tokens.shape
     V, E = weight.shape
-    tokens, weight = tokens.contiguous(), weight.detach().contiguous()
+    tokens, weight = tokens.to(torch.int64).contiguous(), weight.detach().contiguous()
     mask = None if mask is None else mask.contiguous()
     out = torch.empty(T, B, E, dtype=torch.float32)
     bad = library().rnnl_embedding_forward(
@@ -145,7 +146,7 @@ def embedding_backward(tokens: Tensor, grad: Tensor, mask: Tensor | None, num_we
     """The weight's gradient of ``embedding_forward``: (num_weights, E), zero in the ``padding_idx`` row."""
     T, B = tokens.shape
     E = grad.shape[-1]
-    tokens, grad = tokens.contiguous(), grad.float().contiguous()
+    tokens, grad = tokens.to(torch.int64).contiguous(), grad.float().contiguous()
     mask = None if mask is None else mask.contiguous()
     out = torch.empty(num_weights, E, dtype=torch.float32)
     library().rnnl_embedding_backward(
