@@ -251,9 +251,13 @@ def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell):
-    """Over 80 steps, the hand-written layers under bf16 autocast (rnn: the whole recurrence in bfloat16)
-    stay at least as close to the float32 result as autocast's own treatment of the autograd loop."""
+@pytest.mark.parametrize("kernels", [True, False])
+def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell, kernels, monkeypatch):
+    """Over 80 steps, the hand-written layers under bf16 autocast (rnn: the recurrence in float32 in
+    the compiled loop, else wholly in bfloat16) stay at least as close to the float32 result as
+    autocast's own treatment of the autograd loop."""
+    if not kernels:
+        monkeypatch.setattr(native, "usable", lambda x: False)
     torch.manual_seed(0)
     kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
     nets = {impl: SentimentRNN(**kwargs, implementation=impl) for impl in ("autograd", "bptt")}
@@ -269,12 +273,19 @@ def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell
     assert errors["bptt"][0] <= errors["autograd"][0] and errors["bptt"][1] <= errors["autograd"][1], errors
 
 
-def test_rnn_recurrence_runs_in_bfloat16_only_under_bfloat16_autocast():
-    """bfloat16 has float32's range; under float16 autocast the states stay float32 (a chained
-    recurrence's loss-scaled gradients could overflow float16)."""
+@pytest.mark.parametrize("kernels", [True, False])
+def test_rnn_recurrence_runs_in_bfloat16_only_under_bfloat16_autocast_without_the_kernels(kernels, monkeypatch):
+    """Without the compiled loop: bfloat16 has float32's range; under float16 autocast the states stay
+    float32 (a chained recurrence's loss-scaled gradients could overflow float16). The compiled loop
+    keeps float32 states under any autocast."""
+    if not kernels:
+        monkeypatch.setattr(native, "usable", lambda x: False)
+    elif native.library() is None:
+        pytest.skip("no C++ compiler")
     layer = RecurrentLayer("rnn", 6, 5)
     x = torch.randn(7, 3, 6)
-    for dtype, states in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (None, torch.float32)):
+    bf16_states = torch.float32 if kernels else torch.bfloat16
+    for dtype, states in ((torch.bfloat16, bf16_states), (torch.float16, torch.float32), (None, torch.float32)):
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = layer(x, "bptt")
         assert out.dtype == states

@@ -43,8 +43,10 @@ class _RNNTanh(torch.autograd.Function):
     ) -> Tensor:
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        ctx.lowp, ctx.last_only, ctx.native = lowp, last_only, lowp != torch.bfloat16 and native.usable(w_hh)
-        if ctx.native:  # the float32 time loop compiled (native.py): the same function, one pass per step
+        ctx.lowp, ctx.last_only, ctx.native = lowp, last_only, native.usable(w_hh)
+        # The float32 time loop compiled (native.py), one pass per step; under autocast too, where the
+        # input and weight-gradient GEMMs still run in lowp (bfloat16 GEMMs are several times faster).
+        if ctx.native:
             hs = native.tanh_forward(_project(x, w_ih, None, lowp), b_ih + b_hh, w_hh)  # the bias joins in the loop
             ctx.save_for_backward(x, w_ih, w_hh, hs)
             return _outputs(hs, last_only)
@@ -316,8 +318,9 @@ def bptt_layer(
 
     Under autocast (e.g. Lightning's ``precision: bf16-mixed``) the large input and weight-gradient
     GEMMs run in the autocast dtype (x, best given in that dtype already, gets its gradient in it).
-    Under bfloat16 the ``rnn`` cell runs its whole recurrence in it too, states and gradients, as autocast
-    runs the ``autograd`` loop's products and cuDNN its RNNs, with a true tanh (2 sigmoid(2z) - 1 from
+    With the compiled kernels (native.py) the ``rnn`` cell's recurrence runs in float32 whatever the
+    autocast dtype. Without them, under bfloat16 it runs its whole recurrence in it too, states and
+    gradients, as autocast runs the ``autograd`` loop's products and cuDNN its RNNs, with a true tanh (2 sigmoid(2z) - 1 from
     a bfloat16 sigmoid would lose precision near h = 0); a test checks it stays at least as close to
     float32 as autocast's own loop over 80 steps. It saves the casts between the loop and the GEMMs
     and halves the memory traffic (BENCHMARKS.md has the step times). ``gru`` and ``lstm`` keep float32
