@@ -21,6 +21,7 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -41,7 +42,7 @@ from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
 from rnn_lightning.models import SentimentClassifier
 from rnn_lightning.models.base import RecurrentModule
-from rnn_lightning.runtime import tune_cpu_runtime
+from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
 from rnn_lightning.schedules import CosineOverFit
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
@@ -259,11 +260,25 @@ class RNNLightningCLI(LightningCLI):
         )
         if trainer.global_rank == 0:
             claim_run_folder(logger)
+        hint = bf16_hint(trainer, self.model)
+        if hint:
+            rank_zero_info(hint)
         if self._resumed is not None and epochs_done(self._resumed) >= (trainer.max_epochs or 0) > 0:
             rank_zero_info(
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def bf16_hint(trainer: Trainer, model: LightningModule) -> str | None:
+    """One line for a float32 fit of the rnn cell on a CPU with native bfloat16, where one switch makes it faster."""
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    if trainer.precision != "32-true" or not on_cpu or model.hparams.get("cell") != "rnn" or not native_bf16():
+        return None
+    return (
+        "This CPU computes bfloat16 natively: --config configs/bf16.yaml (precision bf16-mixed) trains the "
+        "rnn cell about 1.4x faster here at the same accuracy (README 'Speed')"
+    )
 
 
 def first_path(*paths: str | list[str] | None) -> str | None:

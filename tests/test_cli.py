@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
+from rnn_lightning import cli as rnn_cli
 from rnn_lightning.cli import RNNLightningCLI, main
 from rnn_lightning.models import LanguageModel, SentimentClassifier
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
@@ -49,13 +50,26 @@ def test_fit_then_test_then_predict_everything_under_the_root(cli, tiny_args, tm
             assert warning not in output, warning
 
 
-def test_model_summary_prints_exact_parameter_count(cli, tiny_args):
+def test_model_summary_prints_exact_parameter_count(cli, tiny_args, monkeypatch):
+    monkeypatch.setattr(rnn_cli, "native_bf16", lambda: True)  # whatever this machine's CPU
     result = cli(
         "fit", *tiny_args, "--data.vocab_size", "10000", "--data.max_len", "8", "--model.embed_dim", "100",
         "--model.hidden_size", "64", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
         "--trainer.limit_val_batches", "1",
     )  # fmt: skip
     assert re.search(r"total\s+1,018,881", result.output)
+    assert "This CPU computes bfloat16 natively: --config configs/bf16.yaml" in result.output  # float32 rnn fit
+
+
+def test_the_bf16_hint_is_only_for_float32_rnn_fits_on_cpus_with_native_bf16(monkeypatch):
+    from lightning.pytorch import Trainer
+
+    rnn, gru = SentimentClassifier(), SentimentClassifier(cell="gru")
+    fp32, bf16 = (Trainer(accelerator="cpu", precision=p, logger=False) for p in ("32-true", "bf16-mixed"))
+    monkeypatch.setattr(rnn_cli, "native_bf16", lambda: True)
+    assert rnn_cli.bf16_hint(fp32, rnn) and not rnn_cli.bf16_hint(bf16, rnn) and not rnn_cli.bf16_hint(fp32, gru)
+    monkeypatch.setattr(rnn_cli, "native_bf16", lambda: False)
+    assert not rnn_cli.bf16_hint(fp32, rnn)
 
 
 def test_checkpointing_and_logging_can_be_switched_off(cli, tiny_args, tmp_path):

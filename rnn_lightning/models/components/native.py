@@ -13,7 +13,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from rnn_lightning.files import CACHE_ROOT
+from rnn_lightning.runtime import cpu_signature
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -36,19 +36,9 @@ def _cache_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or Path(CACHE_ROOT).expanduser() / "kernels")
 
 
-def _cpu_signature() -> str:
-    """What -march=native compiles for: a library built on one CPU may not run on another."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
-
-
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), cpu_signature().encode()]))
     target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
