@@ -277,7 +277,7 @@ def bf16_hint(trainer: Trainer, model: LightningModule) -> str | None:
         return None
     return (
         "This CPU computes bfloat16 natively: --config configs/bf16.yaml (precision bf16-mixed) trains the "
-        "rnn cell about 1.4x faster here at the same accuracy (README 'Speed')"
+        "rnn cell about 1.15x faster at the same accuracy (README 'Speed')"
     )
 
 

@@ -54,6 +54,6 @@ def cpu_signature() -> str:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX), where bf16-mixed runs
-    the base model ~1.4x faster than float32 at the same accuracy (BENCHMARKS.md); elsewhere bfloat16 is emulated."""
+    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX), where bf16-mixed trains
+    the base model faster than float32 at the same accuracy (BENCHMARKS.md); elsewhere bfloat16 is emulated."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
