@@ -47,16 +47,22 @@ inline float tanh_f(float x) {
 }
 
 // Vectors of the widest float SIMD the compiler targets (built with -march=native): GCC/Clang vector
-// extensions, so the same code is AVX-512, AVX2 or NEON.
+// extensions, so the same code is AVX-512, AVX2, SSE or NEON.
 #if defined(__AVX512F__)
 constexpr int VL = 16;
 constexpr int TILE_ROWS = 6;  // 6 rows x 4 vectors of accumulators + 4 of weights: 29 of 32 registers
-#else
+#elif defined(__AVX__)
 constexpr int VL = 8;
 constexpr int TILE_ROWS = 3;  // 3 x 4 + 4 of 16 registers
+#else
+constexpr int VL = 4;  // 16-byte registers (SSE, NEON)
+constexpr int TILE_ROWS = 3;
 #endif
 constexpr int64_t ROWS = TILE_ROWS;  // rows per block, taken through all T steps by one thread
-typedef float vec __attribute__((vector_size(VL * 4), aligned(4)));
+typedef float vec __attribute__((vector_size(VL * 4)));
+typedef float vec_unaligned __attribute__((vector_size(VL * 4), aligned(4)));  // a vec's view of any float*
+inline vec load(const float* p) { return *reinterpret_cast<const vec_unaligned*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vec_unaligned*>(p) = v; }
 constexpr int TILE_COLS = 4 * VL;
 
 // acc (R x H, row stride H) += h (R x H, row stride H) @ w (H x H, row-major, rows indexed by h's
@@ -66,17 +72,17 @@ inline void add_product_tile(float* __restrict acc, const float* __restrict h, c
   for (int64_t c = 0; c < H; c += TILE_COLS) {
     vec a[R][4];
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < 4; ++v) std::memcpy(&a[r][v], acc + r * H + c + v * VL, sizeof(vec));
+      for (int v = 0; v < 4; ++v) a[r][v] = load(acc + r * H + c + v * VL);
     for (int64_t k = 0; k < H; ++k) {
       vec wv[4];
-      for (int v = 0; v < 4; ++v) std::memcpy(&wv[v], w + k * H + c + v * VL, sizeof(vec));
+      for (int v = 0; v < 4; ++v) wv[v] = load(w + k * H + c + v * VL);
       for (int r = 0; r < R; ++r) {
         const float hk = h[r * H + k];
         for (int v = 0; v < 4; ++v) a[r][v] += hk * wv[v];
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < 4; ++v) std::memcpy(acc + r * H + c + v * VL, &a[r][v], sizeof(vec));
+      for (int v = 0; v < 4; ++v) store(acc + r * H + c + v * VL, a[r][v]);
   }
 }
 
