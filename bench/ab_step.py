@@ -41,6 +41,53 @@ def load_base_network(rev: str, into: Path):
     return importlib.import_module("base_components.network").SentimentRNN
 
 
+def base_batches(data: str) -> list:
+    """configs/base.yaml's training batches of IMDB (its data settings are the data module's defaults)."""
+    tune_cpu_runtime()
+    torch.manual_seed(42)
+    dm = IMDBDataModule(dataset=data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return list(dm.train_dataloader())
+
+
+def alternate(nets: dict, bf16: dict[str, bool], batches: list, pairs: int) -> dict[str, list[float]]:
+    """Seconds of each of two networks' training steps (Adam 1e-4, as base.yaml), taken in turn on the
+    same batches, the order flipping every pair, after 3 warm-up steps each; ``bf16`` per network."""
+    opts = {k: torch.optim.Adam(n.parameters(), lr=1e-4, foreach=True) for k, n in nets.items()}
+
+    def step(which: str, tokens, labels) -> float:
+        t0 = time.perf_counter()
+        opts[which].zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16[which]):
+            loss = F.binary_cross_entropy_with_logits(nets[which](tokens).float(), labels.float())
+        loss.backward()
+        opts[which].step()
+        return time.perf_counter() - t0
+
+    first, second = nets
+    for tokens, labels in batches[:3]:  # warm-up
+        step(first, tokens, labels), step(second, tokens, labels)
+    times = {first: [], second: []}
+    for i in range(pairs):
+        tokens, labels = batches[i % len(batches)]
+        for which in (first, second) if i % 2 == 0 else (second, first):
+            times[which].append(step(which, tokens, labels))
+    return times
+
+
+def report(times: dict[str, list[float]], labels: dict[str, str]) -> str:
+    """Each network's median step and the median (quartiles) of the first's time over the second's per pair."""
+    first, second = times
+    ratios = sorted(a / b for a, b in zip(times[first], times[second], strict=True))
+    med = {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}
+    n = len(ratios)
+    return (
+        f"step ms, median of {n}: {labels[first]} {med[first]:.1f}, {labels[second]} {med[second]:.1f}; "
+        f"{first}/{second} per pair, median {ratios[n // 2]:.3f} (quartiles {ratios[n // 4]:.3f}-{ratios[3 * n // 4]:.3f})"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -48,40 +95,12 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as precision: bf16-mixed")
     p.add_argument("--pairs", type=int, default=40)
     args = p.parse_args()
-    tune_cpu_runtime()
-    torch.manual_seed(42)
-    dm = IMDBDataModule(dataset=args.data)  # configs/base.yaml's data settings are the defaults
-    dm.prepare_data()
-    dm.setup("fit")
-    batches = list(dm.train_dataloader())
+    batches = base_batches(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         nets = {"base": load_base_network(args.base, Path(tmp))(), "new": SentimentRNN()}
         nets["base"].load_state_dict(nets["new"].state_dict())
-        opts = {k: torch.optim.Adam(n.parameters(), lr=1e-4, foreach=True) for k, n in nets.items()}
-
-        def step(which: str, tokens, labels) -> float:
-            t0 = time.perf_counter()
-            opts[which].zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                loss = F.binary_cross_entropy_with_logits(nets[which](tokens).float(), labels.float())
-            loss.backward()
-            opts[which].step()
-            return time.perf_counter() - t0
-
-        for tokens, labels in batches[:3]:  # warm-up
-            step("base", tokens, labels), step("new", tokens, labels)
-        times = {"base": [], "new": []}
-        for i in range(args.pairs):
-            tokens, labels = batches[i % len(batches)]
-            for which in ("base", "new") if i % 2 == 0 else ("new", "base"):
-                times[which].append(step(which, tokens, labels))
-    ratios = sorted(b / n for b, n in zip(times["base"], times["new"], strict=True))
-    med = {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}
-    print(
-        f"step ms, median of {args.pairs}: base {args.base} {med['base']:.1f}, working tree {med['new']:.1f}; "
-        f"base/new per pair, median {ratios[len(ratios) // 2]:.3f} (quartiles {ratios[len(ratios) // 4]:.3f}-"
-        f"{ratios[3 * len(ratios) // 4]:.3f})"
-    )
+        times = alternate(nets, {"base": args.bf16, "new": args.bf16}, batches, args.pairs)
+    print(report(times, {"base": f"base {args.base}", "new": "working tree"}))
 
 
 if __name__ == "__main__":
