@@ -5,7 +5,7 @@
 then start a classifier from it: python cli.py fit ... --model.init_from <run>/checkpoints/last.ckpt
 """
 
-from rnn_lightning.cli import main
+from rnn_lightning.training.cli import main
 from rnn_lightning.models import LanguageModel
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ this VM's drift falls on both alike, so the median ratio over pairs is what to r
 import argparse
 
 from bench.ab_step import alternate, base_batches, report
-from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.network.text_rnn import TextRNN
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=40)
     args = p.parse_args()
     batches = base_batches(args.data)
-    nets = {"float32": SentimentRNN(), "bf16": SentimentRNN()}
+    nets = {"float32": TextRNN(), "bf16": TextRNN()}
     nets["bf16"].load_state_dict(nets["float32"].state_dict())
     times = alternate(nets, {"float32": False, "bf16": True}, batches, args.pairs)
     print(report(times, {"float32": "float32", "bf16": "bf16"}))

@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.runtime import tune_cpu_runtime
 
 COMPONENTS = "rnn_lightning/models/components"
 
 
 def load_base_network(rev: str, into: Path):
-    """SentimentRNN as it was at ``rev``, imported as a package of its own (``base_components``)."""
+    """TextRNN as it was at ``rev``, imported as a package of its own (``base_components``)."""
     pkg = into / "base_components"
     pkg.mkdir()
     names = subprocess.run(
@@ -36,16 +36,16 @@ def load_base_network(rev: str, into: Path):
     for name in names:  # with subfolders (csrc/: the compiled kernels' source)
         text = subprocess.run(["git", "show", f"{rev}:{COMPONENTS}/{name}"], check=True, capture_output=True, text=True)
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
-        (pkg / name).write_text(text.stdout.replace("rnn_lightning.models.components", "base_components"))
+        (pkg / name).write_text(text.stdout.replace("rnn_lightning.network", "base_components"))
     sys.path.insert(0, str(into))
-    return importlib.import_module("base_components.network").SentimentRNN
+    return importlib.import_module("base_components.network").TextRNN
 
 
 def base_batches(data: str) -> list:
     """configs/base.yaml's training batches of IMDB (its data settings are the data module's defaults)."""
     tune_cpu_runtime()
     torch.manual_seed(42)
-    dm = IMDBDataModule(dataset=data)
+    dm = TextDataModule(dataset=data)
     dm.prepare_data()
     dm.setup("fit")
     return list(dm.train_dataloader())
@@ -97,7 +97,7 @@ def main() -> None:
     args = p.parse_args()
     batches = base_batches(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        nets = {"base": load_base_network(args.base, Path(tmp))(), "new": SentimentRNN()}
+        nets = {"base": load_base_network(args.base, Path(tmp))(), "new": TextRNN()}
         nets["base"].load_state_dict(nets["new"].state_dict())
         times = alternate(nets, {"base": args.bf16, "new": args.bf16}, batches, args.pairs)
     print(report(times, {"base": f"base {args.base}", "new": "working tree"}))

@@ -24,9 +24,9 @@ import yaml
 
 from bench.benchmark import ROOT
 from bench.linear_baselines import nbsvm
-from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.inference import SentimentPredictor
-from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.inference import Predictor
+from rnn_lightning.network.text_rnn import TextRNN
 
 PRESET = ("bigru.yaml", "bigru_bigram.yaml")  # the configs whose data and optimizer settings the bag gets
 
@@ -60,13 +60,13 @@ def main() -> None:
     p.add_argument("--checkpoint", help="split a trained model's validation logit into the bag and the rest")
     args = p.parse_args()
     data, optimizer = preset()
-    dm = IMDBDataModule(dataset=args.data, cache_dir=args.cache_dir, tokenizer_from=args.checkpoint, **data)
+    dm = TextDataModule(dataset=args.data, cache_dir=args.cache_dir, tokenizer_from=args.checkpoint, **data)
     dm.prepare_data(), dm.setup("fit")
     fit, val = dm.splits["fit"], dm.splits["val"]
     x_fit, y_fit = torch.from_numpy(fit.token_ids().astype(np.int64)), fit.labels
     x_val, y_val = torch.from_numpy(val.token_ids().astype(np.int64)), val.labels
     if args.checkpoint:
-        net = SentimentPredictor.from_checkpoint(args.checkpoint).net
+        net = Predictor.from_checkpoint(args.checkpoint).net
         bag = lambda x: net._ngram_logits(x).squeeze(-1)  # noqa: E731
         for name, fn in (("whole", net), ("bag alone", bag), ("network alone", lambda x: net(x) - bag(x))):
             print(f"{name}: val accuracy {accuracy(fn, x_val, y_val):.4f}")
@@ -77,7 +77,7 @@ def main() -> None:
         print(f"nbsvm buckets {args.buckets or 'none'}: val accuracy {acc:.4f}")
         return
     torch.manual_seed(0)
-    net = SentimentRNN(vocab_size=data["vocab_size"], embed_dim=1, hidden_size=1, num_layers=1, ngram_buckets=args.buckets,
+    net = TextRNN(vocab_size=data["vocab_size"], embed_dim=1, hidden_size=1, num_layers=1, ngram_buckets=args.buckets,
                        ngram_gain=args.gain, ngram_nb=args.nb)  # fmt: skip
     if args.nb:
         net.fit_ngram_scale(dm.batches("fit"))

@@ -12,8 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.runtime import tune_cpu_runtime
 
 
@@ -28,10 +28,10 @@ def main() -> None:
     device = torch.device(args.device)
     tune_cpu_runtime()  # as cli.py does
     torch.manual_seed(42)
-    dm = IMDBDataModule(dataset=args.data)  # configs/base.yaml's data settings are the defaults
+    dm = TextDataModule(dataset=args.data)  # configs/base.yaml's data settings are the defaults
     dm.prepare_data()
     dm.setup("fit")
-    net = SentimentRNN(implementation=args.implementation).to(device)  # base.yaml's model: the defaults
+    net = TextRNN(implementation=args.implementation).to(device)  # base.yaml's model: the defaults
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=True)  # as configs/base.yaml
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     for epoch in range(args.epochs):

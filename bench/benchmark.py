@@ -70,7 +70,7 @@ def main() -> None:
 
     # Tokenization and start-up.
     out = run([sys.executable, "-c", (
-        "import time; from rnn_lightning.data.sources import load_labelled; from rnn_lightning.data.tokenizer import train_tokenizer, encode\n"
+        "import time; from rnn_lightning.text.sources import load_labelled; from rnn_lightning.text.tokenizer import train_tokenizer, encode\n"
         f"raw = load_labelled({args.data!r}); train = raw.splits['train'].texts.to_list(); texts = train + raw.splits['test'].texts.to_list()\n"
         "t = time.perf_counter(); tok = train_tokenizer(train, 10000, 80); t1 = time.perf_counter(); encode(tok, texts); t2 = time.perf_counter()\n"
         "print(f'train_tokenizer {t1 - t:.2f} s, encode {len(texts)} reviews {t2 - t1:.2f} s')")])  # fmt: skip

@@ -72,11 +72,11 @@ fi
 # 2. Accuracy sweep, several runs at once (the GPU has room; each run is small). Caches first, once.
 [ -s "$SWEEP" ] || { echo done; exit 0; }
 for len in $(grep -o -- '--data.max_len [0-9]*' "$SWEEP" | awk '{print $2}' | sort -u) 400; do
-    "$PY" -c "from rnn_lightning.data import IMDBDataModule
-IMDBDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=$len, val_split='blocks').prepare_data()" &
+    "$PY" -c "from rnn_lightning.text import TextDataModule
+TextDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=$len, val_split='blocks').prepare_data()" &
 done
-grep -q -- '--data.val_split random' "$SWEEP" && "$PY" -c "from rnn_lightning.data import IMDBDataModule
-IMDBDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=400).prepare_data()" &
+grep -q -- '--data.val_split random' "$SWEEP" && "$PY" -c "from rnn_lightning.text import TextDataModule
+TextDataModule(dataset='$DATA', cache_dir='$CACHE', vocab_size=30000, max_len=400).prepare_data()" &
 wait
 {
     for seed in 42 1; do  # all at once: single-threaded processes on 16 cores and one GPU

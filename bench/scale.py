@@ -33,7 +33,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 from rnn_lightning import checkpoint
-from rnn_lightning.data import IMDBDataModule
+from rnn_lightning.text import TextDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,9 +104,9 @@ def watch(cmd: list[str], env: dict, log: Path) -> dict:
 PREPARE = """
 import sys, tempfile, time
 from pathlib import Path
-from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.data.datamodule import encode_to_file
-dm = IMDBDataModule(dataset=sys.argv[1], cache_dir=sys.argv[2])
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.text.datamodule import encode_to_file
+dm = TextDataModule(dataset=sys.argv[1], cache_dir=sys.argv[2])
 t = time.perf_counter(); source = dm._source; print("READ_S", time.perf_counter() - t)
 t = time.perf_counter(); dm.prepare_data(); print("PREPARE_S", time.perf_counter() - t)
 dm.setup("fit")
@@ -148,7 +148,7 @@ def main() -> None:
         fit = watch(fit_cmd, env, args.out / f"fit_{n}.log")
         fit_s = fit["wall_s"] - fit["first_step_s"]  # the training steps, two validation batches and the checkpoint
         steps = checkpoint.load_checkpoint(last_checkpoint(args.out, n))["global_step"]
-        batch = inspect.signature(IMDBDataModule).parameters["batch_size"].default  # base.yaml keeps it
+        batch = inspect.signature(TextDataModule).parameters["batch_size"].default  # base.yaml keeps it
         row = {
             "reviews": n,
             "read_s": round(facts["READ_S"], 1),  # datasets' Arrow copy and the label checks

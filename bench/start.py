@@ -22,7 +22,7 @@ from bench.benchmark import ROOT, events, fit_cmd, run
 
 
 def import_seconds() -> float:
-    code = "import time; t = time.perf_counter(); import rnn_lightning.cli; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import rnn_lightning.training.cli; print(time.perf_counter() - t)"
     return float(run([sys.executable, "-c", code]).strip())
 
 
@@ -32,7 +32,7 @@ BIG = ("torch", "torch._dynamo", "torchmetrics", "scipy.signal", "matplotlib", "
 
 def big_imports() -> list[tuple[float, str]]:
     """(cumulative seconds, module) for each of ``BIG`` where the CLI's import first reaches it."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import rnn_lightning.cli"],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import rnn_lightning.training.cli"],
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     seen = {}
     for line in proc.stderr.splitlines():
@@ -58,7 +58,7 @@ def main() -> None:
         built.append(first["since_cli"])
     imports = [import_seconds() for _ in range(args.runs)]
     print(f"launch to first step: median {statistics.median(launch):.2f} s ({', '.join(f'{x:.2f}' for x in launch)})")
-    print(f"import rnn_lightning.cli: median {statistics.median(imports):.2f} s")
+    print(f"import rnn_lightning.training.cli: median {statistics.median(imports):.2f} s")
     print(f"callbacks built to first step: median {statistics.median(built):.2f} s")
     for seconds, module in big_imports():
         print(f"  {seconds:6.2f} s  {module}")

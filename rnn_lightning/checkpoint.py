@@ -15,8 +15,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file
 
-# Lightning stores a data module's state under its class name (so this is IMDBDataModule.__qualname__).
-DATAMODULE_KEY = "IMDBDataModule"
+# Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
+DATAMODULE_KEY = "TextDataModule"
 TOKENIZER_KEY = "tokenizer"  # the tokenizer's JSON inside DATAMODULE_KEY
 HPARAMS_KEY = "hyper_parameters"
 WEIGHTS_KEY = "state_dict"

@@ -1,7 +1,7 @@
 """Use a trained checkpoint on raw text from Python, and export it for serving without Lightning.
 
-from rnn_lightning.inference import SentimentPredictor
-predictor = SentimentPredictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+from rnn_lightning.inference import Predictor
+predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
 predictor(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}]
 
 python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
-from rnn_lightning.models.classifier import SentimentClassifier
+from rnn_lightning.models.classifier import TextClassifier
 from rnn_lightning.serving import predictions
 
 
@@ -32,7 +32,7 @@ class Probabilities(torch.nn.Module):
         return self.net.probabilities(tokens)
 
 
-class SentimentPredictor:
+class Predictor:
     """A network, its tokenizer and class names: texts -> predicted class and probabilities (see
     ``serving.predictions``). Empty or whitespace-only texts get None (the CLI's prediction file
     gives them an error field)."""
@@ -41,12 +41,12 @@ class SentimentPredictor:
         self.net, self.tokenizer, self.class_names, self.batch_size = net.eval(), tokenizer, class_names, batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SentimentPredictor":
+    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "Predictor":
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
         ckpt = checkpoint.load_checkpoint(path)
         try:
             hparams = {k: v for k, v in ckpt[checkpoint.HPARAMS_KEY].items() if not k.startswith("_")}
-            model = SentimentClassifier(**hparams)  # "_instantiator" and the like are LightningCLI's
+            model = TextClassifier(**hparams)  # "_instantiator" and the like are LightningCLI's
             model.load_state_dict(ckpt[checkpoint.WEIGHTS_KEY])
         except (InputError, TypeError, RuntimeError) as e:
             raise InputError(
@@ -100,7 +100,7 @@ def main() -> None:
     ex.add_argument("out_dir")
     args = p.parse_args()
     try:
-        out = SentimentPredictor.from_checkpoint(args.ckpt_path).export(args.out_dir)
+        out = Predictor.from_checkpoint(args.ckpt_path).export(args.out_dir)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"exported to {out}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from rnn_lightning.data.tokenizer import encode
+from rnn_lightning.text.tokenizer import encode
 
 
 def predictions(texts: list[str], tokenizer: Tokenizer, probabilities, names: list[str], batch_size: int = 1024) -> list[dict]:

@@ -17,7 +17,7 @@ from tests.helpers import InProcessCLI, make_reviews, tiny_cli_args, write_split
 def native_build_dir(tmp_path_factory) -> Path:
     """The compiled CPU loop (models/components/native.py) is built here, not in the user's cache;
     subprocesses inherit it."""
-    from rnn_lightning.models.components import native
+    from rnn_lightning.network import native
 
     path = tmp_path_factory.mktemp("native")
     os.environ[native.ENV_DIR] = str(path)

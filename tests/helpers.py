@@ -47,10 +47,10 @@ def write_splits(folder: Path, train: pd.DataFrame, test: pd.DataFrame | None = 
 
 def make_dm(dataset, tmp_path: Path, **kwargs):
     """A data module on tiny settings, caching under ``tmp_path``."""
-    from rnn_lightning.data import IMDBDataModule
+    from rnn_lightning.text import TextDataModule
 
     kwargs = {"vocab_size": 40, "max_len": 12, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
-    return IMDBDataModule(dataset=dataset if isinstance(dataset, dict) else str(dataset), **kwargs)
+    return TextDataModule(dataset=dataset if isinstance(dataset, dict) else str(dataset), **kwargs)
 
 
 def tiny_cli_args(dataset: Path, root: Path) -> list[str]:
@@ -100,7 +100,7 @@ class InProcessCLI:
         caplog.set_level(logging.INFO)
 
     def __call__(self, *args: str, check: bool = True) -> Result:
-        from rnn_lightning.cli import main
+        from rnn_lightning.training.cli import main
 
         self.capfd.readouterr()
         self.caplog.clear()

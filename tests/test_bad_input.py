@@ -165,7 +165,7 @@ PREDICT_DAMAGE = {  # what happens to the written file's bytes
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from rnn_lightning.cli import main
+    from rnn_lightning.training.cli import main
 
     root = tmp_path_factory.mktemp("ckpt")
     write_splits = {"train": make_reviews(60, seed=1), "test": make_reviews(20, seed=2)}

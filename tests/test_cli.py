@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning import cli as rnn_cli
-from rnn_lightning.cli import RNNLightningCLI, main
-from rnn_lightning.models import LanguageModel, SentimentClassifier
+from rnn_lightning.training import cli as rnn_cli
+from rnn_lightning.training.cli import RNNLightningCLI, main
+from rnn_lightning.models import LanguageModel, TextClassifier
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
 
 WARNINGS_NOBODY_CAN_ACT_ON = (
@@ -64,7 +64,7 @@ def test_model_summary_prints_exact_parameter_count(cli, tiny_args, monkeypatch)
 def test_the_bf16_hint_is_only_for_float32_rnn_fits_on_cpus_with_native_bf16(monkeypatch):
     from lightning.pytorch import Trainer
 
-    rnn, gru = SentimentClassifier(), SentimentClassifier(cell="gru")
+    rnn, gru = TextClassifier(), TextClassifier(cell="gru")
     fp32, bf16 = (Trainer(accelerator="cpu", precision=p, logger=False) for p in ("32-true", "bf16-mixed"))
     monkeypatch.setattr(rnn_cli, "native_bf16", lambda: True)
     assert rnn_cli.bf16_hint(fp32, rnn) and not rnn_cli.bf16_hint(bf16, rnn) and not rnn_cli.bf16_hint(fp32, gru)
@@ -117,7 +117,7 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     args = [a for path in stack for a in ("--config", path)]
     if any("ddp.yaml" in s for s in stack):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
-    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SentimentClassifier  # pretrain.py's
+    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else TextClassifier  # pretrain.py's
     data = parquet_dir
     if stack[-1].endswith("self_training.yaml"):  # reads the unlabelled split; the teacher is loaded by fit
         data = write_splits(tmp_path / "data", make_reviews(96, seed=1), make_reviews(48, seed=2))
@@ -219,7 +219,7 @@ def test_lr_scheduler_can_step_every_optimizer_step(cli, tiny_args, tmp_path):
 def test_cosine_over_fit_anneals_to_zero_over_the_runs_own_steps(cli, tiny_args, tmp_path):
     """No step count in the config: the run's (epochs x batches, accumulation counted) sizes it."""
     cli(
-        "fit", *tiny_args, "--lr_scheduler", "rnn_lightning.schedules.CosineOverFit",
+        "fit", *tiny_args, "--lr_scheduler", "rnn_lightning.training.schedules.CosineOverFit",
         "--trainer.accumulate_grad_batches", "2",
     )  # fmt: skip
     last = torch.load(ckpt_dir(tmp_path) / "last.ckpt", weights_only=True)
@@ -229,7 +229,7 @@ def test_cosine_over_fit_anneals_to_zero_over_the_runs_own_steps(cli, tiny_args,
 
 
 def test_cosine_over_fit_is_pytorchs_cosine_with_the_step_count_filled_in():
-    from rnn_lightning.schedules import CosineOverFit
+    from rnn_lightning.training.schedules import CosineOverFit
 
     opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3) for _ in range(2)]
     ours, theirs = CosineOverFit(opts[0], eta_min=1e-5), torch.optim.lr_scheduler.CosineAnnealingLR(opts[1], 176, 1e-5)
@@ -244,7 +244,7 @@ def test_cosine_over_fit_is_pytorchs_cosine_with_the_step_count_filled_in():
 
 def test_learning_rate_finder_runs_from_the_cli(cli, tiny_args, tmp_path):
     result = cli(
-        "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.callbacks.LearningRateSuggestion",
+        "fit", *tiny_args, "--trainer.callbacks+=rnn_lightning.training.callbacks.LearningRateSuggestion",
         "--trainer.callbacks.num_training_steps=30", "--trainer.max_epochs", "1", "--data.batch_size", "2",
     )  # fmt: skip
     assert re.search(r"Suggested learning rate: [\d.e-]+", result.output)

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_lightning.data import IMDBDataModule
-from rnn_lightning.data import datamodule as dm_module
-from rnn_lightning.data.datamodule import stratified_split
-from rnn_lightning.data.sources import load_labelled
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.text import datamodule as dm_module
+from rnn_lightning.text.datamodule import stratified_split
+from rnn_lightning.text.sources import load_labelled
 from rnn_lightning.errors import InputError
 from tests.helpers import make_dm, make_reviews
 
 
-def prepared(dm: IMDBDataModule) -> IMDBDataModule:
+def prepared(dm: TextDataModule) -> TextDataModule:
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -113,7 +113,7 @@ def test_cache_key_changes_with_what_changes_the_data(parquet_dir, tmp_path):
 
 def test_tokenizer_travels_in_state_dict(parquet_dir, tmp_path):
     dm = prepared(make_dm(parquet_dir, tmp_path))
-    fresh = IMDBDataModule(dataset=str(parquet_dir), cache_dir=str(tmp_path / "other"))
+    fresh = TextDataModule(dataset=str(parquet_dir), cache_dir=str(tmp_path / "other"))
     fresh.load_state_dict(dm.state_dict())
     assert fresh.tokenizer.to_str() == dm.tokenizer.to_str()
 
@@ -180,7 +180,7 @@ def test_unreachable_hub_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
 def test_checkpoint_key_of_the_data_module_state_is_its_class_name():
     from rnn_lightning.checkpoint import DATAMODULE_KEY
 
-    assert IMDBDataModule.__qualname__ == DATAMODULE_KEY  # Lightning stores the state under it
+    assert TextDataModule.__qualname__ == DATAMODULE_KEY  # Lightning stores the state under it
 
 
 def test_data_edited_in_place_with_size_and_time_put_back_is_read_again(tmp_path):
@@ -230,7 +230,7 @@ def test_texts_are_taken_across_arrow_chunks_in_the_order_asked():
     """``Texts.chunks(rows)`` reads each Arrow chunk on its own (joining them fails past 2 GB of text)."""
     import pyarrow as pa
 
-    from rnn_lightning.data.sources import Texts
+    from rnn_lightning.text.sources import Texts
 
     words = [f"w{i}" for i in range(50)]
     column = pa.chunked_array([words[:7], words[7:8], [], words[8:31], words[31:]])

@@ -10,9 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rnn_lightning import checkpoint
-from rnn_lightning.data.sources import load_labelled
+from rnn_lightning.text.sources import load_labelled
 from rnn_lightning.errors import InputError
-from rnn_lightning.models import SentimentClassifier
+from rnn_lightning.models import TextClassifier
 from tests.helpers import ROOT, ckpt_dir, make_dm, make_reviews, one_line_error
 
 WORDS = {"bad": "awful terrible boring", "ok": "fine average plain", "good": "great wonderful superb"}
@@ -159,7 +159,7 @@ def test_an_empty_split_is_refused_naming_its_file(tmp_path):
 def test_own_files_train_test_predict_and_export_with_their_class_names(cli, tmp_path, kind):
     """A CSV of 1-5 stars and a JSONL of string labels, end to end; the class names survive
     checkpoint -> predict -> export."""
-    from rnn_lightning.inference import SentimentPredictor
+    from rnn_lightning.inference import Predictor
     from rnn_lightning.serving import ExportedPredictor
 
     rng = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def test_own_files_train_test_predict_and_export_with_their_class_names(cli, tmp
         "--prediction_writer.output", str(out))  # fmt: skip
     row = json.loads(out.read_text().splitlines()[0])
     assert sorted(k for k in row if k.startswith("prob_")) == sorted(f"prob_{n}" for n in names)
-    predictor = SentimentPredictor.from_checkpoint(str(best))
+    predictor = Predictor.from_checkpoint(str(best))
     assert predictor.class_names == names
     predictor.export(str(tmp_path / "exported"))
     served = ExportedPredictor(str(tmp_path / "exported"))(["superb superb film"])[0]
@@ -211,24 +211,24 @@ def test_a_single_file_or_an_unused_split_name_is_refused_in_one_line(cli, tmp_p
 
 def test_class_weights_balanced_and_given():
     names = ["a", "b", "c"]
-    model = SentimentClassifier(class_names=names, class_counts=[60, 30, 10], class_weights="balanced",
+    model = TextClassifier(class_names=names, class_counts=[60, 30, 10], class_weights="balanced",
                                 vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)  # fmt: skip
     assert model.class_weight.tolist() == pytest.approx([100 / 180, 100 / 90, 100 / 30])
     logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
     w = model.class_weight[labels]
     per_text = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert model.loss(logits, labels).item() == pytest.approx(((w * per_text).sum() / w.sum()).item(), rel=1e-6)
-    binary = SentimentClassifier(class_weights=[1.0, 3.0], vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
+    binary = TextClassifier(class_weights=[1.0, 3.0], vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
     logit, target = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1, 0, 1])
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, target.float(), reduction="none")
     assert binary.loss(logit, target).item() == pytest.approx(((bce * torch.tensor([3.0, 1.0, 3.0])).sum() / 7).item())
-    plain = SentimentClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)  # unweighted: the mean
+    plain = TextClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)  # unweighted: the mean
     assert plain.loss(logit, target).item() == pytest.approx(bce.mean().item())
     for bad in ([1.0, 2.0], "heavy", [-1.0, 1.0, 1.0]):
         with pytest.raises(InputError, match="model.class_weights"):
-            SentimentClassifier(class_names=names, class_weights=bad, vocab_size=20, embed_dim=4, hidden_size=3)
+            TextClassifier(class_names=names, class_weights=bad, vocab_size=20, embed_dim=4, hidden_size=3)
     with pytest.raises(InputError, match="model.class_names"):
-        SentimentClassifier(class_names=["only"], vocab_size=20)
+        TextClassifier(class_names=["only"], vocab_size=20)
 
 
 def test_class_counts_reach_the_model_through_the_cli(cli, parquet_dir, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.cli import RNNLightningCLI
-from rnn_lightning.data.sources import load_labelled
+from rnn_lightning.training.cli import RNNLightningCLI
+from rnn_lightning.text.sources import load_labelled
 from rnn_lightning.errors import InputError
 from tests.helpers import (
     ROOT,
@@ -356,7 +356,7 @@ def test_vocabulary_larger_than_the_words_warns_and_trains(cli, tiny_args, tmp_p
 def tiny_ckpt(parquet_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     args = [*tiny_cli_args(parquet_dir, root), "--trainer.max_epochs", "1"]
-    from rnn_lightning.cli import main
+    from rnn_lightning.training.cli import main
 
     main(["fit", *args])
     return args, ckpt_dir(root) / "last.ckpt"

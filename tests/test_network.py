@@ -4,10 +4,10 @@ import shutil
 import pytest
 import torch
 
-from rnn_lightning.models import SentimentClassifier
-from rnn_lightning.models.components import native
-from rnn_lightning.models.components.network import SentimentRNN
-from rnn_lightning.models.components.recurrent import RecurrentLayer
+from rnn_lightning.models import TextClassifier
+from rnn_lightning.network import native
+from rnn_lightning.network.text_rnn import TextRNN
+from rnn_lightning.network.recurrent import RecurrentLayer
 
 # Where a GPU is present (a device machine; never in CI) the implementation tests run there too, so
 # the fused path is checked against cuDNN and the hand-written backward against CUDA kernels.
@@ -28,7 +28,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def test_base_model_has_the_tutorials_1018881_parameters():
-    net = SentimentClassifier().net  # defaults are configs/base.yaml's model
+    net = TextClassifier().net  # defaults are configs/base.yaml's model
     assert count(net.embedding) == 1_000_000
     assert [count(layer) for layer in net.layers] == [10_560, 8_256]
     assert count(net.head) == 65
@@ -43,7 +43,7 @@ def test_gru_and_lstm_count_like_pytorch():
 
 def test_keras_initialisation():
     torch.manual_seed(0)
-    net = SentimentRNN(vocab_size=50, embed_dim=8, cell="lstm", hidden_size=4, num_layers=1, pad_id=0)
+    net = TextRNN(vocab_size=50, embed_dim=8, cell="lstm", hidden_size=4, num_layers=1, pad_id=0)
     emb = net.embedding.weight
     assert emb.abs().max() <= 0.05 and torch.all(emb[0] == 0)  # pad row is zero
     layer = net.layers[0]
@@ -76,8 +76,8 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl, poolin
         bidirectional=True,
         pooling=pooling,
     )
-    ref = SentimentRNN(**kwargs, implementation="autograd").to(device)
-    other = SentimentRNN(**kwargs, implementation=impl).to(device)
+    ref = TextRNN(**kwargs, implementation="autograd").to(device)
+    other = TextRNN(**kwargs, implementation=impl).to(device)
     other.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 40, (7, 15), device=device)
     tokens[:2, :5] = 0  # some front padding
@@ -112,7 +112,7 @@ def test_last_and_mean_pooling_agree_across_implementations(pooling):
         bidirectional=True,
         pooling=pooling,
     )
-    nets = [SentimentRNN(**kwargs, implementation=i) for i in ("autograd", "bptt", "fused")]
+    nets = [TextRNN(**kwargs, implementation=i) for i in ("autograd", "bptt", "fused")]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     tokens = torch.randint(1, 30, (4, 9))
@@ -124,7 +124,7 @@ def test_last_and_mean_pooling_agree_across_implementations(pooling):
 def test_front_padding_does_not_change_mean_or_max_pooling():
     torch.manual_seed(0)
     for pooling in ("mean", "max", "max_mean"):
-        net = SentimentRNN(vocab_size=30, embed_dim=6, hidden_size=5, num_layers=1, pooling=pooling).eval()
+        net = TextRNN(vocab_size=30, embed_dim=6, hidden_size=5, num_layers=1, pooling=pooling).eval()
         words = torch.randint(1, 30, (1, 6))
         padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), words], dim=1)
         # The pad embedding is zero and the initial biases are zero, so the state stays zero over padding.
@@ -133,7 +133,7 @@ def test_front_padding_does_not_change_mean_or_max_pooling():
 
 def test_dropout_mask_is_shared_across_time_steps():
     torch.manual_seed(0)
-    net = SentimentRNN(vocab_size=30, embed_dim=64, hidden_size=4, num_layers=1, dropout=0.5)
+    net = TextRNN(vocab_size=30, embed_dim=64, hidden_size=4, num_layers=1, dropout=0.5)
     seen = {}
     net.layers[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     net.train()(torch.randint(1, 30, (3, 5)))
@@ -146,7 +146,7 @@ def test_dropout_mask_is_shared_across_time_steps():
 def test_training_metrics_keep_no_per_review_state(k):
     """Training metrics stay the same size however many steps an epoch has; validation's exact AUROC
     keeps every score."""
-    model = SentimentClassifier(class_names=[str(i) for i in range(k)])
+    model = TextClassifier(class_names=[str(i) for i in range(k)])
     for _ in range(3):
         scores = torch.rand(8) if k == 2 else torch.rand(8, k).softmax(-1)
         labels = torch.randint(0, k, (8,))
@@ -158,9 +158,9 @@ def test_training_metrics_keep_no_per_review_state(k):
 
 
 def test_predict_step_returns_probabilities():
-    model = SentimentClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
+    model = TextClassifier(vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
     for names in (["neg", "pos"], ["a", "b", "c"]):
-        model = SentimentClassifier(class_names=names, vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
+        model = TextClassifier(class_names=names, vocab_size=20, embed_dim=4, hidden_size=3, num_layers=1)
         probs = model.predict_step((torch.randint(0, 20, (5, 7)), torch.zeros(5)), 0)
         assert probs.shape == (5, len(names)) and torch.all((probs > 0) & (probs < 1))
         assert torch.allclose(probs.sum(-1), torch.ones(5))
@@ -184,11 +184,11 @@ def test_bad_model_values_name_the_field(kwargs, field):
     from rnn_lightning.errors import InputError
 
     with pytest.raises(InputError, match=field):
-        SentimentClassifier(**kwargs)
+        TextClassifier(**kwargs)
 
 
 def test_masked_embedding_is_embedding_times_mask_in_float32():
-    from rnn_lightning.models.components.masked import masked_embedding
+    from rnn_lightning.network.masked import masked_embedding
 
     torch.manual_seed(0)
     weight = torch.randn(20, 6, requires_grad=True)
@@ -207,7 +207,7 @@ def test_masked_embedding_is_embedding_times_mask_in_float32():
 
 def test_bf16_embedding_gradient_is_summed_in_float32():
     """A frequent token's gradient is the sum of thousands of small terms: bfloat16 sums would stall."""
-    from rnn_lightning.models.components.masked import masked_embedding
+    from rnn_lightning.network.masked import masked_embedding
 
     weight = torch.randn(5, 8, requires_grad=True)
     tokens = torch.full((80, 1024), 3)
@@ -218,7 +218,7 @@ def test_bf16_embedding_gradient_is_summed_in_float32():
     torch.testing.assert_close(grad[3], torch.full((8,), 80 * 1024 * 1e-3), rtol=1e-3, atol=0)
 
 
-def logits_and_grads(net: SentimentRNN, tokens: torch.Tensor, weights: torch.Tensor, bf16: bool):
+def logits_and_grads(net: TextRNN, tokens: torch.Tensor, weights: torch.Tensor, bf16: bool):
     """Logits and every parameter's gradient of sum(logits * weights), under bf16 autocast or not;
     the dropout masks drawn from the same seed every call."""
     net.zero_grad(set_to_none=True)
@@ -236,8 +236,8 @@ def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
     bfloat16's precision of the float32 reference, and every gradient arrives in float32."""
     torch.manual_seed(0)
     kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
-    ref = SentimentRNN(**kwargs, implementation="autograd").to(device)
-    fast = SentimentRNN(**kwargs, implementation="bptt" if device == "cpu" else "fused").to(device)
+    ref = TextRNN(**kwargs, implementation="autograd").to(device)
+    fast = TextRNN(**kwargs, implementation="bptt" if device == "cpu" else "fused").to(device)
     fast.load_state_dict(ref.state_dict())
     tokens = torch.randint(1, 50, (32, 20), device=device)
     weights = torch.randn(32, generator=torch.Generator().manual_seed(2)).to(device)
@@ -260,7 +260,7 @@ def test_bptt_under_bf16_autocast_is_as_close_to_float32_as_autocast_itself(cell
         monkeypatch.setattr(native, "usable", lambda x: False)
     torch.manual_seed(0)
     kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
-    nets = {impl: SentimentRNN(**kwargs, implementation=impl) for impl in ("autograd", "bptt")}
+    nets = {impl: TextRNN(**kwargs, implementation=impl) for impl in ("autograd", "bptt")}
     nets["bptt"].load_state_dict(nets["autograd"].state_dict())
     tokens = torch.randint(1, 50, (32, 80))
     weights = torch.randn(32, generator=torch.Generator().manual_seed(2))
@@ -294,7 +294,7 @@ def test_rnn_recurrence_runs_in_bfloat16_only_under_bfloat16_autocast_without_th
 
 
 def test_bigram_rows_hash_word_pairs_and_skip_padding():
-    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, bigram_buckets=1000)
+    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, bigram_buckets=1000)
     tokens = torch.tensor([[0, 0, 5, 7, 5, 7], [0, 5, 7, 9, 5, 7]])
     rows = net._bigram_rows(tokens)
     assert rows[0, :3].tolist() == [0, 0, 0]  # padding and the first word: no pair
@@ -307,9 +307,9 @@ def test_bigram_rows_hash_word_pairs_and_skip_padding():
 
 
 def test_ngram_bag_adds_the_normalised_weights_of_the_reviews_words_pairs_and_triples():
-    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000)
+    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000)
     tokens = torch.tensor([[0, 0, 5, 7, 5, 7], [0, 5, 7, 9, 5, 7]])
-    plain = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
+    plain = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
     plain.load_state_dict(net.state_dict(), strict=False)
     net.eval(), plain.eval()
     assert torch.equal(net(tokens), plain(tokens))  # the table starts at zero: silent until trained
@@ -330,7 +330,7 @@ def test_ngram_bag_adds_the_normalised_weights_of_the_reviews_words_pairs_and_tr
 
 
 def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio():
-    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000, ngram_nb=True)
+    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, ngram_buckets=1000, ngram_nb=True)
     tokens = torch.tensor([[0, 5, 7, 5, 7, 5, 7], [0, 0, 0, 0, 9, 11, 13]])
     rows = net._review_ngrams(tokens)
     # 5 7 5 7 5 7: words {5, 7}, pairs {57, 75}, triples {575, 757}; the second review's 3 + 2 + 1 all distinct
@@ -345,7 +345,7 @@ def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio(
     with torch.no_grad():
         net.ngrams.weight.normal_()
         net.ngrams.weight[0].zero_()
-    plain = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
+    plain = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1)
     plain.load_state_dict(net.state_dict(), strict=False)
     net.eval(), plain.eval()
     w = net.ngrams.weight[:, 0] * scale
@@ -354,7 +354,7 @@ def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio(
 
 
 def test_ngram_nb_scale_has_one_column_per_class_for_more_than_two():
-    net = SentimentRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True)
+    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True)
     tokens = torch.tensor([[0, 5, 7], [0, 9, 11], [0, 13, 15]])
     net.fit_ngram_scale([(tokens, torch.tensor([0, 1, 2]))])
     row = net._review_ngrams(tokens[1:2])[0].max()  # one of the class-1 review's rows
@@ -369,7 +369,7 @@ def test_word_dropout_hides_words_while_training_only():
     tokens = torch.arange(1, 201).view(4, 50)
     learned = {}
     for p in (0.0, 0.5):
-        net = SentimentRNN(vocab_size=201, embed_dim=8, hidden_size=6, num_layers=1, dropout=0.0, word_dropout=p)
+        net = TextRNN(vocab_size=201, embed_dim=8, hidden_size=6, num_layers=1, dropout=0.0, word_dropout=p)
         net(tokens).sum().backward()
         learned[p] = int((net.embedding.weight.grad.abs().sum(1) > 0).sum())
         net.eval()
@@ -385,7 +385,7 @@ def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl, dev
     """The bf16 input path hands bfloat16 inputs to the layers: each implementation must take them."""
     for cell in ("rnn", "gru", "lstm"):
         for pooling in ("last", "max_mean"):
-            net = SentimentRNN(
+            net = TextRNN(
                 vocab_size=50, embed_dim=16, cell=cell, hidden_size=8, num_layers=2,
                 bidirectional=True, pooling=pooling, implementation=impl,
             ).to(device)  # fmt: skip
@@ -404,8 +404,8 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
 
     from rnn_lightning.errors import InputError
 
-    model = SentimentClassifier(cell="gru", hidden_size=5, vocab_size=50)
-    defaults = {k: p.default for k, p in inspect.signature(SentimentRNN).parameters.items()}
+    model = TextClassifier(cell="gru", hidden_size=5, vocab_size=50)
+    defaults = {k: p.default for k, p in inspect.signature(TextRNN).parameters.items()}
     assert model.net.config == {**defaults, "cell": "gru", "hidden_size": 5, "vocab_size": 50}
     # The checkpoint holds every one; the number of classes as the class names it counts.
     assert {k: model.hparams[k] for k in defaults if k != "num_classes"} | {"num_classes": 2} == model.net.config
@@ -414,9 +414,9 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
     for bad, field in (({"hidden_size": 0}, "model.hidden_size"), ({"pooling": "sum"}, "model.pooling"),
                        ({"dropout": 1.0}, "model.dropout"), ({"pad_id": 99, "vocab_size": 10}, "model.pad_id")):  # fmt: skip
         with pytest.raises(InputError, match=field):
-            SentimentClassifier(**bad)
+            TextClassifier(**bad)
     with pytest.raises(InputError, match="model: .*unexpected keyword argument 'colour'"):
-        SentimentClassifier(colour="red")
+        TextClassifier(colour="red")
 
 
 COMPILER = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rnn_lightning import callbacks
-from rnn_lightning.cli import main
-from rnn_lightning.data import reviews_io
+from rnn_lightning.training import callbacks
+from rnn_lightning.training.cli import main
+from rnn_lightning.text import readers
 from rnn_lightning.errors import InputError
-from rnn_lightning.inference import SentimentPredictor
+from rnn_lightning.inference import Predictor
 from rnn_lightning.serving import ExportedPredictor
 from tests.helpers import one_line_error, tiny_cli_args
 
@@ -76,7 +76,7 @@ def test_text_file_with_empty_bad_and_huge_lines(cli, trained, tmp_path):
     assert list(rows[0]) == ["id", "label", "prob", "prob_0", "prob_1", "error"]  # classes "0", "1" of the data
     assert rows[1]["prob_1"] == rows[1]["prob"] == rows[1]["label"] == ""
     assert len(lines[5]) > 1_000_000 and rows[5]["label"] == "0"  # a 1 MB review is classified from its end
-    predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
+    predictor = Predictor.from_checkpoint(str(trained[2]))
     expected = predictor([REVIEWS[0], REVIEWS[1]])
     for row, want in ((rows[0], expected[0]), (rows[4], expected[1])):
         assert row["label"] == want["label"] and float(row["prob"]) == pytest.approx(want["prob"], abs=1e-6)
@@ -102,7 +102,7 @@ def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path
     lines = [REVIEWS[0], "", REVIEWS[1], "  ", "", REVIEWS[2], "great", ""]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     whole = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "whole.csv")
-    monkeypatch.setattr(reviews_io, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 2)
     chunked = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "chunked.csv")
     assert chunked == whole and len(whole) == len(lines)
     monkeypatch.setattr(callbacks, "MERGE_ROWS", 2)  # the predictions merged into the file two at a time
@@ -195,7 +195,7 @@ def test_sigterm_stops_predict_nonzero_and_writes_nothing(cli, trained, tmp_path
 
 
 def test_python_api_and_export_round_trip(trained, tmp_path):
-    predictor = SentimentPredictor.from_checkpoint(str(trained[2]))
+    predictor = Predictor.from_checkpoint(str(trained[2]))
     out = predictor([*REVIEWS, "  "])
     probs = [o["probs"]["1"] for o in out[:3]]
     assert all(0 < p < 1 for p in probs) and out[3] == {"label": None, "prob": None, "probs": None}
@@ -212,16 +212,16 @@ def test_python_api_and_export_round_trip(trained, tmp_path):
 def test_export_into_an_unwritable_place_is_refused_before_tracing(trained, tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(InputError, match="export: out_dir: cannot create .* is a file, not a folder"):
-        SentimentPredictor.from_checkpoint(str(trained[2])).export(str(tmp_path / "a_file" / "exported"))
+        Predictor.from_checkpoint(str(trained[2])).export(str(tmp_path / "a_file" / "exported"))
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="ckpt_path: .* is not a readable checkpoint"):
-        SentimentPredictor.from_checkpoint(str(tmp_path / "junk.ckpt"))
+        Predictor.from_checkpoint(str(tmp_path / "junk.ckpt"))
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(InputError, match="is not an rnn-lightning checkpoint"):
-        SentimentPredictor.from_checkpoint(str(tmp_path / "other.ckpt"))
+        Predictor.from_checkpoint(str(tmp_path / "other.ckpt"))
 
 
 def test_tensorboard_has_the_scalars_hparams_and_test_images(trained):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_lightning.cli import RNNLightningCLI
+from rnn_lightning.training.cli import RNNLightningCLI
 from tests.helpers import ROOT
 
 IMDB = Path(os.environ.get("RNN_LIGHTNING_IMDB", ROOT.parent / "shared" / "imdb"))

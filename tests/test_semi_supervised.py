@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.cli import main
-from rnn_lightning.models import LanguageModel, SentimentClassifier
+from rnn_lightning.training.cli import main
+from rnn_lightning.models import LanguageModel, TextClassifier
 from rnn_lightning.models.classifier import categorical_kl, perturbation
 from tests.helpers import ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
 
@@ -101,11 +101,11 @@ def test_perturbations_have_the_configured_norm_and_skip_padding():
 @pytest.mark.parametrize("objective", ["adversarial", "virtual_adversarial", "entropy"])
 def test_each_objective_adds_a_finite_loss_with_finite_gradients(objective):
     torch.manual_seed(0)
-    model = SentimentClassifier(**NET, pooling="max", **{objective: 1.0, "epsilon": 0.5})
+    model = TextClassifier(**NET, pooling="max", **{objective: 1.0, "epsilon": 0.5})
     model.train()
     tokens, labels = torch.randint(1, 64, (6, 10)), torch.tensor([0, 1, 0, 1, 1, 0])
     unlabelled = torch.randint(1, 64, (9, 10))
-    plain = SentimentClassifier(**NET, pooling="max")
+    plain = TextClassifier(**NET, pooling="max")
     plain.load_state_dict(model.state_dict())
     model._unlabelled = plain._unlabelled = unlabelled
     torch.manual_seed(1)
@@ -136,7 +136,7 @@ def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_name
     from rnn_lightning.models.classifier import copy_network
 
     _, last = pretrained
-    model = SentimentClassifier(**{**NET, "bidirectional": True}, bigram_buckets=50)
+    model = TextClassifier(**{**NET, "bidirectional": True}, bigram_buckets=50)
     before = model.net.bigrams.weight.clone()
     with caplog.at_level("INFO"):
         names = copy_network(str(last), model)
@@ -150,12 +150,12 @@ def test_the_class_logits_weights_start_afresh_for_another_number_of_classes(tmp
     from rnn_lightning.models.classifier import copy_network
 
     net = {**NET, "pooling": "max", "ngram_buckets": 50}
-    source = SentimentClassifier(**net)
+    source = TextClassifier(**net)
     torch.nn.init.normal_(source.net.ngrams.weight)
     ckpt = {checkpoint.WEIGHTS_KEY: source.state_dict(), checkpoint.HPARAMS_KEY: {},
             checkpoint.DATAMODULE_KEY: {checkpoint.TOKENIZER_KEY: "{}"}}  # fmt: skip
     torch.save(ckpt, tmp_path / "binary.ckpt")
-    model = SentimentClassifier(**net, class_names=["a", "b", "c", "d", "e"])
+    model = TextClassifier(**net, class_names=["a", "b", "c", "d", "e"])
     names = copy_network(str(tmp_path / "binary.ckpt"), model)
     assert model.net.ngrams.weight.shape == (50, 5) and not model.net.ngrams.weight.any()
     assert names and not any(k.startswith(("head.", "ngrams.")) for k in names)
@@ -167,7 +167,7 @@ def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_sav
     a classifier started from that checkpoint counts its own."""
     import yaml
 
-    from rnn_lightning.data import IMDBDataModule
+    from rnn_lightning.text import TextDataModule
     from rnn_lightning.models.classifier import copy_network
 
     args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--model.ngram_buckets", "4099", "--model.ngram_nb", "true",
@@ -175,12 +175,12 @@ def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_sav
     main(["fit", *args])
     saved = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")[checkpoint.WEIGHTS_KEY]["net.ngram_scale"]
     config = yaml.safe_load((ckpt_dir(tmp_path).parent / "config.yaml").read_text())
-    dm = IMDBDataModule(**config["data"])
+    dm = TextDataModule(**config["data"])
     dm.prepare_data(), dm.setup("fit")
-    model = SentimentClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
+    model = TextClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
     model.net.fit_ngram_scale(dm.batches("fit", size=7))  # batches of any size count the same
     assert (saved != 0).sum() > 100 and torch.allclose(saved, model.net.ngram_scale)
-    fresh = SentimentClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
+    fresh = TextClassifier(vocab_size=64, embed_dim=16, hidden_size=8, ngram_buckets=4099, ngram_nb=True)
     assert "ngram_scale" not in copy_network(str(ckpt_dir(tmp_path) / "last.ckpt"), fresh)
     assert torch.equal(fresh.net.ngram_scale, torch.ones(4099, 1))
 
@@ -189,8 +189,8 @@ def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_
     from rnn_lightning.models.classifier import soft_label_loss
 
     torch.manual_seed(0)
-    model = SentimentClassifier(**NET, pooling="max", distillation=1.0, teacher="unused.ckpt")
-    teacher = SentimentClassifier(**NET, pooling="max").net.eval().requires_grad_(False)
+    model = TextClassifier(**NET, pooling="max", distillation=1.0, teacher="unused.ckpt")
+    teacher = TextClassifier(**NET, pooling="max").net.eval().requires_grad_(False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     model._teacher = (teacher,)
     model.train()

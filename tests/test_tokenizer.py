@@ -1,7 +1,7 @@
 import numpy as np
 from tokenizers import Tokenizer
 
-from rnn_lightning.data.tokenizer import PAD_ID, UNK_ID, encode, train_tokenizer
+from rnn_lightning.text.tokenizer import PAD_ID, UNK_ID, encode, train_tokenizer
 
 TEXTS = ["A GREAT movie!<br /><br />Loved it.", "terrible, boring movie", "great great acting"]
 

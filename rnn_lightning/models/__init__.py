@@ -1,4 +1,4 @@
-from rnn_lightning.models.classifier import SentimentClassifier
+from rnn_lightning.models.classifier import TextClassifier
 from rnn_lightning.models.language_model import LanguageModel
 
-__all__ = ["LanguageModel", "SentimentClassifier"]
+__all__ = ["LanguageModel", "TextClassifier"]

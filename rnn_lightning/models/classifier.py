@@ -1,4 +1,4 @@
-"""The classifier: loss, metrics, semi-supervised objectives and the train/val/test/predict steps around ``SentimentRNN``."""
+"""The classifier: loss, metrics, semi-supervised objectives and the train/val/test/predict steps around ``TextRNN``."""
 
 from typing import Any, Literal
 
@@ -21,15 +21,15 @@ from torchmetrics.classification import (
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
-from rnn_lightning.models.base import NonFinite, RecurrentModule
-from rnn_lightning.models.components.network import probabilities
+from rnn_lightning.models.recurrent_module import NonFinite, RecurrentModule
+from rnn_lightning.network.text_rnn import probabilities
 
 DEFAULT_CLASSES = ["neg", "pos"]  # a model built without data (e.g. from an older checkpoint): IMDB's
 ClassWeights = Literal["balanced"] | list[float] | None
 
 
-class SentimentClassifier(RecurrentModule):
-    """Text classifier around ``SentimentRNN``: token ids (B, T) -> logits over the data's K classes.
+class TextClassifier(RecurrentModule):
+    """Text classifier around ``TextRNN``: token ids (B, T) -> logits over the data's K classes.
 
     Two classes: one logit (of class 1), binary cross-entropy on logits, binary metrics (accuracy,
     F1, AUROC). K > 2: K logits, cross-entropy, multiclass metrics (accuracy, macro-F1, F1 per class,
@@ -72,7 +72,7 @@ class SentimentClassifier(RecurrentModule):
             ``init_from`` is not set. Loaded at the start of every ``fit`` (resumes too); it
             is not part of this model's weights or checkpoints.
         distillation: weight of the loss against the teacher's predictions (needs ``data.unlabelled``).
-        **net: the network's hyperparameters, by name: ``SentimentRNN``'s arguments (``model.cell``,
+        **net: the network's hyperparameters, by name: ``TextRNN``'s arguments (``model.cell``,
             ``model.hidden_size``, ...), with its defaults and checks. The CLI lists them from there.
     """
 
@@ -358,10 +358,10 @@ def soft_label_loss(logits: Tensor, targets: Tensor) -> Tensor:
 def load_teacher(path: str, class_names: list[str], data) -> torch.nn.Module:
     """The network of classifier checkpoint ``path``, fixed and in eval mode, checked to predict
     ``class_names`` from the same tokens as ``data``'s tokenizer makes."""
-    from rnn_lightning.inference import SentimentPredictor  # it imports this module
+    from rnn_lightning.inference import Predictor  # it imports this module
 
     try:
-        teacher = SentimentPredictor.from_checkpoint(path)
+        teacher = Predictor.from_checkpoint(path)
     except InputError as e:
         raise InputError(f"model.teacher: {str(e).split(': ', 1)[1]}") from None
     if teacher.class_names != class_names:

@@ -2,7 +2,7 @@
 
     python pretrain.py fit --config configs/lm.yaml --data.dataset ../shared/imdb
 
-The network is ``SentimentRNN`` itself, so its embedding and recurrent layers move to a classifier
+The network is ``TextRNN`` itself, so its embedding and recurrent layers move to a classifier
 unchanged (``--model.init_from`` of ``cli.py``). The last layer's output at step t predicts the next
 word (forward direction) and, for a bidirectional layer, the previous word (backward direction, which
 has read steps t..T). Both share one output layer.
@@ -15,11 +15,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.models.base import NonFinite, RecurrentModule
+from rnn_lightning.models.recurrent_module import NonFinite, RecurrentModule
 
 
 class LanguageModel(RecurrentModule):
-    """Next-word prediction over ``SentimentRNN``'s per-step outputs.
+    """Next-word prediction over ``TextRNN``'s per-step outputs.
 
     The output layer is ``nn.AdaptiveLogSoftmaxWithLoss``: frequent words (ids below the first
     cutoff: the tokenizer numbers words by frequency) get a full softmax row, rarer ones share
@@ -31,7 +31,7 @@ class LanguageModel(RecurrentModule):
         on_nonfinite: ``stop`` or ``skip`` on a NaN/inf loss or gradient, as for the classifier.
         cutoffs: ids where the adaptive softmax's clusters begin, increasing, below ``vocab_size``.
         div_value: each further cluster's projection is this many times narrower.
-        **net: the network's hyperparameters (``SentimentRNN``'s arguments, as for the classifier).
+        **net: the network's hyperparameters (``TextRNN``'s arguments, as for the classifier).
             A bidirectional network must have one layer: a second layer would let the forward
             direction see the words it has to predict through the first layer's backward outputs.
     """

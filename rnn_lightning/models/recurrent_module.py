@@ -1,4 +1,4 @@
-"""What every LightningModule of the project does around its ``SentimentRNN``: build it from the
+"""What every LightningModule of the project does around its ``TextRNN``: build it from the
 hyperparameters by name, draw dropout masks from a generator that checkpoints save (exact resume),
 and stop or skip on a non-finite loss or gradient."""
 
@@ -11,13 +11,13 @@ from torch import Tensor
 
 from rnn_lightning.checkpoint import DROPOUT_RNG_KEY
 from rnn_lightning.errors import InputError, NonFiniteLossError
-from rnn_lightning.models.components.network import SentimentRNN
+from rnn_lightning.network.text_rnn import TextRNN
 
 NonFinite = Literal["stop", "skip"]
 
 
 class RecurrentModule(LightningModule):
-    """Base of ``SentimentClassifier`` and ``LanguageModel``. A subclass calls ``save_hyperparameters()``
+    """Base of ``TextClassifier`` and ``LanguageModel``. A subclass calls ``save_hyperparameters()``
     and then ``build_network(on_nonfinite, **net)`` in its ``__init__``.
 
     Which checkpoint is "best": ``CHECKPOINT_MONITOR`` / ``CHECKPOINT_MODE`` (the CLI reads them).
@@ -29,11 +29,11 @@ class RecurrentModule(LightningModule):
         if on_nonfinite not in ("stop", "skip"):
             raise InputError(f"model.on_nonfinite: expected one of stop, skip; got {on_nonfinite!r}")
         try:
-            self.net = SentimentRNN(**net)
+            self.net = TextRNN(**net)
         except InputError as e:
             raise InputError(f"model.{e}") from None
-        except TypeError as e:  # an argument SentimentRNN does not have
-            raise InputError(f"model: {e}".replace("SentimentRNN.__init__()", "the network")) from None
+        except TypeError as e:  # an argument TextRNN does not have
+            raise InputError(f"model: {e}".replace("TextRNN.__init__()", "the network")) from None
         self.hparams.update(self.net.config)  # every network argument, defaults included, in the checkpoint
         self.on_nonfinite = on_nonfinite
         self._seed = torch.initial_seed()  # set by seed_everything before the CLI builds the model

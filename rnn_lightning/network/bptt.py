@@ -17,7 +17,7 @@ lstm: i, f, g, o), so results equal the ``autograd`` and ``fused`` implementatio
 import torch
 from torch import Tensor
 
-from rnn_lightning.models.components import native
+from rnn_lightning.network import native
 
 
 def _scaled(w: Tensor, rows: slice | None) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnn_lightning.models.components import native
+from rnn_lightning.network import native
 
 
 class _MaskedEmbedding(torch.autograd.Function):

@@ -88,7 +88,7 @@ class RecurrentLayer(nn.Module):
             out = self._fused(x)
         else:
             if implementation == "bptt":
-                from rnn_lightning.models.components.bptt import bptt_layer
+                from rnn_lightning.network.bptt import bptt_layer
 
                 # keeps only the final states itself when last_only: nothing stored for the other steps
                 run = partial(bptt_layer, self.cell, last_only=last_only)

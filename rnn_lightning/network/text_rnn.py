@@ -7,13 +7,13 @@ import torch
 from torch import Tensor, nn
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.models.components.masked import masked_cast, masked_embedding
-from rnn_lightning.models.components.recurrent import Cell, Implementation, RecurrentLayer
+from rnn_lightning.network.masked import masked_cast, masked_embedding
+from rnn_lightning.network.recurrent import Cell, Implementation, RecurrentLayer
 
 Pooling = Literal["last", "max", "mean", "max_mean"]
 
 
-class SentimentRNN(nn.Module):
+class TextRNN(nn.Module):
     """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits, (B,) for two
     classes (the logit of class 1), (B, K) for K > 2.
 
@@ -268,7 +268,7 @@ def probabilities(logits: Tensor) -> Tensor:
 
 
 def check_hyperparameters(config: dict) -> None:
-    """``SentimentRNN``'s arguments by name, checked before anything is built; the error names the argument."""
+    """``TextRNN``'s arguments by name, checked before anything is built; the error names the argument."""
     for name, choices in (("cell", Cell), ("pooling", Pooling), ("implementation", Implementation)):
         if config[name] not in get_args(choices):
             raise InputError(f"{name}: expected one of {', '.join(get_args(choices))}; got {config[name]!r}")

@@ -3,11 +3,11 @@
 
 
 def __getattr__(name: str):
-    if name == "IMDBDataModule":
-        from rnn_lightning.data.datamodule import IMDBDataModule
+    if name == "TextDataModule":
+        from rnn_lightning.text.datamodule import TextDataModule
 
-        return IMDBDataModule
+        return TextDataModule
     raise AttributeError(name)
 
 
-__all__ = ["IMDBDataModule"]
+__all__ = ["TextDataModule"]

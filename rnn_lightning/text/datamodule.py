@@ -21,9 +21,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rnn_lightning.checkpoint import TOKENIZER_KEY
-from rnn_lightning.data import sources
-from rnn_lightning.data.reviews_io import EMPTY, InputRows, read_reviews
-from rnn_lightning.data.tokenizer import PAD_ID, encode, set_length, train_tokenizer
+from rnn_lightning.text import sources
+from rnn_lightning.text.readers import EMPTY, InputRows, read_reviews
+from rnn_lightning.text.tokenizer import PAD_ID, encode, set_length, train_tokenizer
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import CACHE_ROOT, atomic_folder, content_digests
 
@@ -209,7 +209,7 @@ def encode_to_file(path: Path, tokenizer: Tokenizer, texts: sources.Texts, rows:
     del out
 
 
-class IMDBDataModule(LightningDataModule):
+class TextDataModule(LightningDataModule):
     """Text classification data (IMDB by default, or any labelled texts), tokenized once and cached on disk.
 
     ``prepare_data`` (one process per node) reads the source, takes its validation split or carves
@@ -238,7 +238,7 @@ class IMDBDataModule(LightningDataModule):
         split_seed: seed of that split (independent of ``seed_everything``, so the split never moves).
         cache_dir: where the token ids are cached.
         num_workers: DataLoader workers; 0 is fastest here, since a batch is one array indexing.
-        predict_path: texts for ``predict`` (see ``reviews_io.read_reviews``); they are encoded with the
+        predict_path: texts for ``predict`` (see ``readers.read_reviews``); they are encoded with the
             checkpoint's tokenizer and need no dataset. Unset, ``predict`` classifies the test split.
         unlabelled: also read the dataset's unlabelled texts (split ``unsupervised``, IMDB's 50,000):
             the tokenizer learns from them too, and each training batch is a dict ``{"labelled": (ids,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnn_lightning.data.sources import parquet_batches
+from rnn_lightning.text.sources import parquet_batches
 from rnn_lightning.errors import InputError, unreadable_file
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from rnn_lightning.data.tokenizer import CHUNK
+from rnn_lightning.text.tokenizer import CHUNK
 from rnn_lightning.errors import InputError, unreadable_file
 from rnn_lightning.files import atomic_file, content_digests
 

@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.callbacks import (
+from rnn_lightning.training.callbacks import (
     GracefulStop,
     HParamsWithMetrics,
     ParameterSummary,
@@ -37,13 +37,13 @@ from rnn_lightning.callbacks import (
     RunConfigSaver,
     is_lost_peer,
 )
-from rnn_lightning.data import IMDBDataModule
+from rnn_lightning.text import TextDataModule
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.files import check_writable
-from rnn_lightning.models import SentimentClassifier
-from rnn_lightning.models.base import RecurrentModule
+from rnn_lightning.models import TextClassifier
+from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
-from rnn_lightning.schedules import CosineOverFit
+from rnn_lightning.training.schedules import CosineOverFit
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
@@ -72,14 +72,14 @@ class OneLineErrorParser(LightningArgumentParser):
 class RNNLightningCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat."""
 
-    def __init__(self, model_class: type[RecurrentModule] = SentimentClassifier, *args, **kwargs) -> None:
+    def __init__(self, model_class: type[RecurrentModule] = TextClassifier, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", OneLineErrorParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
         quiet_lightning()
-        super().__init__(model_class, IMDBDataModule, *args, **kwargs)
+        super().__init__(model_class, TextDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The vocabulary cap is known at parse time; the padding id only once the data module exists.
@@ -130,7 +130,7 @@ class RNNLightningCLI(LightningCLI):
         """``data.<key>``, or the checkpoint's value when ``--ckpt_path`` gives one (None in an older
         checkpoint: the model's default, IMDB's two classes)."""
 
-        def value(data: IMDBDataModule):
+        def value(data: TextDataModule):
             if self._resumed is not None:
                 return self._resumed[checkpoint.HPARAMS_KEY].get(key)
             return getattr(data, key)
@@ -347,7 +347,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
-def main(args=None, model_class: type[RecurrentModule] = SentimentClassifier) -> None:
+def main(args=None, model_class: type[RecurrentModule] = TextClassifier) -> None:
     """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
     tune_cpu_runtime(training=False)  # the training settings come in before_fit
     try:
