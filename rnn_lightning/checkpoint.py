@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import atomic_file
 
 # Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
 DATAMODULE_KEY = "TextDataModule"
@@ -22,6 +20,9 @@ HPARAMS_KEY = "hyper_parameters"
 WEIGHTS_KEY = "state_dict"
 DROPOUT_RNG_KEY = "dropout_rng_state"
 RUN_VERSION_KEY = "run_version"  # the TensorBoard run (version_N) that wrote it
+OPTIMIZERS_KEY = "optimizer_states"
+DEFAULT_CLASS_NAMES = ("neg", "pos")  # the classes of a model whose checkpoint names none: IMDB's
+FORMAT_KEY, FORMAT = "rnn_lightning_format", 2  # bump with a step in ``upgrade`` when the layout changes
 
 HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints, in trainer.default_root_dir
 
@@ -51,6 +52,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(
             f"ckpt_path: {str(path)!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})"
         ) from None
+    if isinstance(ckpt, dict):
+        upgrade(ckpt)
     if not (
         isinstance(ckpt, dict)
         and {WEIGHTS_KEY, HPARAMS_KEY, DATAMODULE_KEY} <= ckpt.keys()
@@ -115,16 +118,34 @@ def run_of(ckpt_path: Path, runs_dir: Path) -> int | None:
     return run_version(ckpt_path.parents[1])
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, except that a file is complete or absent.
+def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint written by an earlier version to ``FORMAT``, in place; returns it.
 
-    Lightning writes to the system temp folder and moves the file; across file systems that move is
-    a copy, and a kill during the copy leaves a truncated ``last.ckpt``. Here the temporary file sits
-    beside the target, is synced, and renamed. Remote paths (``s3://`` ...) go to Lightning.
+    Format 1 (no ``FORMAT_KEY``): the data module's state sat under its old class name
+    ``IMDBDataModule``, and a language model's network carried a classification head it never used
+    (``net.head.*``, with its slots in the optimizer's state).
     """
+    if ckpt.get(FORMAT_KEY, 1) < 2:
+        if "IMDBDataModule" in ckpt:
+            ckpt[DATAMODULE_KEY] = ckpt.pop("IMDBDataModule")
+        weights, hparams = ckpt.get(WEIGHTS_KEY), ckpt.get(HPARAMS_KEY) or {}
+        if isinstance(weights, dict) and "cutoffs" in hparams:  # a language model
+            names = list(weights)  # its parameters in registration order: the optimizer's numbering
+            dead = [i for i, name in enumerate(names) if name.startswith("net.head.")]
+            for name in [names[i] for i in dead]:
+                del weights[name]
+            for state in ckpt.get(OPTIMIZERS_KEY) or []:
+                _drop_params(state, dead)
+    ckpt[FORMAT_KEY] = FORMAT
+    return ckpt
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_file(path, "wb", sync=True) as f:
-            torch.save(checkpoint, f)
+
+def _drop_params(optimizer_state: dict, dead: list[int]) -> None:
+    """Remove parameters by index from a ``torch.optim`` state dict, renumbering the rest."""
+    for group in optimizer_state["param_groups"]:
+        group["params"] = [i for i in group["params"] if i not in dead]
+    kept = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    new_index = {old: new for new, old in enumerate(sorted(kept))}
+    for group in optimizer_state["param_groups"]:
+        group["params"] = [new_index[i] for i in group["params"]]
+    optimizer_state["state"] = {new_index[i]: v for i, v in optimizer_state["state"].items() if i in new_index}

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
-from rnn_lightning.models.classifier import TextClassifier
+from rnn_lightning.network.text_rnn import TextRNN, network_arguments
 from rnn_lightning.serving import predictions
 
 
@@ -44,16 +44,21 @@ class Predictor:
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "Predictor":
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
         ckpt = checkpoint.load_checkpoint(path)
+        hparams = ckpt[checkpoint.HPARAMS_KEY]
+        names = list(hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
+        prefix = "net."
         try:
-            hparams = {k: v for k, v in ckpt[checkpoint.HPARAMS_KEY].items() if not k.startswith("_")}
-            model = TextClassifier(**hparams)  # "_instantiator" and the like are LightningCLI's
-            model.load_state_dict(ckpt[checkpoint.WEIGHTS_KEY])
+            if "cutoffs" in hparams:
+                raise InputError("a language model, which predicts words, not classes")
+            net = TextRNN(**network_arguments(hparams), num_classes=len(names))
+            weights = ckpt[checkpoint.WEIGHTS_KEY]
+            net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
         except (InputError, TypeError, RuntimeError) as e:
             raise InputError(
-                f"ckpt_path: {path!r} does not hold an rnn-lightning model ({type(e).__name__}: {str(e)[:200]})"
+                f"ckpt_path: {path!r} does not hold an rnn-lightning classifier ({type(e).__name__}: {str(e)[:200]})"
             ) from None
         tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
-        return cls(model.net.to(map_location), tokenizer, model.class_names)
+        return cls(net.to(map_location), tokenizer, names)
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[dict]:
@@ -64,22 +69,18 @@ class Predictor:
     def export(self, out_dir: str) -> Path:
         """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.
 
-        The exported graph uses the ``fused`` kernels (PyTorch's own recurrent ops), which any
-        PyTorch runtime has; ``rnn_lightning.serving.ExportedPredictor`` runs it without Lightning.
+        The graph holds the network's own ops: PyTorch's recurrent kernels, or for the rnn cell on a CPU
+        the registered ``rnn_lightning::tanh_recurrence`` op, which ``rnn_lightning.serving.ExportedPredictor``
+        registers by importing ``rnn_lightning.network`` (no Lightning).
         """
         out = Path(out_dir)
         param_bytes = sum(t.numel() * t.element_size() for t in self.net.parameters())
         check_writable([out], need_bytes=2 * param_bytes + 2**20, field="export: out_dir")  # before tracing
         out.mkdir(parents=True, exist_ok=True)
-        net = self.net
-        previous, net.implementation = net.implementation, "fused"
-        try:
-            max_len = self.tokenizer.truncation["max_length"]
-            example = torch.ones(2, max_len, dtype=torch.long, device=next(net.parameters()).device)
-            batch = torch.export.Dim("batch", min=1, max=1 << 20)
-            program = torch.export.export(Probabilities(net), (example,), dynamic_shapes=({0: batch},))
-        finally:
-            net.implementation = previous
+        max_len = self.tokenizer.truncation["max_length"]
+        example = torch.ones(2, max_len, dtype=torch.long, device=next(self.net.parameters()).device)
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        program = torch.export.export(Probabilities(self.net), (example,), dynamic_shapes=({0: batch},))
         with atomic_file(out / "model.pt2", "wb") as f:
             torch.export.save(program, f)
         with atomic_file(out / "tokenizer.json") as f:

@@ -15,13 +15,12 @@ from tests.helpers import InProcessCLI, make_reviews, tiny_cli_args, write_split
 
 @pytest.fixture(scope="session", autouse=True)
 def native_build_dir(tmp_path_factory) -> Path:
-    """The compiled CPU loop (models/components/native.py) is built here, not in the user's cache;
-    subprocesses inherit it."""
-    from rnn_lightning.network import native
+    """The compiled CPU loop (network/cpu_rnn.py) is built here, not in the user's cache; subprocesses inherit it."""
+    from rnn_lightning.network import cpu_rnn
 
     path = tmp_path_factory.mktemp("native")
-    os.environ[native.ENV_DIR] = str(path)
-    native.library.cache_clear()
+    os.environ[cpu_rnn.ENV_DIR] = str(path)
+    cpu_rnn.library.cache_clear()
     return path
 
 

@@ -201,7 +201,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
     target = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from rnn_lightning.checkpoint import AtomicCheckpointIO
+        from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"w": torch.arange(1000)}}, {str(target)!r})
         def dying_save(obj, f, *args, **kwargs):  # half a file, then SIGKILL, as a crash mid-save
@@ -213,7 +213,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(1000))  # the old one, intact
     assert list(tmp_path.glob(".last.ckpt.*.tmp"))  # the half-written temporary file...
-    from rnn_lightning.checkpoint import AtomicCheckpointIO
+    from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, str(target))
     assert not list(tmp_path.glob(".last.ckpt.*.tmp"))  # ...is swept by the next successful save

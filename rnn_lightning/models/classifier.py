@@ -6,25 +6,17 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryROC,
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC, MulticlassConfusionMatrix
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
+from rnn_lightning.models.metrics import classification_metrics, metric_scores
+from rnn_lightning.models.objectives import categorical_kl, perturbation, soft_label_loss
 from rnn_lightning.models.recurrent_module import NonFinite, RecurrentModule
+from rnn_lightning.models.transfer import copy_network, load_teacher
 from rnn_lightning.network.text_rnn import probabilities
 
-DEFAULT_CLASSES = ["neg", "pos"]  # a model built without data (e.g. from an older checkpoint): IMDB's
 ClassWeights = Literal["balanced"] | list[float] | None
 
 
@@ -96,7 +88,7 @@ class TextClassifier(RecurrentModule):
                             ("entropy", entropy), ("epsilon", epsilon), ("distillation", distillation)):  # fmt: skip
             if not value >= 0:
                 raise InputError(f"model.{name}: expected a number >= 0, got {value}")
-        names = list(class_names) if class_names is not None else list(DEFAULT_CLASSES)
+        names = list(class_names) if class_names is not None else list(checkpoint.DEFAULT_CLASS_NAMES)
         if len(names) < 2 or len(set(names)) < len(names):
             raise InputError(f"model.class_names: expected two or more distinct names, got {names}")
         self.save_hyperparameters()
@@ -305,126 +297,3 @@ class TextClassifier(RecurrentModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Probabilities (B, K) of each class. ``batch`` is (tokens (B, T), row index (B,))."""
         return probabilities(self(batch[0]))
-
-
-def classification_metrics(names: list[str]) -> dict:
-    """The metrics of one stage, by name; they take ``metric_scores`` and class ids."""
-    k = len(names)
-    if k == 2:
-        metrics = {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
-    else:
-        metrics = {
-            "acc": MulticlassAccuracy(k, average="micro"),
-            "f1": MulticlassF1Score(k, average="macro"),
-            "auroc": MulticlassAUROC(k, average="macro"),  # one class against the rest, averaged
-            "f1_class": ClasswiseWrapper(MulticlassF1Score(k, average=None), labels=names, prefix="f1_"),
-        }
-    metrics["balanced_acc"] = BalancedAccuracy(k)
-    return metrics
-
-
-def metric_scores(logits: Tensor) -> Tensor:
-    """What the metrics take: the probability of class 1 (B,) for two classes, else (B, K) probabilities."""
-    return logits.float().sigmoid() if logits.dim() == 1 else logits.float().softmax(-1)
-
-
-class BalancedAccuracy(MulticlassAccuracy):
-    """Mean recall over the classes; takes ``metric_scores`` for any K (binary: probability of class 1)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes, average="macro")
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        if preds.dim() == 1:
-            preds = (preds >= 0.5).long()
-        super().update(preds, target)
-
-
-def perturbation(direction: Tensor, tokens: Tensor, pad_id: int, norm: float) -> Tensor:
-    """``direction`` (T, B, E) zeroed at padding and scaled so each review's slice has L2 norm ``norm``."""
-    real = (tokens.t() != pad_id).unsqueeze(-1).to(direction.dtype)  # (T, B, 1)
-    d = direction.float() * real
-    scale = norm / d.square().sum(dim=(0, 2), keepdim=True).sqrt().clamp_min(1e-12)
-    return (d * scale).to(direction.dtype)
-
-
-def soft_label_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of logits (B,) or (B, K) against probabilities ``targets`` (B, K) of each class."""
-    if logits.dim() == 2:
-        return F.cross_entropy(logits.float(), targets)
-    return F.binary_cross_entropy_with_logits(logits.float(), targets[:, 1])
-
-
-def load_teacher(path: str, class_names: list[str], data) -> torch.nn.Module:
-    """The network of classifier checkpoint ``path``, fixed and in eval mode, checked to predict
-    ``class_names`` from the same tokens as ``data``'s tokenizer makes."""
-    from rnn_lightning.inference import Predictor  # it imports this module
-
-    try:
-        teacher = Predictor.from_checkpoint(path)
-    except InputError as e:
-        raise InputError(f"model.teacher: {str(e).split(': ', 1)[1]}") from None
-    if teacher.class_names != class_names:
-        raise InputError(f"model.teacher: {path!r} predicts the classes {teacher.class_names}, the data has {class_names}")
-    tokenizer = getattr(data, "tokenizer", None)
-    if tokenizer is not None and tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
-        raise InputError(
-            f"model.teacher: the vocabulary of {path!r} is not the data's; leave data.tokenizer_from to the link "
-            "(the teacher's, or model.init_from's when the teacher was trained from that)"
-        )
-    return teacher.net.requires_grad_(False)
-
-
-def categorical_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
-    """Mean KL(p(clean) || p(logits)) over the batch, for binary (B,) or K-class (B, K) logits; the
-    clean side is a constant."""
-    if logits.dim() == 2:
-        p_log = F.log_softmax(clean_logits.detach().float(), -1)
-        return (p_log.exp() * (p_log - F.log_softmax(logits.float(), -1))).sum(-1).mean()
-    p = torch.sigmoid(clean_logits.detach().float())
-    logits = logits.float()
-    # p log p/q + (1-p) log (1-p)/(1-q), with log q = logsigmoid(l), log(1-q) = logsigmoid(-l)
-    return (
-        p * (F.logsigmoid(clean_logits.detach().float()) - F.logsigmoid(logits))
-        + (1 - p) * (F.logsigmoid(-clean_logits.detach().float()) - F.logsigmoid(-logits))
-    ).mean()
-
-
-def copy_network(path: str, model: "RecurrentModule") -> list[str]:
-    """Copy every tensor of ``path``'s network that this network has too, except the class logits' (the
-    head and the n-gram bag with its scale, which start afresh for this model's classes); the names copied.
-
-    The embedding and the recurrent layers must be there, and every tensor copied must have the same
-    shape on both sides: a mismatch, e.g. another vocabulary size, is a one-line error naming both
-    shapes. Tensors the source lacks (a word-pair table a language model cannot train) keep their
-    initialisation, and are named.
-    """
-    try:
-        ckpt = checkpoint.load_checkpoint(path)
-    except InputError as e:
-        raise InputError(f"model.init_from: {str(e).split(': ', 1)[1]}") from None
-    source = {k[len("net.") :]: v for k, v in ckpt[checkpoint.WEIGHTS_KEY].items() if k.startswith("net.")}
-    target = model.net.state_dict()
-    wanted = [k for k in target if not k.startswith(("head.", "ngrams.", "ngram_scale"))]
-    required = [k for k in wanted if k.startswith(("embedding.", "layers."))]
-    missing = [k for k in required if k not in source]
-    if missing:
-        raise InputError(f"model.init_from: {path!r} has no {missing[0]} (another network: cell, layers or directions)")
-    names = [k for k in wanted if k in source]
-    for k in names:
-        if source[k].shape != target[k].shape:
-            raise InputError(
-                f"model.init_from: {k} is {tuple(source[k].shape)} in {path!r} but {tuple(target[k].shape)} here"
-                + (
-                    " (vocabulary: set data.vocab_size to the pretraining's)"
-                    if k == "embedding.weight" and source[k].shape[0] != target[k].shape[0]
-                    else ""
-                )  # fmt: skip
-            )
-    with torch.no_grad():
-        for k in names:
-            target[k].copy_(source[k])
-    kept = sorted(set(wanted) - set(names))
-    if kept:
-        rank_zero_info(f"model.init_from: not in the checkpoint, so initialised afresh: {', '.join(kept)}")
-    return names

@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from rnn_lightning.checkpoint import DROPOUT_RNG_KEY
+from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError, NonFiniteLossError
 from rnn_lightning.network.text_rnn import TextRNN
 
@@ -55,12 +55,16 @@ class RecurrentModule(LightningModule):
     def on_fit_end(self) -> None:
         self.net.generator = None
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, ckpt: dict) -> None:
+        ckpt[checkpoint.FORMAT_KEY] = checkpoint.FORMAT
         if self.net.generator is not None:
-            checkpoint[DROPOUT_RNG_KEY] = self.net.generator.get_state()
+            ckpt[checkpoint.DROPOUT_RNG_KEY] = self.net.generator.get_state()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._restored_rng = checkpoint.get(DROPOUT_RNG_KEY)
+    def on_load_checkpoint(self, ckpt: dict) -> None:
+        # Lightning calls this first when it restores a checkpoint, before the weights and the data
+        # module's state: an older checkpoint is brought to today's layout here.
+        checkpoint.upgrade(ckpt)
+        self._restored_rng = ckpt.get(checkpoint.DROPOUT_RNG_KEY)
 
     # ---------------------------------------------------------------- non-finite loss or gradient
 

@@ -1,19 +1,22 @@
-"""Recurrent layers with Keras' initialisation and three interchangeable ways to compute them.
+"""Recurrent layers with Keras' initialisation, computed by PyTorch's kernels.
 
 Every implementation computes the same function from the same parameters:
 
-- ``autograd``: a Python loop over time steps; PyTorch's autograd differentiates it. The reference.
-- ``fused``: PyTorch's native recurrent kernels (cuDNN on a GPU, ATen's own on a CPU).
-- ``bptt``: a hand-written backward through time (see ``bptt.py``); the fast path on a CPU, where the
-  float32 ``rnn`` cell's time loop runs compiled (``native.py``) if a C++ compiler is present.
-- ``auto``: ``fused`` for CUDA tensors, ``bptt`` otherwise.
+- ``fused``: PyTorch's own recurrent kernels (cuDNN on a GPU, ATen's on a CPU), through ``nn.RNN``,
+  ``nn.GRU`` and ``nn.LSTM`` called with this layer's parameters.
+- ``bptt``: the ``rnn`` cell's time loop compiled for the CPU (``cpu_rnn.py``), float32 recurrence.
+- ``autograd``: a Python loop over time steps differentiated by autograd; the reference the tests
+  compare the others against.
+- ``auto``: ``bptt`` for the ``rnn`` cell on a CPU where the loop is built, ``fused`` otherwise.
 """
 
-from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from rnn_lightning.network import cpu_rnn
 
 Cell = Literal["rnn", "gru", "lstm"]
 Implementation = Literal["auto", "autograd", "fused", "bptt"]
@@ -43,8 +46,12 @@ class RecurrentLayer(nn.Module):
             if cell != "rnn":
                 self.register_parameter("bias_hh" + sfx, nn.Parameter(torch.empty(gh)))
         if cell == "rnn":
-            # The fused kernels want two biases; this zero one is not a parameter and is never saved.
+            # PyTorch's kernel wants two biases; this zero one is not a parameter and is never saved.
             self.register_buffer("zero_bias", torch.zeros(gh), persistent=False)
+        # PyTorch's module for this cell, parameterless (on the meta device) and outside the module tree:
+        # ``_fused`` runs it with this layer's parameters, which keep Keras' single bias for the rnn cell.
+        module = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        object.__setattr__(self, "_kernel", module(input_size, hidden_size, bidirectional=bidirectional, device="meta"))
         self.reset_parameters()
 
     @property
@@ -83,38 +90,45 @@ class RecurrentLayer(nn.Module):
         implementation then stores and back-propagates nothing for the other steps' outputs.
         """
         if implementation == "auto":
-            implementation = "fused" if x.is_cuda else "bptt"
+            implementation = "bptt" if self._compiled_loop_runs(x) else "fused"
         if implementation == "fused":
-            out = self._fused(x)
-        else:
-            if implementation == "bptt":
-                from rnn_lightning.network.bptt import bptt_layer
-
-                # keeps only the final states itself when last_only: nothing stored for the other steps
-                run = partial(bptt_layer, self.cell, last_only=last_only)
-            else:
-                run = self._loop
-            outs = [run(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
-            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-            if implementation == "bptt":
-                return out
+            return self._fused(x, last_only)
+        if implementation == "bptt":
+            if not self._compiled_loop_runs(x):
+                raise RuntimeError("implementation bptt: the compiled loop runs the rnn cell on a CPU, where a C++ compiler built it")
+            outs = [
+                cpu_rnn.tanh_layer(x, w_ih, w_hh, b_ih, sfx != "", last_only)
+                for sfx in self.directions
+                for w_ih, w_hh, b_ih, _ in [self.direction_weights(sfx)]
+            ]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        outs = [self._loop(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if not last_only:
             return out
         h = self.hidden_size
         return out[-1] if len(self.directions) == 1 else torch.cat([out[-1, :, :h], out[0, :, h:]], dim=-1)
 
-    def _fused(self, x: Tensor) -> Tensor:
-        weights = [w for sfx in self.directions for w in self.direction_weights(sfx)]
-        h0 = x.new_zeros(len(self.directions), x.shape[1], self.hidden_size)
-        bidirectional = len(self.directions) == 2
-        # Positional arguments: hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first.
-        if self.cell == "rnn":
-            out, _ = torch._VF.rnn_tanh(x, h0, weights, True, 1, 0.0, self.training, bidirectional, False)
-        elif self.cell == "gru":
-            out, _ = torch._VF.gru(x, h0, weights, True, 1, 0.0, self.training, bidirectional, False)
-        else:
-            out, _, _ = torch._VF.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, bidirectional, False)
-        return out
+    def _compiled_loop_runs(self, x: Tensor) -> bool:
+        """Whether ``bptt`` can run on x: the rnn cell, float32 parameters on a CPU, the loop built."""
+        w = self.weight_hh
+        return self.cell == "rnn" and not x.is_cuda and w.device.type == "cpu" and w.dtype == torch.float32 and cpu_rnn.available()
+
+    def _fused(self, x: Tensor, last_only: bool) -> Tensor:
+        """PyTorch's module of this cell, run with this layer's parameters (``nn.RNN``'s names: ``_l0``)."""
+        params = {
+            name + "_l0" + sfx: w
+            for sfx in self.directions
+            for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), self.direction_weights(sfx), strict=True)
+        }
+        if x.is_cuda or not torch.is_autocast_enabled("cpu"):
+            out, h_n = functional_call(self._kernel, params, (x,))
+        else:  # CPU autocast would run the whole recurrence in bfloat16, losing precision at every step
+            with torch.autocast("cpu", enabled=False):
+                out, h_n = functional_call(self._kernel, params, (x.float(),))
+        if isinstance(h_n, tuple):  # lstm: (h_n, c_n)
+            h_n = h_n[0]
+        return torch.cat(tuple(h_n), dim=-1) if last_only else out  # h_n (D, B, H): each direction's final state
 
     def _loop(self, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, reverse: bool) -> Tensor:
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])

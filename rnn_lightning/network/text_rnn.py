@@ -1,5 +1,6 @@
 """The network: token ids -> one logit per review. Plain PyTorch; knows nothing of Lightning."""
 
+import inspect
 import os
 from typing import Literal, get_args
 
@@ -7,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.network.masked import masked_cast, masked_embedding
 from rnn_lightning.network.recurrent import Cell, Implementation, RecurrentLayer
 
 Pooling = Literal["last", "max", "mean", "max_mean"]
@@ -24,7 +24,7 @@ class TextRNN(nn.Module):
     Args:
         vocab_size: rows of the embedding; the CLI links it from ``data.vocab_size``.
         num_classes: K; two classes have one logit (binary), more have one each. The classifier sets it
-            from its class names.
+            from its class names; 0 builds no head (a language model's body: ``embed`` and ``encode`` only).
         pad_id: id of ``<pad>``; its embedding row stays zero. The CLI links it from the data module.
         embed_dim: embedding width.
         cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
@@ -36,7 +36,8 @@ class TextRNN(nn.Module):
         pooling: how the last layer's outputs (T, B, D*H) become one vector per review: ``last``
             state (for a bidirectional layer each direction's final state), ``max`` or ``mean`` over
             the real (unpadded) steps, or ``max_mean`` (the two concatenated).
-        implementation: ``auto`` (fused on GPU, bptt on CPU), ``fused``, ``bptt`` or ``autograd``;
+        implementation: ``auto`` (the compiled loop for the rnn cell on a CPU, else fused), ``fused``
+            (PyTorch's kernels), ``bptt`` (the rnn cell's compiled CPU loop) or ``autograd`` (the reference loop);
             the same function, different speed (see ``recurrent.py``).
         word_dropout: probability of replacing each token of a training review by padding, so the
             model cannot lean on a few memorable words (names, titles).
@@ -89,9 +90,11 @@ class TextRNN(nn.Module):
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
         self.num_classes = num_classes
+        self.output_size = sizes[-1]
         n_logits = 1 if num_classes == 2 else num_classes
-        self.head = nn.Linear(sizes[-1] * (2 if pooling == "max_mean" else 1), n_logits)
-        self.ngrams = nn.Embedding(ngram_buckets, n_logits, padding_idx=0) if ngram_buckets else None
+        pooled = sizes[-1] * (2 if pooling == "max_mean" else 1)
+        self.head = nn.Linear(pooled, n_logits) if num_classes else None
+        self.ngrams = nn.Embedding(ngram_buckets, n_logits, padding_idx=0) if ngram_buckets and num_classes else None
         self.ngram_gain, self.ngram_nb = ngram_gain, ngram_nb
         if ngram_nb:  # (buckets, C) log-count ratios; ones until fit_ngram_scale counts the training split
             self.register_buffer("ngram_scale", torch.ones(ngram_buckets, n_logits))
@@ -106,8 +109,9 @@ class TextRNN(nn.Module):
             nn.init.uniform_(self.bigrams.weight, -0.05, 0.05)
             with torch.no_grad():
                 self.bigrams.weight[0].zero_()
-        nn.init.xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head is not None:
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         if self.ngrams is not None:
             nn.init.zeros_(self.ngrams.weight)  # the bag starts silent; a linear model's usual start
         for layer in self.layers:
@@ -127,18 +131,17 @@ class TextRNN(nn.Module):
 
         Adversarial training perturbs this tensor and passes it on to ``classify``.
         """
-        lowp = self._lowp(tokens)
         words = tokens
         if self.training and self.word_dropout > 0:
             drop = torch.empty(tokens.shape, device=tokens.device).bernoulli_(
                 self.word_dropout, generator=self.generator
             )
             words = tokens.masked_fill(drop.bool(), self.pad_id)  # pooling still sees the real length
-        mask = self._dropout_mask(tokens.shape[0], 0)
-        x = masked_embedding(words.t(), self.embedding.weight, mask, self.pad_id, lowp)
+        x = self.embedding(words.t())  # (T, B, E)
         if self.bigrams is not None:
-            x = x + masked_embedding(self._bigram_rows(words).t(), self.bigrams.weight, mask, 0, lowp)
-        return x
+            x = x + self.bigrams(self._bigram_rows(words).t())
+        mask = self._dropout_mask(tokens.shape[0], 0)
+        return x if mask is None else x * mask
 
     def classify(self, x: Tensor, tokens: Tensor) -> Tensor:
         """Embedded input x (T, B, E) of ``tokens`` (B, T) -> logits (B,) or (B, K)."""
@@ -151,22 +154,13 @@ class TextRNN(nn.Module):
 
     def encode(self, x: Tensor, last_only: bool = False) -> Tensor:
         """Embedded input x (T, B, E) -> the last layer's outputs at every step (T, B, D*H), or with
-        ``last_only`` each direction's final state (B, D*H) (the ``bptt`` layer then stores nothing else)."""
-        lowp = self._lowp(x)
+        ``last_only`` each direction's final state (B, D*H)."""
         for i, layer in enumerate(self.layers):
             mask = self._dropout_mask(x.shape[1], i) if i else None
             if mask is not None:
-                x = masked_cast(x, mask, lowp)
+                x = x * mask
             x = layer(x, self.implementation, last_only=last_only and i == len(self.layers) - 1)
         return x
-
-    @staticmethod
-    def _lowp(t: Tensor) -> torch.dtype | None:
-        # Under autocast (precision: bf16-mixed) the inputs of the recurrent layers are made in the
-        # autocast dtype directly, masked while gathered or cast (see masked.py); the recurrences
-        # themselves decide what runs in which precision.
-        device = t.device.type
-        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
     def _bigram_rows(self, words: Tensor) -> Tensor:
         """(B, T) ids -> (B, T) rows of ``self.bigrams``: a hash of (previous id, id) in [1, buckets), 0 where
@@ -267,14 +261,22 @@ def probabilities(logits: Tensor) -> Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
 
+def network_arguments(hparams: dict) -> dict:
+    """The arguments of ``TextRNN`` among a model's saved hyperparameters (which hold others too)."""
+    names = inspect.signature(TextRNN).parameters.keys() - {"num_classes"}
+    return {k: v for k, v in hparams.items() if k in names}
+
+
 def check_hyperparameters(config: dict) -> None:
     """``TextRNN``'s arguments by name, checked before anything is built; the error names the argument."""
     for name, choices in (("cell", Cell), ("pooling", Pooling), ("implementation", Implementation)):
         if config[name] not in get_args(choices):
             raise InputError(f"{name}: expected one of {', '.join(get_args(choices))}; got {config[name]!r}")
-    for name, low in (("vocab_size", 3), ("num_classes", 2), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
+    for name, low in (("vocab_size", 3), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
         if not isinstance(config[name], int) or config[name] < low:
             raise InputError(f"{name}: expected an integer >= {low}, got {config[name]!r}")
+    if not isinstance(config["num_classes"], int) or config["num_classes"] in (1,) or config["num_classes"] < 0:
+        raise InputError(f"num_classes: expected 0 (no head) or an integer >= 2, got {config['num_classes']!r}")
     for name in ("bigram_buckets", "ngram_buckets"):
         if not isinstance(config[name], int) or config[name] == 1 or config[name] < 0:
             raise InputError(f"{name}: expected 0 (none) or an integer >= 2, got {config[name]!r}")

@@ -1,13 +1,12 @@
-// Float32 CPU kernels of the training step's memory- and latency-bound parts, used through native.py,
-// which compiles this file once per machine with the system's C++ compiler: the time loop of a tanh
-// RNN layer, forward and backward (bptt.py), and the masked embedding gather and its gradient (masked.py).
+// The time loop of a tanh RNN layer, forward and backward, in float32 for the CPU: the custom ops of
+// cpu_rnn.py, which builds this file once per machine with torch.utils.cpp_extension.
 //
 // The recurrence of each batch row depends on that row only, so each thread takes a block of ROWS rows
 // through all T steps: the block's state (ROWS x H) stays in L1 and W_hh in L2, there is one parallel
 // region per layer instead of a fork/join per op, and each step's product and tanh are one pass.
 // The input projections (one large GEMM before) and the weight gradients (large GEMMs after) stay in
 // PyTorch, where oneDNN/MKL run them near peak. Plain C ABI and OpenMP: no PyTorch headers, so the
-// build takes about a second.
+// build is quick.
 #include <omp.h>
 
 #include <cmath>
@@ -183,57 +182,6 @@ void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const
   std::memset(dbias, 0, sizeof(float) * H);
   for (int i = 0; i < used; ++i)
     for (int64_t j = 0; j < H; ++j) dbias[j] += partial[i * H + j];
-}
-
-// tokens (N), N = T * B, rows of weight (V, E); mask (B, E) for every step alike, or null. Writes out
-// (N, E): out[i] = weight[tokens[i]] * mask[i % B], the gather and the dropout in one pass.
-// Returns the number of tokens outside [0, V), and then writes nothing.
-int64_t rnnl_embedding_forward(const int64_t* tokens, const float* weight, const float* mask, float* out, int64_t N,
-                               int64_t B, int64_t V, int64_t E, int threads) {
-  int64_t bad = 0;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : bad)
-  for (int64_t i = 0; i < N; ++i) bad += tokens[i] < 0 || tokens[i] >= V;
-  if (bad) return bad;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < N; ++i) {
-    const float* w = weight + tokens[i] * E;
-    float* o = out + i * E;
-    if (mask) {
-      const float* m = mask + (i % B) * E;
-#pragma omp simd
-      for (int64_t e = 0; e < E; ++e) o[e] = w[e] * m[e];
-    } else {
-      std::memcpy(o, w, sizeof(float) * E);
-    }
-  }
-  return 0;
-}
-
-// The gradient of rnnl_embedding_forward: grad_weight (V, E) = 0, then grad_weight[tokens[i]] +=
-// grad[i] * mask[i % B] for every i, except the padding_idx row. Each thread owns a range of
-// vocabulary rows and adds the tokens in order: no races, the same result on every run.
-void rnnl_embedding_backward(const int64_t* tokens, const float* grad, const float* mask, float* grad_weight,
-                             int64_t N, int64_t B, int64_t V, int64_t E, int64_t padding_idx, int threads) {
-  std::memset(grad_weight, 0, sizeof(float) * V * E);
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
-    const int64_t lo = V * k / n, hi = V * (k + 1) / n;
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t v = tokens[i];
-      if (v < lo || v >= hi || v == padding_idx) continue;
-      float* gw = grad_weight + v * E;
-      const float* g = grad + i * E;
-      if (mask) {
-        const float* m = mask + (i % B) * E;
-#pragma omp simd
-        for (int64_t e = 0; e < E; ++e) gw[e] += g[e] * m[e];
-      } else {
-#pragma omp simd
-        for (int64_t e = 0; e < E; ++e) gw[e] += g[e];
-      }
-    }
-  }
 }
 
 }  // extern "C"
