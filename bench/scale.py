@@ -105,7 +105,7 @@ PREPARE = """
 import sys, tempfile, time
 from pathlib import Path
 from rnn_lightning.text import TextDataModule
-from rnn_lightning.text.datamodule import encode_to_file
+from rnn_lightning.text.token_cache import encode_to_file
 dm = TextDataModule(dataset=sys.argv[1], cache_dir=sys.argv[2])
 t = time.perf_counter(); source = dm._source; print("READ_S", time.perf_counter() - t)
 t = time.perf_counter(); dm.prepare_data(); print("PREPARE_S", time.perf_counter() - t)

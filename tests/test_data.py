@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+from rnn_lightning.errors import InputError
 from rnn_lightning.text import TextDataModule
 from rnn_lightning.text import datamodule as dm_module
-from rnn_lightning.text.datamodule import stratified_split
+from rnn_lightning.text.dataset import TokenizedReviews, read_rows
+from rnn_lightning.text.loading import EpochShuffleSampler
 from rnn_lightning.text.sources import load_labelled
-from rnn_lightning.errors import InputError
+from rnn_lightning.text.splits import stratified_split
 from tests.helpers import make_dm, make_reviews
 
 
@@ -145,7 +147,9 @@ def test_bad_values_are_refused_at_construction(parquet_dir, tmp_path, kwargs, f
 def test_parquet_without_text_or_label_is_refused(tmp_path):
     pd.DataFrame({"review": ["x", "y"] * 2, "stars": [1, 0] * 2}).to_parquet(tmp_path / "train.parquet")
     pd.DataFrame({"review": ["x", "y"] * 2, "stars": [1, 0] * 2}).to_parquet(tmp_path / "test.parquet")
-    with pytest.raises(InputError, match=r"data.label_field: .*no column 'label'; its columns are \['review', 'stars'\]"):
+    with pytest.raises(
+        InputError, match=r"data.label_field: .*no column 'label'; its columns are \['review', 'stars'\]"
+    ):
         make_dm(tmp_path, tmp_path).prepare_data()
     with pytest.raises(InputError, match=r"data.text_field: .*no column 'text'; its columns are \['review', 'stars'\]"):
         make_dm(tmp_path, tmp_path, label_field="stars").prepare_data()
@@ -157,17 +161,24 @@ def test_string_labels_name_the_classes_and_unseen_ones_are_refused(tmp_path):
     good = tmp_path / "good"
     good.mkdir()
     for split in ("train", "test"):
-        pd.DataFrame({"text": ["fine", "bad", "meh"], "label": ["pos", "neg", "neutral"]}).to_parquet(good / f"{split}.parquet")
+        pd.DataFrame({"text": ["fine", "bad", "meh"], "label": ["pos", "neg", "neutral"]}).to_parquet(
+            good / f"{split}.parquet"
+        )
     raw = load_labelled(str(good))
     assert raw.class_names == ["neg", "neutral", "pos"] and raw.splits["train"].labels.tolist() == [2, 0, 1]
     pd.DataFrame({"text": ["fine"], "label": ["positive"]}).to_parquet(good / "test.parquet")
-    with pytest.raises(InputError, match=r"split 'test' column 'label': label 'positive' is not one of the training split's classes"):
+    with pytest.raises(
+        InputError, match=r"split 'test' column 'label': label 'positive' is not one of the training split's classes"
+    ):
         load_labelled(str(good))
     bad = tmp_path / "bad"
     bad.mkdir()
     pd.DataFrame({"text": ["fine", "bad"], "label": [1, 0]}).to_parquet(bad / "train.parquet")
     pd.DataFrame({"text": ["fine", "bad"], "label": [1, 5]}).to_parquet(bad / "test.parquet")
-    with pytest.raises(InputError, match=r"split 'test' column 'label': label 5 is not one of the training split's classes \['0', '1'\]"):
+    with pytest.raises(
+        InputError,
+        match=r"split 'test' column 'label': label 5 is not one of the training split's classes \['0', '1'\]",
+    ):
         load_labelled(str(bad))
 
 
@@ -246,14 +257,14 @@ def test_rows_read_from_the_memory_mapped_cache_equal_the_array(tmp_path):
     np.save(tmp_path / "ids.npy", ids)
     mapped = np.load(tmp_path / "ids.npy", mmap_mode="r")
     rows = np.array([299, 0, 5, 5, 123, 1], dtype=np.int64)
-    assert np.array_equal(dm_module.read_rows(mapped, rows), ids[rows])
-    view = dm_module.TokenizedReviews(mapped, np.arange(300) % 2, rows=np.arange(100, 300))
+    assert np.array_equal(read_rows(mapped, rows), ids[rows])
+    view = TokenizedReviews(mapped, np.arange(300) % 2, rows=np.arange(100, 300))
     batch, labels = view.__getitems__([0, 199, 3])
     assert torch.equal(batch, torch.from_numpy(ids[[100, 299, 103]]).long()) and labels.tolist() == [0, 1, 1]
 
 
 def test_epoch_order_is_the_seeded_permutation():
-    sampler = dm_module.EpochShuffleSampler(200_000, seed=3)
+    sampler = EpochShuffleSampler(200_000, seed=3)
     sampler.set_epoch(2)
     expected = torch.randperm(200_000, generator=torch.Generator().manual_seed(5)).tolist()
     assert list(sampler) == expected and list(sampler) == expected  # every iteration the same order
@@ -264,7 +275,9 @@ def test_parquet_class_label_names_survive_the_arrow_copy(tmp_path):
     the row-group-by-row-group Arrow copy, and a second read uses the copy."""
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])}
+    )
     frame = make_reviews(40, seed=3)
     for split, rows in (("train", frame), ("test", make_reviews(20, seed=4))):
         datasets.Dataset.from_dict(rows.to_dict("list"), features=features).to_parquet(tmp_path / f"{split}.parquet")

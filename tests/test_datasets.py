@@ -10,9 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rnn_lightning import checkpoint
-from rnn_lightning.text.sources import load_labelled
 from rnn_lightning.errors import InputError
 from rnn_lightning.models import TextClassifier
+from rnn_lightning.text.sources import load_labelled
 from tests.helpers import ROOT, ckpt_dir, make_dm, make_reviews, one_line_error
 
 WORDS = {"bad": "awful terrible boring", "ok": "fine average plain", "good": "great wonderful superb"}
@@ -85,7 +85,8 @@ def test_three_classes_from_csv_files_with_own_columns_fit_test_and_predict(cli,
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "label", "prob", "prob_bad", "prob_good", "prob_ok", "error"]
     assert rows[1]["error"] == "empty review" and rows[1]["label"] == ""
-    assert float(rows[0]["prob_good"]) > float(rows[2]["prob_good"]) and float(rows[2]["prob_bad"]) > float(rows[0]["prob_bad"])
+    assert float(rows[0]["prob_good"]) > float(rows[2]["prob_good"])
+    assert float(rows[2]["prob_bad"]) > float(rows[0]["prob_bad"])
     best_of = max(("bad", "good", "ok"), key=lambda n: float(rows[0][f"prob_{n}"]))
     assert rows[0]["label"] == best_of and float(rows[0]["prob"]) == float(rows[0][f"prob_{best_of}"])
     assert sum(float(rows[0][f"prob_{n}"]) for n in ("bad", "good", "ok")) == pytest.approx(1, abs=1e-5)
@@ -146,7 +147,9 @@ def test_label_values_are_taken_or_refused_by_name(tmp_path, labels, expected):
 
 def test_an_empty_split_is_refused_naming_its_file(tmp_path):
     pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_parquet(tmp_path / "train.parquet")
-    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}).to_parquet(tmp_path / "test.parquet")
+    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}).to_parquet(
+        tmp_path / "test.parquet"
+    )
     with pytest.raises(InputError, match=r"data.dataset: could not read '.*test.parquet'"):
         load_labelled(str(tmp_path))
     (tmp_path / "test.parquet").unlink()
@@ -173,7 +176,9 @@ def test_own_files_train_test_predict_and_export_with_their_class_names(cli, tmp
         else:
             label = names[i % 3]
             word = {"lukewarm": "plain", "negative": "awful", "positive": "superb"}[label]
-        rows.append({"body": " ".join(rng.choice("the a film it was".split(), 6).tolist() + [word] * 2), "stars": label})
+        rows.append(
+            {"body": " ".join(rng.choice("the a film it was".split(), 6).tolist() + [word] * 2), "stars": label}
+        )
     frame = pd.DataFrame(rows)
     files = {}
     for split, part in (("train", frame[:120]), ("test", frame[120:])):

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnn_lightning.text.sources import parquet_batches
 from rnn_lightning.errors import InputError, unreadable_file
+from rnn_lightning.text.sources import parquet_batches
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 EMPTY = "empty review"
@@ -146,7 +146,8 @@ def _no_text_column(p: Path, columns: Iterable[str]) -> InputError:
 
 
 def _record(number: int, text, row_id) -> tuple[str, bytes | str]:
-    return str(number if row_id is None else row_id), "" if text is None else text if isinstance(text, bytes) else str(text)
+    raw = "" if text is None else text if isinstance(text, bytes) else str(text)
+    return str(number if row_id is None else row_id), raw
 
 
 def _parquet(p: Path, chunk_rows: int) -> Iterator[tuple[str, bytes | str]]:

@@ -6,6 +6,7 @@ to ``max_len`` (as Keras' ``pad_sequences``: the final state of the network sees
 So the JSON alone turns raw text into the model's input, in training, in a checkpoint and in an export.
 """
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -15,7 +16,7 @@ PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 CHUNK = 8192  # texts encoded at a time
 # Characters of a text the vocabulary is learned from (its end, the part a model reads). Bounds the
-# tokenizer trainer's memory, which grows to many times a text's size: one 200 MB review took ~16 GB.
+# tokenizer trainer's memory, which grows to many times a text's size (one huge review could exhaust it).
 # The longest IMDB review (all splits) has 14,282 characters, so no IMDB text is cut.
 TRAIN_CHARS = 100_000
 
@@ -39,15 +40,25 @@ def set_length(tok: Tokenizer, max_len: int) -> Tokenizer:
     return tok
 
 
+def length(tok: Tokenizer) -> int:
+    """Ids per text that ``tok`` gives (``set_length``'s ``max_len``)."""
+    return tok.truncation["max_length"]
+
+
+def digest(tokenizer_json: str) -> str:
+    """A short hash of a tokenizer's JSON (16 hex digits): its identity in cache keys and between processes."""
+    return hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+
+
 def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
     """Raw texts -> (N, max_len) int32 ids, padded and truncated at the front (Rust, all cores).
 
     Only a review's last ``max_len`` tokens are kept, so each text is first cut to a tail of a few
     characters per token, at a space (a token boundary for this tokenizer). Rows whose tail yields
     fewer than ``max_len`` tokens are encoded again from the whole text, so the result is exactly
-    that of encoding the whole texts, about 3x sooner on IMDB (most of the cost is pre-tokenizing).
+    that of encoding the whole texts, while most texts are pre-tokenized (most of the cost) over their tail only.
     """
-    max_len = tok.truncation["max_length"]
+    max_len = length(tok)
     if len(texts) > CHUNK:  # the Rust encodings of a chunk hold ~50x the ids' bytes: bound them
         return np.concatenate([encode(tok, texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)])
     if not texts:

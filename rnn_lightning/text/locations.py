@@ -1,0 +1,97 @@
+"""What ``data.dataset`` names (a hub id, a folder, files per split, an unpacked ``aclImdb/``), checked
+before any work starts, and its identity for the token cache (``fingerprint``)."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from rnn_lightning.errors import InputError
+from rnn_lightning.files import content_digests
+
+DEFAULT_DATASET = "stanfordnlp/imdb"
+TEXT_FIELD, LABEL_FIELD = "text", "label"  # the default columns, and those an aclImdb folder reads into
+SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}  # {role: the source's split name}
+UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
+ACLIMDB_CLASSES = ("neg", "pos")  # aclImdb's label folders, in class-id order
+ACLIMDB_UNLABELLED = "unsup"  # aclImdb's folder of unlabelled reviews, under train/
+# What datasets reads each file type with (builder, options); the one list of accepted file types.
+FILE_TYPES = {
+    ".parquet": ("parquet", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".arrow": ("arrow", {}),
+}
+EXPECTED_SOURCE = (
+    f"a hub id ({DEFAULT_DATASET}), a folder with a file per split (train.parquet, test.csv, ...), "
+    "files per split ({train: FILE, test: FILE}), or an unpacked aclImdb/ folder"
+)
+
+Dataset = str | dict[str, str]  # a hub id or folder, or {split name: file}
+
+
+def is_local(dataset: str) -> bool:
+    """A path (existing, or written like one) rather than a hub id such as ``stanfordnlp/imdb``."""
+    return os.path.exists(dataset) or dataset.startswith((".", "/", "~")) or Path(dataset).suffix in FILE_TYPES
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Refuse, before any work starts, a local source that does not exist or is a single file."""
+    paths = dataset.values() if isinstance(dataset, dict) else [dataset] if is_local(dataset) else []
+    for p in paths:
+        p = os.path.expanduser(str(p))
+        if not os.path.exists(p):
+            raise InputError(f"data.dataset: {p!r} does not exist; expected {EXPECTED_SOURCE}")
+        if isinstance(dataset, dict) and (Path(p).suffix not in FILE_TYPES or not os.path.isfile(p)):
+            raise InputError(f"data.dataset: {p!r}: expected a file ending in {', '.join(FILE_TYPES)}")
+    if isinstance(dataset, str) and is_local(dataset) and os.path.isfile(os.path.expanduser(dataset)):
+        raise InputError(
+            f"data.dataset: {dataset!r} is a single file; name a file per split instead, "
+            f"e.g. --data.dataset '{{train: {dataset}, test: TEST_FILE}}'"
+        )
+
+
+def is_aclimdb(path: Path) -> bool:
+    return all((path / "train" / name).is_dir() for name in ACLIMDB_CLASSES)
+
+
+def fingerprint(dataset: Dataset, exclude: Path | None = None, memo_dir: Path | None = None) -> str:
+    """Identity of the source for the token cache: a hub id as is; local files by their names and a hash
+    of their bytes (``files.content_digests``, memoised in ``memo_dir``), so data edited in place, even
+    with its size and modification time put back, is a new identity. Files under ``exclude`` (the
+    token cache, when it lives inside the data folder) are not part of it.
+    """
+    if isinstance(dataset, dict):
+        files = {k: Path(v).expanduser().resolve() for k, v in sorted(dataset.items())}
+        facts = list(zip(files, map(str, files.values()), content_digests(files.values(), memo_dir), strict=True))
+        return "files:" + _hash(facts)
+    if not is_local(dataset):
+        return dataset
+    path = Path(dataset).expanduser().resolve()
+    return f"{path}:{folder_digest(path, exclude, memo_dir)}"
+
+
+def folder_digest(path: Path, exclude: Path | None = None, memo_dir: Path | None = None) -> str:
+    """A hash of the names and bytes of the data files in the folder ``path`` (see ``fingerprint``)."""
+    path = path.expanduser().resolve()
+    if is_aclimdb(path):
+        entries = sorted(p for s in ("train", "test") for p in (path / s).rglob("*.txt"))
+    else:
+        entries = sorted(
+            p for p in path.rglob("*") if p.suffix in FILE_TYPES and not _hidden_or_under(p, path, exclude)
+        )
+    return _hash(
+        list(zip((str(p.relative_to(path)) for p in entries), content_digests(entries, memo_dir), strict=True))
+    )
+
+
+def _hash(facts: list) -> str:
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+def _hidden_or_under(p: Path, root: Path, exclude: Path | None) -> bool:
+    if exclude is not None and p.is_relative_to(exclude.resolve()):
+        return True
+    return any(part.startswith(".") for part in p.relative_to(root).parts)
