@@ -17,7 +17,9 @@ from typing import IO
 
 from rnn_lightning.errors import InputError
 
-CACHE_ROOT = "~/.cache/rnn_lightning"  # the token cache's default folder; compiled kernels go in its kernels/
+CACHE_ENV = "RNN_LIGHTNING_CACHE"  # names another default cache folder (tests: a temporary one); read only here
+# The token cache's default folder, and with it the memo of content_digests kept there.
+CACHE_ROOT = os.environ.get(CACHE_ENV) or "~/.cache/rnn_lightning"
 
 
 @contextmanager

@@ -2,9 +2,16 @@
 under ``tmp_path``. Shared functions are in ``helpers.py``."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"  # before `datasets` is imported anywhere
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Caches that default to the user's home go to temporary folders (removed by ``home_caches``), set
+# before anything reads them; subprocesses inherit them. RNN_LIGHTNING_CACHE is files.CACHE_ENV.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
+os.environ["RNN_LIGHTNING_CACHE"] = tempfile.mkdtemp(prefix="rnn-lightning-cache-")
+os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
 
 from pathlib import Path
 
@@ -22,6 +29,19 @@ def native_build_dir(tmp_path_factory) -> Path:
     os.environ[cpu_rnn.ENV_DIR] = str(path)
     cpu_rnn.library.cache_clear()
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def home_caches() -> list[Path]:
+    """The folders of the caches above: datasets' Arrow copies and locks, the default token cache with
+    its digests memo, matplotlib's font list; they go when the session ends."""
+    from rnn_lightning import files
+
+    assert files.CACHE_ROOT == os.environ[files.CACHE_ENV]  # the variable set above is the one files.py reads
+    folders = [Path(os.environ[name]) for name in ("HF_DATASETS_CACHE", files.CACHE_ENV, "MPLCONFIGDIR")]
+    yield folders
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
