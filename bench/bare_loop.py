@@ -12,9 +12,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rnn_lightning.text import TextDataModule
 from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.runtime import tune_cpu_runtime
+from rnn_lightning.text import TextDataModule
 
 
 def main() -> None:

@@ -54,7 +54,9 @@ def write_data(source: Path, folder: Path, n: int, seed: int = 0) -> None:
     if (folder / "train.parquet").exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.concat_tables([pq.read_table(source / f"{s}.parquet", columns=["text", "label"]) for s in ("train", "test")])
+    table = pa.concat_tables(
+        [pq.read_table(source / f"{s}.parquet", columns=["text", "label"]) for s in ("train", "test")]
+    )
     rng = np.random.default_rng(seed)
     tmp = folder / ".train.parquet.tmp"
     with pq.ParquetWriter(tmp, table.schema) as writer:
@@ -191,7 +193,10 @@ def write_lines(source: Path, path: Path, mb: int) -> tuple[Path, int]:
     """A text file of about ``mb`` MB, one IMDB review a line (repeated in order); its path and line count."""
     import pyarrow.parquet as pq
 
-    texts = [t.replace("\n", " ").encode() for t in pq.read_table(source / "train.parquet", columns=["text"]).column("text").to_pylist()]
+    texts = [
+        t.replace("\n", " ").encode()
+        for t in pq.read_table(source / "train.parquet", columns=["text"]).column("text").to_pylist()
+    ]
     n, size = 0, 0
     with open(path, "wb") as f:
         while size < mb * 1_000_000:

@@ -123,7 +123,8 @@ class RNNLightningCLI(LightningCLI):
             "--lr_scheduler_interval",
             type=Literal["epoch", "step"],
             default="epoch",
-            help="step the lr_scheduler after every epoch or every optimizer step (then T_max etc. count steps)",
+            help="step the lr_scheduler after every epoch or every optimizer step (then T_max etc. count steps); "
+            "CosineOverFit steps at its own interval",
         )
 
     def _class_fact(self, key: str):
@@ -139,18 +140,32 @@ class RNNLightningCLI(LightningCLI):
 
     def configure_optimizers(self, lightning_module: LightningModule, optimizer, lr_scheduler=None):
         """LightningCLI's own wiring, plus ``lr_scheduler_interval`` (Lightning's CLI has no field for it)
-        and the step count of a ``CosineOverFit`` (from the trainer, once the module is attached to it)."""
+        and the length of a ``CosineOverFit``, which steps at its own ``interval``: ``trainer.max_epochs``
+        epochs, or the trainer's optimizer steps (once the module is attached to it)."""
         out = LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
         config = self.config[self.subcommand] if self.subcommand else self.config
         if isinstance(lr_scheduler, CosineOverFit):
+            interval = lr_scheduler.interval
             try:
-                lr_scheduler.total_steps = lightning_module.trainer.estimated_stepping_batches
+                trainer = lightning_module.trainer
             except RuntimeError:  # not attached to a trainer yet: before_fit's early check of the arguments
-                pass
+                trainer = None
+            if interval == "epoch":
+                epochs = (trainer if trainer is not None else self.trainer).max_epochs
+                if epochs is None or epochs < 1:
+                    raise ValueError(
+                        f"CosineOverFit(interval='epoch') anneals over trainer.max_epochs, which is {epochs}: "
+                        "set trainer.max_epochs, or use interval 'step'"
+                    )
+                lr_scheduler.T_max = epochs
+            elif trainer is not None:
+                lr_scheduler.total_steps = trainer.estimated_stepping_batches
         elif lr_scheduler is None or config.lr_scheduler_interval == "epoch":
             return out
+        else:
+            interval = "step"
         config = out["lr_scheduler"] if isinstance(out, dict) else {"scheduler": lr_scheduler}
-        return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {**config, "interval": interval}}
 
     # ---------------------------------------------------------------- before anything is built
 
