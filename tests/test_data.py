@@ -270,6 +270,20 @@ def test_epoch_order_is_the_seeded_permutation():
     assert list(sampler) == expected and list(sampler) == expected  # every iteration the same order
 
 
+def test_evaluation_shards_hold_each_text_once():
+    """Under DDP each process evaluates its share: together every text exactly once, shards within one text
+    of each other, and a ``DistributedSampler``, which Lightning keeps as it is."""
+    from torch.utils.data import DistributedSampler
+
+    from rnn_lightning.text.loading import ShardSampler
+
+    for n, world in ((47, 2), (5, 3), (1, 2), (0, 2)):
+        shards = [ShardSampler(range(n), world, rank) for rank in range(world)]
+        assert all(isinstance(s, DistributedSampler) and len(s) == len(list(s)) for s in shards)
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
 def test_parquet_class_label_names_survive_the_arrow_copy(tmp_path):
     """A parquet file written by datasets with a ClassLabel column: its names are the classes, through
     the row-group-by-row-group Arrow copy, and a second read uses the copy."""
@@ -286,3 +300,48 @@ def test_parquet_class_label_names_survive_the_arrow_copy(tmp_path):
         assert labelled.class_names == ["bad", "good"]
         assert labelled.splits["train"].labels.tolist() == frame.label.tolist()
     assert len(list((tmp_path / "cache").rglob("parquet.arrow"))) == 2  # one copy per file
+
+
+def test_training_resumed_mid_epoch_sees_the_batches_of_the_whole_run(tmp_path):
+    """The training loader resumes after exactly the batches whose step ran, whether the checkpoint was
+    written as a batch ended (``every_n_train_steps``) or as the next batch started (the SLURM requeue)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from rnn_lightning.text.loading import make_loader
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, batch_idx, batch[0][:, 0].tolist()))
+            return (self.w * batch[0].float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    class Rows(pl.LightningDataModule):  # 40 rows whose id is their index, 10 batches an epoch
+        def train_dataloader(self):
+            rows = TokenizedReviews(np.arange(40, dtype=np.int32).reshape(40, 1), np.zeros(40, dtype=np.int64))
+            return make_loader(rows, 4, 0, self.trainer, shuffle_seed=7)
+
+    class SaveAtStart(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if (trainer.current_epoch, batch_idx) == (1, 4):
+                trainer.save_checkpoint(tmp_path / "whole" / "start.ckpt")
+
+    def fit(root, ckpt=None, callbacks=()):
+        model = Recorder()
+        every_3 = ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[every_3, *callbacks])  # fmt: skip
+        trainer.fit(model, datamodule=Rows(), ckpt_path=ckpt)
+        return model.seen
+
+    whole = fit(tmp_path / "whole", callbacks=[SaveAtStart()])
+    assert len(whole) == 20 and sorted(i for _, _, batch in whole[:10] for i in batch) == list(range(40))
+    for name, done in (("step=3.ckpt", 3), ("step=12.ckpt", 12), ("start.ckpt", 14)):
+        resumed = fit(tmp_path / name, ckpt=str(tmp_path / "whole" / name))
+        assert resumed == whole[done:], name

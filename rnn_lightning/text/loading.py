@@ -79,10 +79,11 @@ def _skipping(batches, n: int):
 
 
 def batches_done(trainer) -> int:
-    """Training batches of the current epoch that the loop has counted done."""
-    # Lightning 2.6.6 passes a loader no such count, and a loader's own count runs ahead of it (the loop fetches
-    # the next batch before its hooks run), so it is read from the loop's progress tracker (an attribute, no API).
-    return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    """Training batches of the current epoch whose step has run: those a resumed loop counts done, whether
+    the checkpoint was written as a batch ended (``ModelCheckpoint(every_n_train_steps)``) or as the next
+    one started (the SLURM requeue). The loop counts a batch ``completed`` only after its end hooks."""
+    # Lightning 2.6.6 offers no public count (a loader's own runs ahead by the batch fetched before its hooks): the loop's.
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 def make_loader(
