@@ -1,4 +1,4 @@
-"""Process-wide CPU settings that make training measurably faster (see BENCHMARKS.md)."""
+"""Process-wide CPU settings: allocator and denormal handling for training and prediction, and the CPU's features."""
 
 import ctypes
 import functools
@@ -15,11 +15,11 @@ def tune_cpu_runtime(training: bool = True) -> None:
 
     - glibc serves allocations above 32 MB (e.g. an 80 x 1024 x 100 float activation) with a fresh
       mmap each time, so every training step page-faults them in again; raising the thresholds lets
-      the heap reuse them (a measurable share of a base-model step on a CPU; BENCHMARKS.md).
+      the heap reuse them.
     - Outside training the threshold is fixed at 4 MB instead: glibc's own threshold rises to the
-      size of the largest buffer freed, and then a long ``predict`` carved each batch's buffers out of
-      a heap fragmented by the small results kept between batches, growing it to 5 GB over 750,000
-      reviews; with the fixed threshold the process stays flat (BENCHMARKS.md, "Data at scale").
+      size of the largest buffer freed, and then a long ``predict`` carves each batch's buffers out of
+      a heap fragmented by the small results kept between batches, which grows without bound; with
+      the fixed threshold the process stays flat.
     - Vanishing gradients through 80 recurrent steps reach denormal range, where CPU arithmetic is
       many times slower; flushing them to zero changes nothing a float32 model can resolve.
     """
@@ -55,5 +55,5 @@ def cpu_signature() -> str:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX), where bf16-mixed trains
-    the base model faster than float32 at the same accuracy (BENCHMARKS.md); elsewhere bfloat16 is emulated."""
+    the base model faster than float32 at the same accuracy; elsewhere bfloat16 is emulated."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

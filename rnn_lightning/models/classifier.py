@@ -109,8 +109,7 @@ class TextClassifier(RecurrentModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Training has no AUROC: an exact one keeps every score of the epoch, thousands of small tensors
         # that pin the allocator's heap between each step's large temporaries, so fit's memory would grow
-        # with the steps of an epoch; a binned one adds a pass over its thresholds to every step
-        # (BENCHMARKS.md "Data at scale").
+        # with the steps of an epoch; a binned one adds a pass over its thresholds to every step.
         train = {k: v for k, v in classification_metrics(names).items() if k != "auroc"}
         self.train_metrics = MetricCollection(train, compute_groups=len(names) == 2).clone(prefix="train/")
         # Epoch losses as metrics too: weighted by batch size and summed across processes, so the
@@ -209,8 +208,8 @@ class TextClassifier(RecurrentModule):
         """Log a stage's epoch metrics, computed (synced across processes) and reset here.
 
         Logged once per epoch from the epoch-end hooks, not from every step with ``on_epoch=True``:
-        the result is the same, and each ``self.log`` of a metric costs a measurable share of a
-        base-model training step in Python work (BENCHMARKS.md). Computed here rather than by
+        the result is the same, and each ``self.log`` of a metric costs Python work in every step of a
+        small model. Computed here rather than by
         Lightning because the F1 per class is one metric giving K values.
         """
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage != "train")

@@ -25,7 +25,7 @@ class LanguageModel(RecurrentModule):
     cutoff: the tokenizer numbers words by frequency) get a full softmax row, rarer ones share
     clusters with narrower projections. A full 30,000-word softmax costs more than the recurrence
     itself per token; this one is exact (a true log-likelihood, so perplexity means what it says),
-    unlike a sampled softmax, at a fraction of the cost (BENCHMARKS.md "Language model").
+    unlike a sampled softmax, at a fraction of the cost.
 
     Args:
         on_nonfinite: ``stop`` or ``skip`` on a NaN/inf loss or gradient, as for the classifier.
