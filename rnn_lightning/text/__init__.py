@@ -1,5 +1,6 @@
-"""Data: sources, tokenizer, data module. The data module is imported lazily, so that serving code
-(tokenizer only) does not pull in Lightning."""
+"""Text data: where it comes from (``locations``, ``hub``, ``sources``, ``labels``), the tokenizer, the
+token cache, datasets and loaders, and the data module that wires them. The data module is imported
+lazily, so that serving code (tokenizer only) does not pull in Lightning."""
 
 
 def __getattr__(name: str):

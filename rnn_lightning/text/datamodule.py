@@ -237,8 +237,7 @@ class TextDataModule(LightningDataModule):
             rank_zero_info(
                 f"data.vocab_size is {self.vocab_size} but the training texts hold only {learned} distinct tokens; ids above stay unused"
             )
-        facts = {"class_names": self.class_names, "class_counts": self.class_counts, "dataset": self.dataset}
-        token_cache.write(target, source, tokenizer, fit_val, facts)
+        token_cache.write(target, source, tokenizer, fit_val, {**self._class_facts, "dataset": self.dataset})
 
     def setup(self, stage: str) -> None:
         if self._predicting_raw_text():

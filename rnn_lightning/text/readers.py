@@ -21,10 +21,11 @@ from pathlib import Path
 
 from rnn_lightning.errors import InputError, unreadable_file
 from rnn_lightning.text.sources import parquet_batches
+from rnn_lightning.text.tokenizer import CHUNK
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 EMPTY = "empty review"
-CHUNK_ROWS = 8192  # rows handed on at a time
+CHUNK_ROWS = CHUNK  # rows handed on at a time: the texts encoded at a time
 
 
 @dataclass
