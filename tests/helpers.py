@@ -93,7 +93,7 @@ class Result:
 
 
 class InProcessCLI:
-    """Runs ``cli.py``'s ``main`` in this process (no 5-10 s of imports per run), as a user would."""
+    """Runs ``cli.py``'s ``main`` in this process (no interpreter start and imports per run), as a user would."""
 
     def __init__(self, capfd, caplog) -> None:
         self.capfd, self.caplog = capfd, caplog  # Lightning's messages go through logging under pytest

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
+from rnn_lightning.models import LanguageModel, TextClassifier
 from rnn_lightning.training import cli as rnn_cli
 from rnn_lightning.training.cli import RNNLightningCLI, main
-from rnn_lightning.models import LanguageModel, TextClassifier
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
 
 WARNINGS_NOBODY_CAN_ACT_ON = (

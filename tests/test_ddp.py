@@ -1,14 +1,22 @@
-"""DDP on 2 CPU processes (gloo) through the same CLI: one run directory, exact metrics, one vocabulary."""
+"""DDP on 2 CPU processes (gloo) through the same CLI: one run directory, exact metrics, one vocabulary;
+a lost process ends the run in one line naming what became of it."""
 
 import re
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from rnn_lightning.training.failures import one_line
+from rnn_lightning.training.peers import describe_peers
 from tests.helpers import ROOT, Result, make_reviews, one_line_error, run_cli, runs
 
 DDP = ["--config", str(ROOT / "configs" / "ddp_cpu.yaml")]
-pytestmark = pytest.mark.slow  # each test starts several multi-process runs
+slow = pytest.mark.slow  # each test so marked starts several multi-process runs
 
 
 def parse_test_metrics(stdout: str) -> dict[str, float]:
@@ -25,6 +33,7 @@ def odd_data(tmp_path):
     return root
 
 
+@slow
 def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, odd_data, tmp_path):
     args = [*tiny_args, "--data.dataset", str(odd_data), "--data.batch_size", "5"]
     fit = run_cli("fit", *args, *DDP)
@@ -63,6 +72,7 @@ def test_ddp_fit_writes_one_run_and_tests_exactly_like_one_process(tiny_args, od
     assert [row.split(",")[0] for row in outputs["two"].splitlines()[1:]] == [str(i) for i in range(1, 24)]
 
 
+@slow
 def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
     import torch
 
@@ -77,6 +87,7 @@ def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
 
 
 
+@slow
 def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     """Three classes from files with their own column names: under DDP the multiclass metrics (macro-F1,
     one-vs-rest AUROC, per-class F1, balanced accuracy) equal one process's, with 41 test texts."""
@@ -97,11 +108,18 @@ def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     for key in two:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
-
-@pytest.mark.parametrize("how, seen", [("stop", "process 1 is stopped (SIGSTOP)"), ("exit", "process 1 exited with code 9")])
+@slow
+@pytest.mark.parametrize(
+    "how, seen",
+    [
+        ("stop", "waited past trainer.strategy.init_args.timeout for another process (process 1 is stopped (SIGSTOP))"),
+        ("exit", "lost another process (process 1 exited with code 9)"),
+    ],
+)
 def test_a_stuck_or_dead_process_ends_the_run_in_one_line_naming_it(tiny_args, tmp_path, how, seen):
     """Process 1 stops (alive, never answering) or dies at its third batch: process 0 ends within the
-    strategy's timeout with one line naming process 1's state, and no process of the run is left."""
+    strategy's timeout with one line naming process 1's state, and no process of the run is left. A dead
+    process's connection closes before its exit status can be read: process 0 waits for the status."""
     result = run_cli(
         "fit", *tiny_args, *DDP, "--trainer.strategy.init_args.timeout", "0:00:40",
         "--trainer.callbacks+=tests.helpers.RankFails", "--trainer.callbacks.init_args.how", how, check=False,
@@ -110,3 +128,57 @@ def test_a_stuck_or_dead_process_ends_the_run_in_one_line_naming_it(tiny_args, t
     assert line.startswith("error: DDP: process 0 ") and seen in line, line
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftover == [], "a process of the run is still there"
+
+
+# ---------------------------------------------------------------- peer forensics, without a run
+
+
+def launched(*procs) -> SimpleNamespace:
+    """A stand-in trainer whose launcher started ``procs`` for local ranks 1, 2, ..."""
+    return SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=list(procs))))
+
+
+def python(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_a_peer_still_exiting_is_waited_for_and_named_with_its_exit_code():
+    dying = python("import os, time; time.sleep(0.5); os._exit(9)")  # alive when asked, dead soon after
+    assert describe_peers(launched(dying)) == "process 1 exited with code 9"
+
+
+def test_a_stopped_peer_is_named_at_once_and_a_running_one_after_the_wait():
+    stopped, running = python("import time; time.sleep(60)"), python("import time; time.sleep(60)")
+    try:
+        stopped.send_signal(signal.SIGSTOP)
+        while Path(f"/proc/{stopped.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
+        start = time.monotonic()
+        assert describe_peers(launched(running, stopped)) == "process 2 is stopped (SIGSTOP)"
+        assert time.monotonic() - start < 5  # no waiting once a peer's state is known
+        start = time.monotonic()
+        assert describe_peers(launched(running), wait_s=0.3) == ""  # running: nothing to say of it
+        assert 0.3 <= time.monotonic() - start < 5
+        assert describe_peers(launched()) == ""  # torchrun, SLURM, one process: no peers of its own
+    finally:
+        for proc in (stopped, running):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_lost_peer_is_one_line_naming_the_rank_what_happened_and_the_transport_error(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    closed = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:26253: Connection reset by peer")
+    closed.peers = "process 1 exited with code 9"
+    assert one_line(closed) == (
+        "error: DDP: process 0 lost another process (process 1 exited with code 9), so every process stops "
+        "(Read error [127.0.0.1]:26253: Connection reset by peer)"
+    )
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    timed_out = RuntimeError("[/gloo/pair.cc:102] Timed out waiting 40000ms for send operation to complete")
+    assert one_line(timed_out) == (
+        "error: DDP: process 1 waited past trainer.strategy.init_args.timeout for another process (dead, stopped or "
+        "stuck), so every process stops (Timed out waiting 40000ms for send operation to complete)"
+    )
+    assert one_line(RuntimeError("CUDA out of memory")) is None  # not a lost peer: a traceback

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.training.cli import RNNLightningCLI
-from rnn_lightning.text.sources import load_labelled
 from rnn_lightning.errors import InputError
+from rnn_lightning.text.sources import load_labelled
+from rnn_lightning.training.cli import RNNLightningCLI
 from tests.helpers import (
     ROOT,
     SUBPROCESS_ENV,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rnn_lightning.training import callbacks
-from rnn_lightning.training.cli import main
-from rnn_lightning.text import readers
 from rnn_lightning.errors import InputError
 from rnn_lightning.inference import Predictor
 from rnn_lightning.serving import ExportedPredictor
+from rnn_lightning.text import readers
+from rnn_lightning.training import prediction_writer
+from rnn_lightning.training.cli import main
 from tests.helpers import one_line_error, tiny_cli_args
 
 REVIEWS = [
@@ -105,7 +105,7 @@ def test_input_read_a_chunk_at_a_time_gives_the_same_file(cli, trained, tmp_path
     monkeypatch.setattr(readers, "CHUNK_ROWS", 2)
     chunked = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "chunked.csv")
     assert chunked == whole and len(whole) == len(lines)
-    monkeypatch.setattr(callbacks, "MERGE_ROWS", 2)  # the predictions merged into the file two at a time
+    monkeypatch.setattr(prediction_writer, "MERGE_ROWS", 2)  # the predictions merged into the file two at a time
     merged = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "merged.csv", batch_size=3)
     assert merged == whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.csv", "in.txt", "merged.csv", "whole.csv"]

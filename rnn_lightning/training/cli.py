@@ -4,16 +4,14 @@
     python cli.py test --config configs/base.yaml --data.dataset ../shared/imdb --ckpt_path best
 
 Only wiring lives here: defaults every config shares, argument links, and the checks that must run
-before any work. Callbacks are in ``callbacks.py``, checkpoint knowledge in ``checkpoint.py``.
+before any work. Beside it in ``training/``: the callbacks (``callbacks.py``, ``prediction_writer.py``,
+``signals.py``), where a run goes (``run_folder.py``) and what a failure says (``failures.py``);
+checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
-import errno
 import inspect
 import logging
-import os
-import re
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -29,24 +27,19 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.training.callbacks import (
-    GracefulStop,
-    HParamsWithMetrics,
-    ParameterSummary,
-    PredictionWriter,
-    RunConfigSaver,
-    is_lost_peer,
-)
-from rnn_lightning.text import TextDataModule
-from rnn_lightning.errors import InputError, NonFiniteLossError
+from rnn_lightning.errors import InputError
 from rnn_lightning.files import check_writable
 from rnn_lightning.models import TextClassifier
 from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
+from rnn_lightning.text import TextDataModule
+from rnn_lightning.training.callbacks import HParamsWithMetrics, ParameterSummary, RunConfigSaver
+from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
+from rnn_lightning.training.failures import check_optimizer, one_line, optimizer_error
+from rnn_lightning.training.prediction_writer import PredictionWriter
+from rnn_lightning.training.run_folder import RUNS_DIR_NAME, claim_run_folder, epochs_done, runs_dir
 from rnn_lightning.training.schedules import CosineOverFit
-
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
-RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
+from rnn_lightning.training.signals import GracefulStop
 
 # What every config shares; a preset states only what it changes.
 TRAINER_DEFAULTS = {
@@ -225,37 +218,30 @@ class RNNLightningCLI(LightningCLI):
             cfg.trainer.logger = False  # a prediction is not a run: no TensorBoard run, no config.yaml
             if cfg.get("return_predictions") is None:
                 # the prediction writer writes the file; a list of every batch's results kept for the
-                # caller would grow with the input (~1 GB more for 750,000 reviews)
+                # caller would grow with the input
                 cfg.return_predictions = False
         if self.subcommand == "fit" and cfg.model.get("distillation", 0) > 0 and not cfg.data.unlabelled:
             raise InputError("model.distillation: needs data.unlabelled: true (the teacher labels the unlabelled reviews)")
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
+        check_optimizer(cfg)  # LightningCLI builds the optimizer with the model: its arguments, checked first
 
-    def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except (ValueError, TypeError) as e:
-            # LightningCLI builds the optimizer here (a negative learning rate, an unknown argument): one line.
-            if "_add_configure_optimizers_method_to_model" in {
-                f.f_code.co_name for f, _ in traceback.walk_tb(e.__traceback__)
-            }:
-                raise optimizer_error(e) from None
-            raise
-
-    # Private on purpose: LightningCLI adds the callbacks of add_lightning_class_args here with no public
-    # hook to drop them, and Trainer refuses a ModelCheckpoint without checkpointing or an LR monitor
-    # without a logger (checked against Lightning 2.6).
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if config.get("logger") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
-        plugins = config.get("plugins") or []
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """LightningCLI's trainer, writing checkpoints whole (``AtomicCheckpointIO``) unless the config
+        names a CheckpointIO of its own."""
+        trainer_cfg = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
+        plugins = kwargs.get("plugins", trainer_cfg.get("plugins")) or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(checkpoint.AtomicCheckpointIO())
-        config["plugins"] = plugins
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
+
+    # Kept (lightning 2.6.6): no public hook drops the add_lightning_class_args callbacks a switched-off feature refuses
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        if config.get("enable_checkpointing") is False:  # Trainer refuses a ModelCheckpoint then
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:  # LearningRateMonitor refuses to run then
+            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
@@ -274,7 +260,7 @@ class RNNLightningCLI(LightningCLI):
             folders, need_bytes=2 * 3 * param_bytes + 64 * 2**20, field="trainer.default_root_dir"
         )
         if trainer.global_rank == 0:
-            claim_run_folder(logger)
+            claim_run_folder(trainer, self.config[self.subcommand].trainer.get("logger"))
         hint = bf16_hint(trainer, self.model)
         if hint:
             rank_zero_info(hint)
@@ -292,7 +278,7 @@ def bf16_hint(trainer: Trainer, model: LightningModule) -> str | None:
         return None
     return (
         "This CPU computes bfloat16 natively: --config configs/bf16.yaml (precision bf16-mixed) trains the "
-        "rnn cell about 1.15x faster at the same accuracy (README 'Speed')"
+        "rnn cell faster at the same accuracy (docs/results.md)"
     )
 
 
@@ -303,46 +289,6 @@ def first_path(*paths: str | list[str] | None) -> str | None:
         if path:
             return path
     return None
-
-
-def optimizer_error(e: Exception) -> InputError:
-    """What torch.optim (or a scheduler) said of its arguments, as the one line the CLI prints."""
-    return InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}")
-
-
-def claim_run_folder(logger) -> None:
-    """Take the next ``version_N`` by creating its folder (an atomic step): two runs started together in one
-    folder get two versions instead of both writing ``version_0``."""
-    # Private `_version`: None until the logger picks a version by listing folders, set when resuming a run;
-    # TensorBoardLogger has no public way to fix its version after construction.
-    if not isinstance(logger, TensorBoardLogger) or logger._version is not None:
-        return
-    root = Path(logger.root_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    version = logger.version
-    while True:
-        try:
-            (root / f"version_{version}").mkdir()
-            break
-        except FileExistsError:
-            version += 1
-    logger._version = version
-
-
-def epochs_done(ckpt: dict) -> int:
-    """Whole epochs a checkpoint has trained (one written mid-epoch has not finished its epoch)."""
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError):
-        return int(ckpt.get("epoch", -1)) + 1
-
-
-def runs_dir(trainer_cfg: Namespace) -> Path:
-    """The folder holding ``version_N`` runs, from the resolved trainer config."""
-    logger = trainer_cfg.get("logger")
-    if isinstance(logger, Namespace) and logger.get("init_args") and logger.init_args.get("save_dir"):
-        return Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
-    return Path(trainer_cfg.get("default_root_dir") or ".") / RUNS_DIR_NAME
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
@@ -363,32 +309,12 @@ def quiet_lightning() -> None:
 
 
 def main(args=None, model_class: type[RecurrentModule] = TextClassifier) -> None:
-    """Entry point; bad input from a person ends in one line on stderr, not a traceback."""
+    """Entry point; bad input from a person ends in one line on stderr (``failures.one_line``), not a traceback."""
     tune_cpu_runtime(training=False)  # the training settings come in before_fit
     try:
         RNNLightningCLI(model_class, args=args)
-    except (InputError, NonFiniteLossError) as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:  # jsonargparse wraps what a link's compute_fn raises (e.g. reading the classes)
-        if isinstance(e.__cause__, InputError):
-            sys.exit(f"error: {e.__cause__}")
-        raise
-    except RuntimeError as e:
-        if not is_lost_peer(e):
+    except Exception as e:
+        line = one_line(e)
+        if line is None:
             raise
-        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
-        what = "lost another process"  # its connection closed: it died
-        if "timed out" in str(e).lower():  # it stopped answering
-            what = "waited past trainer.strategy.init_args.timeout for another process"
-        seen = getattr(e, "peers", "") or "dead, stopped or stuck"
-        detail = re.sub(r"\[\S+:\d+\] ?", "", " ".join(str(e).split())).split(". This is")[0]  # gloo's own words
-        sys.exit(f"error: DDP: process {rank} {what} ({seen}), so every process stops ({detail[-120:]})")
-    except OSError as e:
-        if e.errno not in DISK_ERRORS:
-            raise
-        # Checkpoints and prediction files are written beside their target and renamed: the ones already
-        # there are whole, and the one being written is removed.
-        sys.exit(
-            f"error: {e.strerror or e} writing {e.filename or 'a file'}; files written before are intact "
-            "(free space, then continue a fit with --ckpt_path last)"
-        )
+        sys.exit(line)

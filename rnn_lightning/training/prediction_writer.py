@@ -1,0 +1,146 @@
+"""The prediction file: its columns, and the writer that fills it in input order, also under DDP."""
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from rnn_lightning.errors import InputError
+from rnn_lightning.files import atomic_file, check_writable
+from rnn_lightning.serving import prediction
+
+
+def prediction_fields(class_names: list[str]) -> list[str]:
+    """The columns of a prediction file: id, predicted class, its probability, each class's, error."""
+    return ["id", "label", "prob", *(f"prob_{name}" for name in class_names), "error"]
+
+
+PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
+
+
+MERGE_ROWS = 65_536  # prediction records each process hands on at a time when the file is written
+
+
+def prediction_records(k: int) -> np.dtype:
+    """One prediction as it waits on disk: its input row and the K probabilities."""
+    return np.dtype([("row", np.int64), ("probs", np.float32, (k,))])
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results to ``output`` (``.csv`` or ``.jsonl``): one row per input row, in
+    input order (also under DDP), with the columns of ``prediction_fields``: the id, the predicted
+    class's name (``label``) and probability (``prob``), every class's probability, and an error for
+    rows that could not be classified (their other fields are empty).
+
+    ``output`` unset: ``predictions.csv`` in ``trainer.default_root_dir``. The file appears only
+    complete (``files.atomic_file``); its folder is checked before the first batch. Memory does not
+    grow with the input: each process appends its batches' predictions to an unlinked temporary file
+    beside the output, and at the end process 0 merges them, ``MERGE_ROWS`` per process at a time
+    (gathered across processes under DDP), with the input's ids and errors, into the file.
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
+            raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
+        self.output = output
+        self._part = None  # this process's predictions so far (records of prediction_records)
+        self._written = False
+
+    def path(self, trainer: Trainer) -> Path:
+        return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._written = False
+        if stage == "predict":
+            check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = self.path(trainer).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self._part = tempfile.TemporaryFile(dir=folder)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning skips the loop, and its epoch hooks, when no row has text to classify (an empty
+        # input, only blank lines): the file still gets one row per input row. Not called after an error.
+        if stage == "predict" and not self._written and trainer.is_global_zero:
+            self._write(trainer, pl_module.class_names, [])
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        records = np.empty(len(batch[1]), prediction_records(prediction.shape[-1]))
+        records["row"], records["probs"] = batch[1].numpy(), prediction.float().numpy()  # (B,), (B, K)
+        self._part.write(records.tobytes())
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module.class_names, self._merged(trainer, len(pl_module.class_names)))
+        self._written = True
+
+    def _merged(self, trainer: Trainer, k: int):
+        """Every process's predictions in input order, a chunk at a time (on process 0; the others
+        only hand theirs on). A process's rows ascend, and process r holds texts r, r + W, r + 2W, ...
+        (``UnrepeatedDistributedSampler``), so each round's chunks together are the next run of rows."""
+        dtype = prediction_records(k)
+        part = self._part
+        part.flush()
+        part.seek(0)
+        gather = dist.is_available() and dist.is_initialized() and trainer.world_size > 1
+        while True:
+            chunk = np.frombuffer(part.read(dtype.itemsize * MERGE_ROWS), dtype)
+            if gather:
+                chunks: list = [None] * trainer.world_size
+                dist.all_gather_object(chunks, chunk)
+                if not any(len(c) for c in chunks):
+                    return
+                chunk = np.concatenate(chunks)
+                chunk = chunk[np.argsort(chunk["row"], kind="stable")]
+            elif not len(chunk):
+                return
+            if trainer.is_global_zero:
+                yield chunk
+
+    def _write(self, trainer: Trainer, names: list[str], chunks) -> None:
+        """The file from ``chunks`` of prediction records in input order and the input's ids and errors."""
+        if not trainer.is_global_zero:
+            for _ in chunks:  # hand this process's predictions on
+                pass
+            return
+        inputs = trainer.datamodule.predict_rows
+        n = len(inputs) if inputs is not None else len(trainer.datamodule.splits["predict"])
+        rows = inputs.rows() if inputs is not None else ((str(i), "") for i in range(n))
+        out = self.path(trainer)
+        fields = prediction_fields(names)
+        with atomic_file(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fields) if out.suffix == ".csv" else None
+            if writer:
+                writer.writeheader()
+
+            def emit(probs=None) -> None:
+                row = dict.fromkeys(fields)
+                row["id"], row["error"] = next(rows)
+                if probs is not None:
+                    pred = prediction(probs.tolist(), names)
+                    row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
+                    row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
+                writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
+
+            done = 0  # input rows written
+            for chunk in chunks:
+                for row, probs in zip(chunk["row"].tolist(), chunk["probs"], strict=True):
+                    for _ in range(row - done):  # rows before it without text
+                        emit()
+                    emit(probs)
+                    done = row + 1
+            for _ in range(n - done):
+                emit()
+        rank_zero_info(f"Wrote {n} predictions to {out}")
