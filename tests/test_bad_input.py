@@ -98,7 +98,11 @@ def test_generated_spoilt_datasets(cli, tmp_path, seed):
     check(result, ["data.", *files.values()])
     # Missing texts written to JSON lines by pandas become NaN, which is not JSON: refusing them is right too.
     missing_in_json = text_kind == "some_missing" and suffix == ".jsonl"
-    fine = text_kind in ("fine", "empty_strings", "one_huge", "some_missing") and label_kind in ("fine", "strings", "stars")
+    fine = text_kind in ("fine", "empty_strings", "one_huge", "some_missing") and label_kind in (
+        "fine",
+        "strings",
+        "stars",
+    )
     fine = fine and not missing_in_json
     if fine:
         assert result.code == 0, f"{text_kind}/{label_kind}{suffix}: {result.output[-1500:]}"
@@ -124,17 +128,29 @@ def test_damaged_files(cli, tmp_path, damage, suffix):
 def test_paths_that_are_not_files(cli, tmp_path):
     (tmp_path / "folder.csv").mkdir()
     os.symlink(tmp_path / "gone.parquet", tmp_path / "dangling.parquet")
-    for files in ({"train": str(tmp_path / "folder.csv")}, {"train": str(tmp_path / "dangling.parquet")}, str(tmp_path / "dangling.parquet")):
+    for files in (
+        {"train": str(tmp_path / "folder.csv")},
+        {"train": str(tmp_path / "dangling.parquet")},
+        str(tmp_path / "dangling.parquet"),
+    ):
         check(cli(*fit_args(files, tmp_path), check=False), ["data.dataset"])
 
 
 @pytest.mark.parametrize(
     "override",
     [
-        ["--data.batch_size", "-3"], ["--data.max_len", "1.5"], ["--data.vocab_size", "{}"],
-        ["--model.dropout", "nan"], ["--optimizer.init_args.lr", "-1"], ["--trainer.max_epochs", "many"],
-        ["--model.class_weights", "[1, 2, 3]"], ["--model.class_weights", "heavy"], ["--data.text_field", ""],
-        ["--data.val_split", "movies"], ["--data.dataset", "{not json"], ["--ckpt_path", "/no/such.ckpt"],
+        ["--data.batch_size", "-3"],
+        ["--data.max_len", "1.5"],
+        ["--data.vocab_size", "{}"],
+        ["--model.dropout", "nan"],
+        ["--optimizer.init_args.lr", "-1"],
+        ["--trainer.max_epochs", "many"],
+        ["--model.class_weights", "[1, 2, 3]"],
+        ["--model.class_weights", "heavy"],
+        ["--data.text_field", ""],
+        ["--data.val_split", "movies"],
+        ["--data.dataset", "{not json"],
+        ["--ckpt_path", "/no/such.ckpt"],
     ],  # fmt: skip
 )
 def test_wrong_config_values(cli, tmp_path, override):

@@ -86,7 +86,6 @@ def test_ddp_run_resumes_from_last_checkpoint(tiny_args, tmp_path):
     assert (first["epoch"], state["epoch"]) == (0, 1) and state["global_step"] == 2 * first["global_step"]
 
 
-
 @slow
 def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     """Three classes from files with their own column names: under DDP the multiclass metrics (macro-F1,
@@ -107,6 +106,7 @@ def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     assert {"test/acc", "test/f1", "test/auroc", "test/balanced_acc", "test/f1_ok"} <= two.keys()
     for key in two:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
 
 @slow
 @pytest.mark.parametrize(
@@ -169,7 +169,9 @@ def test_a_stopped_peer_is_named_at_once_and_a_running_one_after_the_wait():
 def test_a_lost_peer_is_one_line_naming_the_rank_what_happened_and_the_transport_error(monkeypatch):
     for name in ("RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    closed = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:26253: Connection reset by peer")
+    closed = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:26253: Connection reset by peer"
+    )
     closed.peers = "process 1 exited with code 9"
     assert one_line(closed) == (
         "error: DDP: process 0 lost another process (process 1 exited with code 9), so every process stops "

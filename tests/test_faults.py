@@ -37,13 +37,23 @@ PROGRESS = ["--trainer.callbacks+=tests.helpers.Progress", "--trainer.determinis
 
 
 @pytest.mark.parametrize("helper, code", [("SigtermAt", 128 + signal.SIGTERM), ("SigintAt", 128 + signal.SIGINT)])
-def test_signal_mid_epoch_saves_that_point_exits_nonzero_and_resumes_to_the_same_weights(cli, tiny_args, tmp_path, helper, code):
+def test_signal_mid_epoch_saves_that_point_exits_nonzero_and_resumes_to_the_same_weights(
+    cli, tiny_args, tmp_path, helper, code
+):
     """SIGTERM/SIGINT at epoch 1, batch 2 (6 batches an epoch): the batch completes, last.ckpt holds global
     step 9, the exit status is 128 + signal; resuming gives bitwise the weights of an uninterrupted run."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
 
     def args(root):
-        return [*tiny_args, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(root), "--trainer.deterministic", "true"]
+        return [
+            *tiny_args,
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.deterministic",
+            "true",
+        ]
 
     cli("fit", *args(whole))
     result = cli("fit", *args(stopped), f"--trainer.callbacks+=tests.helpers.{helper}", check=False)
@@ -120,7 +130,9 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_what_was_written(
 
     monkeypatch.setattr(torch, "save", full_disk)
     config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
-    line = one_line_error(cli("fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "2", check=False))
+    line = one_line_error(
+        cli("fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs", "2", check=False)
+    )
     monkeypatch.setattr(torch, "save", real_save)
     assert line.startswith("error: No space left on device writing ") and ".ckpt" in line and "--ckpt_path last" in line
     assert (ckpt_dir(tmp_path) / "last.ckpt").read_bytes() == before  # the last good checkpoint, whole
@@ -279,7 +291,7 @@ def test_unwritable_run_folder_fails_before_training(cli, tiny_args, tmp_path):
 def test_nearly_full_disk_fails_before_training(tiny_args, monkeypatch):
     import rnn_lightning.files as files_module
 
-    usage = shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
+    usage = shutil.disk_usage("/")._replace(total=10 * 2**30, used=10 * 2**30 - 2**20, free=2**20)  # namedtuple's
     monkeypatch.setattr(files_module.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(InputError, match=r"only 1 MB free under .*this run needs about \d+ MB"):
         RNNLightningCLI(args=["fit", *tiny_args])
@@ -290,13 +302,17 @@ def test_nearly_full_disk_fails_before_training(tiny_args, monkeypatch):
 
 def test_one_class_only_is_refused(tmp_path):
     data = write_splits(tmp_path / "d", pd.DataFrame({"text": ["good film"] * 20, "label": [1] * 20}))
-    with pytest.raises(InputError, match=r"data.label_field: .*holds only the class\(es\) \['1'\]; a classifier needs two or more"):
+    with pytest.raises(
+        InputError, match=r"data.label_field: .*holds only the class\(es\) \['1'\]; a classifier needs two or more"
+    ):
         make_dm(data, tmp_path).prepare_data()
 
 
 def test_a_single_class_name_is_refused(tmp_path):
     data = write_splits(tmp_path / "d", pd.DataFrame({"text": ["good film"] * 20, "label": ["pos"] * 20}))
-    with pytest.raises(InputError, match=r"data.label_field: .*holds only the class\(es\) \['pos'\]; a classifier needs two or more"):
+    with pytest.raises(
+        InputError, match=r"data.label_field: .*holds only the class\(es\) \['pos'\]; a classifier needs two or more"
+    ):
         make_dm(data, tmp_path).prepare_data()
 
 

@@ -126,7 +126,8 @@ def test_csv_field_that_is_not_utf8_is_flagged_and_classified(cli, trained, tmp_
     (tmp_path / "in.csv").write_bytes(b'id,text\na,"great, \xff superb"\nb,\n')
     rows = predict_cli(cli, trained, str(tmp_path / "in.csv"), tmp_path / "out.csv")
     assert [(r["id"], r["error"], bool(r["label"])) for r in rows] == [
-        ("a", "invalid UTF-8 replaced", True), ("b", "empty review", False)
+        ("a", "invalid UTF-8 replaced", True),
+        ("b", "empty review", False),
     ]
 
 

@@ -221,7 +221,9 @@ class RNNLightningCLI(LightningCLI):
                 # caller would grow with the input
                 cfg.return_predictions = False
         if self.subcommand == "fit" and cfg.model.get("distillation", 0) > 0 and not cfg.data.unlabelled:
-            raise InputError("model.distillation: needs data.unlabelled: true (the teacher labels the unlabelled reviews)")
+            raise InputError(
+                "model.distillation: needs data.unlabelled: true (the teacher labels the unlabelled reviews)"
+            )
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
         check_optimizer(cfg)  # LightningCLI builds the optimizer with the model: its arguments, checked first
