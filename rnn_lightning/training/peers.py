@@ -21,8 +21,7 @@ def is_lost_peer(exception: BaseException) -> bool:
 def peer_processes(trainer: Trainer) -> list:
     """The ``subprocess.Popen`` of each process Lightning started for local ranks 1..N-1; empty under
     torchrun or SLURM, whose own agents start and report the processes."""
-    # `procs`: the subprocess launcher's list, public name on a private class (_SubprocessScriptLauncher); no public
-    # accessor exists (lightning 2.6.6); other launchers have none, hence getattr.
+    # Kept (lightning 2.6.6): `procs` of the private _SubprocessScriptLauncher has no public accessor; others lack it
     return list(getattr(trainer.strategy.launcher, "procs", None) or [])
 
 
