@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from rnn_lightning.network import recurrent  # noqa: F401  (registers the custom ops an exported graph may hold)
+from rnn_lightning.network import cpu_rnn  # noqa: F401  (registers the rnn cell's op, which an exported graph may hold)
 from rnn_lightning.text.tokenizer import encode
 
 

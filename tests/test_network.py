@@ -50,17 +50,14 @@ def test_keras_initialisation():
     assert torch.all(layer.bias_hh == 0) and torch.all(net.head.bias == 0)
 
 
-@pytest.mark.parametrize(
-    "cell, impl", [("rnn", "fused"), ("rnn", "bptt"), ("gru", "fused"), ("gru", "bptt"), ("lstm", "fused")]
-)
+@pytest.mark.parametrize("cell, impl", [("rnn", "fused"), ("rnn", "bptt"), ("gru", "fused"), ("lstm", "fused")])
 @pytest.mark.parametrize("pooling", ["max", "last"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling, device, exact_cuda):
     """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
     two bidirectional layers, and max pooling (every time step's output gets a gradient) or the
-    final states (the last layer returns nothing else). ``bptt``: the rnn cell's compiled CPU loop, the
-    gru cell's hand-written backward."""
-    if impl == "bptt" and cell == "rnn" and (device != "cpu" or not cpu_rnn.available()):
+    final states (the last layer returns nothing else). ``bptt`` is the rnn cell's compiled CPU loop."""
+    if impl == "bptt" and (device != "cpu" or not cpu_rnn.available()):
         pytest.skip("the compiled loop runs on a CPU with a C++ compiler")
     torch.manual_seed(0)
     kwargs = dict(
@@ -109,7 +106,7 @@ def test_last_and_mean_pooling_agree_across_implementations(pooling):
         bidirectional=True,
         pooling=pooling,
     )
-    nets = [TextRNN(**kwargs, implementation=i) for i in ("autograd", "bptt", "fused")]
+    nets = [TextRNN(**kwargs, implementation=i) for i in ("autograd", "fused")]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     tokens = torch.randint(1, 30, (4, 9))
@@ -323,7 +320,7 @@ def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl, dev
     """Under autocast a layer may get bfloat16 inputs from the one before: each implementation must take them."""
     if impl == "bptt" and (device != "cpu" or not cpu_rnn.available()):
         pytest.skip("the compiled loop runs on a CPU with a C++ compiler")
-    for cell in ("rnn", "gru") if impl == "bptt" else ("rnn", "gru", "lstm"):
+    for cell in ("rnn",) if impl == "bptt" else ("rnn", "gru", "lstm"):
         for pooling in ("last", "max_mean"):
             net = TextRNN(
                 vocab_size=50, embed_dim=16, cell=cell, hidden_size=8, num_layers=2,
@@ -409,17 +406,6 @@ def test_the_recurrence_op_passes_pytorchs_custom_op_checks(loop_kind):
     torch.manual_seed(0)
     args = (torch.randn(6, 5, 4, requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(4, 4, requires_grad=True))
     torch.library.opcheck(torch.ops.rnn_lightning.tanh_recurrence.default, args)
-
-
-def test_the_gru_op_passes_pytorchs_custom_op_checks():
-    torch.manual_seed(0)
-    args = (torch.randn(6, 5, 12, requires_grad=True), torch.randn(12, 4, requires_grad=True), torch.randn(12, requires_grad=True))
-    torch.library.opcheck(torch.ops.rnn_lightning.gru_recurrence.default, args)
-
-
-def test_lstm_has_no_hand_written_path():
-    with pytest.raises(RuntimeError, match="implementation bptt"):
-        RecurrentLayer("lstm", 6, 5)(torch.randn(4, 3, 6), "bptt")
 
 
 def test_the_compiled_tanh_is_exact_to_float_precision_over_its_whole_range():

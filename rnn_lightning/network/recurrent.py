@@ -1,15 +1,13 @@
-"""Recurrent layers with Keras' initialisation, computed by PyTorch's kernels or one faster path per cell.
+"""Recurrent layers with Keras' initialisation, computed by PyTorch's kernels.
 
 Every implementation computes the same function from the same parameters:
 
 - ``fused``: PyTorch's own recurrent kernels (cuDNN on a GPU, ATen's on a CPU), through ``nn.RNN``,
   ``nn.GRU`` and ``nn.LSTM`` called with this layer's parameters.
-- ``bptt``: a recurrence registered as custom ops with a hand-written backward through time, where it
-  is measured faster than PyTorch's kernel on a CPU: the ``rnn`` cell's loop compiled for the CPU
-  (``cpu_rnn.py``), the ``gru`` cell's in PyTorch ops (``gru_bptt.py``). The ``lstm`` cell has none.
+- ``bptt``: the ``rnn`` cell's time loop compiled for the CPU (``cpu_rnn.py``), float32 recurrence.
 - ``autograd``: a Python loop over time steps differentiated by autograd; the reference the tests
   compare the others against.
-- ``auto``: ``bptt`` on a CPU where the cell has one (for ``rnn``, where the loop is built), else ``fused``.
+- ``auto``: ``bptt`` for the ``rnn`` cell on a CPU where the loop is built, ``fused`` otherwise.
 """
 
 from typing import Literal
@@ -19,7 +17,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from rnn_lightning.network import cpu_rnn
-from rnn_lightning.network.gru_bptt import gru_layer
 
 Cell = Literal["rnn", "gru", "lstm"]
 Implementation = Literal["auto", "autograd", "fused", "bptt"]
@@ -93,23 +90,17 @@ class RecurrentLayer(nn.Module):
         implementation then stores and back-propagates nothing for the other steps' outputs.
         """
         if implementation == "auto":
-            cpu_path = (self.cell == "gru" and not x.is_cuda) or self._compiled_loop_runs(x)
-            implementation = "bptt" if cpu_path else "fused"
+            implementation = "bptt" if self._compiled_loop_runs(x) else "fused"
         if implementation == "fused":
             return self._fused(x, last_only)
         if implementation == "bptt":
-            if self.cell == "gru":
-                outs = [gru_layer(x, *self.direction_weights(sfx), sfx != "", last_only) for sfx in self.directions]
-            elif self._compiled_loop_runs(x):
-                outs = [
-                    cpu_rnn.tanh_layer(x, w_ih, w_hh, b_ih, sfx != "", last_only)
-                    for sfx in self.directions
-                    for w_ih, w_hh, b_ih, _ in [self.direction_weights(sfx)]
-                ]
-            else:
-                raise RuntimeError(
-                    "implementation bptt: the gru cell, or the rnn cell on a CPU where a C++ compiler built its loop"
-                )
+            if not self._compiled_loop_runs(x):
+                raise RuntimeError("implementation bptt: the compiled loop runs the rnn cell on a CPU, where a C++ compiler built it")
+            outs = [
+                cpu_rnn.tanh_layer(x, w_ih, w_hh, b_ih, sfx != "", last_only)
+                for sfx in self.directions
+                for w_ih, w_hh, b_ih, _ in [self.direction_weights(sfx)]
+            ]
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         outs = [self._loop(x, *self.direction_weights(sfx), reverse=sfx != "") for sfx in self.directions]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)

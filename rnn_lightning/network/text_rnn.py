@@ -36,9 +36,8 @@ class TextRNN(nn.Module):
         pooling: how the last layer's outputs (T, B, D*H) become one vector per review: ``last``
             state (for a bidirectional layer each direction's final state), ``max`` or ``mean`` over
             the real (unpadded) steps, or ``max_mean`` (the two concatenated).
-        implementation: ``auto`` (on a CPU: bptt for the rnn and gru cells; else fused), ``fused``
-            (PyTorch's kernels), ``bptt`` (a hand-written backward through time, for rnn and gru) or
-            ``autograd`` (the reference loop);
+        implementation: ``auto`` (the compiled loop for the rnn cell on a CPU, else fused), ``fused``
+            (PyTorch's kernels), ``bptt`` (the rnn cell's compiled CPU loop) or ``autograd`` (the reference loop);
             the same function, different speed (see ``recurrent.py``).
         word_dropout: probability of replacing each token of a training review by padding, so the
             model cannot lean on a few memorable words (names, titles).
