@@ -5,10 +5,12 @@ the old file or the new one, never half of one. Every file rnn-lightning writes 
 (checkpoints, prediction files, the token cache, exports) goes through here.
 """
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -50,8 +52,32 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
         raise
     if sync:
         _fsync_dir(target.parent)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    _remove_stale_temporaries(target)
+
+
+def _writer() -> str:
+    """Who writes a temporary file: this host and process (a host name's dots are kept out of it)."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporary files of ``target`` left by processes of this host that were killed mid-write;
+    another process's file that is still being written (two writers of one target) is left alone."""
+    host = socket.gethostname().replace(".", "_")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
+        pid = stale.name[len(f".{target.name}.{host}-") :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

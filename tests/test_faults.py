@@ -430,3 +430,17 @@ def test_outputs_get_the_users_usual_permissions(cli, tiny_args, tmp_path):
         os.umask(old)
     for path in (ckpt_dir(tmp_path) / "last.ckpt", tmp_path / "predictions.csv"):
         assert path.stat().st_mode & 0o777 == 0o640, path
+
+
+def test_two_writers_of_one_file_keep_each_others_temporary_file(tmp_path):
+    """A writer's successful rename sweeps only temporaries of dead processes, never one still being written."""
+    from rnn_lightning.files import atomic_file
+
+    target = tmp_path / "predictions.csv"
+    with atomic_file(target) as slow:
+        slow.write("first writer\n")
+        with atomic_file(target) as fast:
+            fast.write("second writer\n")
+        assert target.read_text() == "second writer\n"
+        assert len(list(tmp_path.glob(".predictions.csv.*.tmp"))) == 1  # the first writer's, kept
+    assert target.read_text() == "first writer\n" and not list(tmp_path.glob(".*.tmp"))
