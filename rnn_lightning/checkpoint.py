@@ -86,7 +86,9 @@ def find_checkpoint(runs_dir: Path, which: Literal["last", "best"], run: Path | 
     if run is not None:
         found = sorted((run / "checkpoints").glob(NAMED[which]), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise InputError(f"ckpt_path: {which!r} but the run {str(run)!r} (of --config) has no checkpoints/{NAMED[which]}")
+            raise InputError(
+                f"ckpt_path: {which!r} but the run {str(run)!r} (of --config) has no checkpoints/{NAMED[which]}"
+            )
         return found[-1]
     found = [p for p in runs_dir.glob(f"version_*/checkpoints/{NAMED[which]}") if run_version(p.parents[1]) is not None]
     if not found:

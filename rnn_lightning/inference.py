@@ -37,7 +37,9 @@ class Predictor:
     ``serving.predictions``). Empty or whitespace-only texts get None (the CLI's prediction file
     gives them an error field)."""
 
-    def __init__(self, net: torch.nn.Module, tokenizer: Tokenizer, class_names: list[str], batch_size: int = 1024) -> None:
+    def __init__(
+        self, net: torch.nn.Module, tokenizer: Tokenizer, class_names: list[str], batch_size: int = 1024
+    ) -> None:
         self.net, self.tokenizer, self.class_names, self.batch_size = net.eval(), tokenizer, class_names, batch_size
 
     @classmethod
@@ -86,7 +88,11 @@ class Predictor:
         with atomic_file(out / "tokenizer.json") as f:
             f.write(self.tokenizer.to_str())
         with atomic_file(out / "meta.json") as f:
-            meta = {"output": "probabilities (B, K) of class_names", "class_names": self.class_names, "max_len": max_len}
+            meta = {
+                "output": "probabilities (B, K) of class_names",
+                "class_names": self.class_names,
+                "max_len": max_len,
+            }
             json.dump(meta, f)
         return out
 

@@ -14,7 +14,9 @@ from rnn_lightning.network import cpu_rnn  # noqa: F401  (registers the rnn cell
 from rnn_lightning.text.tokenizer import encode
 
 
-def predictions(texts: list[str], tokenizer: Tokenizer, probabilities, names: list[str], batch_size: int = 1024) -> list[dict]:
+def predictions(
+    texts: list[str], tokenizer: Tokenizer, probabilities, names: list[str], batch_size: int = 1024
+) -> list[dict]:
     """One dict per text: the predicted class (``label``), its probability (``prob``) and every class's
     (``probs``, by name), via ``probabilities`` (ids (B, T) -> (B, K)). An empty or whitespace-only text
     gets ``None`` for all three."""

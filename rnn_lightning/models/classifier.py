@@ -118,9 +118,7 @@ class TextClassifier(RecurrentModule):
         # Drawn as images at the end of `test` (TensorBoard), so people look instead of reading numbers.
         k = len(names)
         curves = {"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)}
-        self.test_curves = MetricCollection(
-            curves if k == 2 else {"confusion_matrix": MulticlassConfusionMatrix(k)}
-        )
+        self.test_curves = MetricCollection(curves if k == 2 else {"confusion_matrix": MulticlassConfusionMatrix(k)})
 
     @staticmethod
     def _class_weight(how: ClassWeights, counts: list[int] | None, names: list[str]) -> Tensor | None:
@@ -174,7 +172,9 @@ class TextClassifier(RecurrentModule):
         if not hasattr(data, "batches"):
             raise InputError("model.ngram_nb: counts the training split of the data module, which has none")
         self.net.fit_ngram_scale(data.batches("fit"))
-        rank_zero_info(f"model.ngram_nb: naive-Bayes ratios of {int((self.net.ngram_scale != 0).any(-1).sum())} n-gram rows")
+        rank_zero_info(
+            f"model.ngram_nb: naive-Bayes ratios of {int((self.net.ngram_scale != 0).any(-1).sum())} n-gram rows"
+        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -61,7 +61,9 @@ class LanguageModel(RecurrentModule):
                 "(the pair at step t holds word t-1, which the backward direction predicts there); set it to 0"
             )
         if config["ngram_buckets"]:
-            raise InputError("model.ngram_buckets: a language model predicts words, it has no class logits to add to; set it to 0")
+            raise InputError(
+                "model.ngram_buckets: a language model predicts words, it has no class logits to add to; set it to 0"
+            )
         del self.hparams["num_classes"]  # always 0: the network's body only
         vocab = config["vocab_size"]
         if list(cutoffs) != sorted(set(cutoffs)) or not cutoffs or cutoffs[0] < 2 or cutoffs[-1] >= vocab - 1:

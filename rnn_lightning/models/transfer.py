@@ -16,7 +16,9 @@ def load_teacher(path: str, class_names: list[str], data) -> torch.nn.Module:
     except InputError as e:
         raise InputError(f"model.teacher: {str(e).split(': ', 1)[1]}") from None
     if teacher.class_names != class_names:
-        raise InputError(f"model.teacher: {path!r} predicts the classes {teacher.class_names}, the data has {class_names}")
+        raise InputError(
+            f"model.teacher: {path!r} predicts the classes {teacher.class_names}, the data has {class_names}"
+        )
     tokenizer = getattr(data, "tokenizer", None)
     if tokenizer is not None and tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise InputError(

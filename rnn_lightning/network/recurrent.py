@@ -95,7 +95,9 @@ class RecurrentLayer(nn.Module):
             return self._fused(x, last_only)
         if implementation == "bptt":
             if not self._compiled_loop_runs(x):
-                raise RuntimeError("implementation bptt: the compiled loop runs the rnn cell on a CPU, where a C++ compiler built it")
+                raise RuntimeError(
+                    "implementation bptt: the compiled loop runs the rnn cell on a CPU, where a C++ compiler built it"
+                )
             outs = [
                 cpu_rnn.tanh_layer(x, w_ih, w_hh, b_ih, sfx != "", last_only)
                 for sfx in self.directions
@@ -112,14 +114,22 @@ class RecurrentLayer(nn.Module):
     def _compiled_loop_runs(self, x: Tensor) -> bool:
         """Whether ``bptt`` can run on x: the rnn cell, float32 parameters on a CPU, the loop built."""
         w = self.weight_hh
-        return self.cell == "rnn" and not x.is_cuda and w.device.type == "cpu" and w.dtype == torch.float32 and cpu_rnn.available()
+        return (
+            self.cell == "rnn"
+            and not x.is_cuda
+            and w.device.type == "cpu"
+            and w.dtype == torch.float32
+            and cpu_rnn.available()
+        )
 
     def _fused(self, x: Tensor, last_only: bool) -> Tensor:
         """PyTorch's module of this cell, run with this layer's parameters (``nn.RNN``'s names: ``_l0``)."""
         params = {
             name + "_l0" + sfx: w
             for sfx in self.directions
-            for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), self.direction_weights(sfx), strict=True)
+            for name, w in zip(
+                ("weight_ih", "weight_hh", "bias_ih", "bias_hh"), self.direction_weights(sfx), strict=True
+            )
         }
         if x.is_cuda or not torch.is_autocast_enabled("cpu"):
             out, h_n = functional_call(self._kernel, params, (x,))

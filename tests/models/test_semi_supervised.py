@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.training.cli import main
 from rnn_lightning.models import LanguageModel, TextClassifier
 from rnn_lightning.models.classifier import categorical_kl, perturbation
+from rnn_lightning.training.cli import main
 from tests.helpers import ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
 
 NET = {"vocab_size": 64, "embed_dim": 16, "hidden_size": 12, "num_layers": 1}
@@ -167,8 +167,8 @@ def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_sav
     a classifier started from that checkpoint counts its own."""
     import yaml
 
-    from rnn_lightning.text import TextDataModule
     from rnn_lightning.models.classifier import copy_network
+    from rnn_lightning.text import TextDataModule
 
     args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--model.ngram_buckets", "4099", "--model.ngram_nb", "true",
             "--trainer.max_epochs", "1"]  # fmt: skip

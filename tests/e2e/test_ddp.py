@@ -92,7 +92,7 @@ def test_ddp_multiclass_test_metrics_equal_one_process(tmp_path):
     one-vs-rest AUROC, per-class F1, balanced accuracy) equal one process's, with 41 test texts."""
     import json
 
-    from tests.test_datasets import args_for, three_classes
+    from tests.text.test_datasets import args_for, three_classes
 
     files = {}
     for split, n, seed in (("train", 90, 0), ("test", 41, 2)):

@@ -14,7 +14,7 @@ from rnn_lightning import checkpoint
 from rnn_lightning.inference import Predictor
 from tests.helpers import ckpt_dir, make_reviews, write_splits
 
-V1 = Path(__file__).parent / "fixtures" / "v1"
+V1 = Path(__file__).parents[1] / "fixtures" / "v1"
 
 
 @pytest.fixture(scope="module")

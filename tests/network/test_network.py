@@ -3,8 +3,8 @@ import torch
 
 from rnn_lightning.models import TextClassifier
 from rnn_lightning.network import cpu_rnn
-from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.network.recurrent import RecurrentLayer
+from rnn_lightning.network.text_rnn import TextRNN
 
 # Where a GPU is present (a device machine; never in CI) the implementation tests run there too, so
 # the fused path is checked against cuDNN and the hand-written backward against CUDA kernels.
@@ -275,7 +275,9 @@ def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio(
     scale = net.ngram_scale[:, 0]
     # alpha 1: a row in the 6 presences of class 1 only: log((1+1)/(6+B)) - log((0+1)/(6+B)) = log 2
     expected = torch.log(torch.tensor(2.0))
-    assert torch.allclose(scale[rows[0][rows[0] != 0]], expected) and torch.allclose(scale[rows[1][rows[1] != 0]], -expected)
+    assert torch.allclose(scale[rows[0][rows[0] != 0]], expected) and torch.allclose(
+        scale[rows[1][rows[1] != 0]], -expected
+    )
     assert int((scale != 0).sum()) == 12  # every other row, and row 0, is unseen: 0
     with torch.no_grad():
         net.ngrams.weight.normal_()
@@ -289,7 +291,9 @@ def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio(
 
 
 def test_ngram_nb_scale_has_one_column_per_class_for_more_than_two():
-    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True)
+    net = TextRNN(
+        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True
+    )
     tokens = torch.tensor([[0, 5, 7], [0, 9, 11], [0, 13, 15]])
     net.fit_ngram_scale([(tokens, torch.tensor([0, 1, 2]))])
     row = net._review_ngrams(tokens[1:2])[0].max()  # one of the class-1 review's rows
@@ -404,7 +408,11 @@ def test_the_recurrence_op_matches_the_recurrence_step_by_step(H, last_only, loo
 def test_the_recurrence_op_passes_pytorchs_custom_op_checks(loop_kind):
     """torch.library.opcheck: schema, fake (shape) kernel, autograd registration, as compile/export use them."""
     torch.manual_seed(0)
-    args = (torch.randn(6, 5, 4, requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(4, 4, requires_grad=True))
+    args = (
+        torch.randn(6, 5, 4, requires_grad=True),
+        torch.randn(4, requires_grad=True),
+        torch.randn(4, 4, requires_grad=True),
+    )
     torch.library.opcheck(torch.ops.rnn_lightning.tanh_recurrence.default, args)
 
 
