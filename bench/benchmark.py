@@ -1,6 +1,6 @@
 """Side-by-side speed benchmark: the tutorial's TensorFlow program, a bare PyTorch loop, and `fit`.
 
-    python bench/benchmark.py --data ../shared/imdb --epochs 5 \
+    python bench/benchmark.py --data ../shared/imdb --epochs 5 [--implementations auto,fused] \
         [--tf-python /tmp/tf-venv/bin/python --anchors ../shared/anchors]
 
 Runs each program alone, one after another, on this machine, and prints medians over epochs 2..N
@@ -63,6 +63,11 @@ def main() -> None:
     p.add_argument("--tf-python", help="a Python with tensorflow-cpu and tf-keras; omit to skip TensorFlow")
     p.add_argument("--anchors", default=str(ROOT.parent / "shared" / "anchors"))
     p.add_argument("--precisions", default="32-true,bf16-mixed")
+    p.add_argument(
+        "--implementations",
+        default="auto",
+        help="model.implementation values to run fit with, e.g. auto,fused (the compiled loop against PyTorch's kernel)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="run the programs in turn this many times; pool the epochs")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rnn-bench-"))
@@ -122,13 +127,14 @@ def main() -> None:
                 env={"PYTHONPATH": str(ROOT)},
             )
             add_epochs(f"bare PyTorch loop, {precision}", events(out, "epoch"))
-            out = run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), ["--trainer.precision", precision]))
-            ep = events(out, "epoch")
-            add_epochs(f"cli.py fit configs/base.yaml, {precision}", ep)
-            notes.append(
-                f"round {round_ + 1}, fit {precision}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, peak {ep[-1]['peak_rss_mb']} MB; "
-                f"val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
-            )
+            for impl in args.implementations.split(","):
+                extra = ["--trainer.precision", precision, "--model.implementation", impl]
+                ep = events(run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), extra)), "epoch")
+                add_epochs(f"cli.py fit configs/base.yaml, {precision}, implementation {impl}", ep)
+                notes.append(
+                    f"round {round_ + 1}, fit {precision} {impl}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, "
+                    f"peak {ep[-1]['peak_rss_mb']} MB; val acc per epoch {[round(e['val_acc'], 4) for e in ep]}"
+                )
     tf_full = runs.pop(TF + " with validation", None)
     rows = []
     for name, r in runs.items():
