@@ -137,8 +137,11 @@ def _backward(ctx, g_last: Tensor | None, g_hs: Tensor | None):
     w_hh, hs = ctx.saved_tensors
     if g_hs is None:  # only the final state was used (the last layer under ``last`` pooling)
         gout = g_last if g_last is not None else hs.new_zeros(hs.shape[1:])
-    else:
-        gout = g_hs[1:] if g_last is None else g_hs[1:].clone().index_add_(0, torch.tensor([len(hs) - 2]), g_last[None])
+    elif g_last is None:
+        gout = g_hs[1:]
+    else:  # both used: the final state's gradient joins the last step's
+        gout = g_hs[1:].clone()
+        gout[-1] += g_last
     dz, db = tanh_recurrence_backward(hs, gout, w_hh)
     dw_hh = dz.flatten(0, 1).t() @ hs[:-1].flatten(0, 1)  # (H, H): one GEMM over all steps and rows
     return dz, db, dw_hh

@@ -475,3 +475,18 @@ def test_the_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, monk
         assert cpu_rnn.library() is None  # switched off
     finally:
         cpu_rnn.library.cache_clear()
+
+
+def test_the_recurrence_ops_gradient_when_both_the_final_state_and_every_state_are_used(loop_kind):
+    torch.manual_seed(0)
+    gi, b, w = (torch.randn(7, 3, 4, requires_grad=True), torch.randn(4, requires_grad=True),
+                torch.randn(4, 4, requires_grad=True))  # fmt: skip
+    last, hs = cpu_rnn.tanh_recurrence(gi, b, w)
+    ours = torch.autograd.grad(last.sum() * 2 + hs.pow(2).sum(), (gi, b, w))
+    states = [torch.zeros(3, 4)]
+    for t in range(7):
+        states.append(torch.tanh(gi[t] + b + states[-1] @ w.t()))
+    ref_hs = torch.stack(states)
+    ref = torch.autograd.grad(ref_hs[-1].sum() * 2 + ref_hs.pow(2).sum(), (gi, b, w))
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
