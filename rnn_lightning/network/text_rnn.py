@@ -90,7 +90,6 @@ class TextRNN(nn.Module):
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
         self.num_classes = num_classes
-        self.output_size = sizes[-1]
         n_logits = 1 if num_classes == 2 else num_classes
         pooled = sizes[-1] * (2 if pooling == "max_mean" else 1)
         self.head = nn.Linear(pooled, n_logits) if num_classes else None
