@@ -8,15 +8,20 @@ always read with ``weights_only=True``: loading never runs code from the file.
 import pickle
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import torch
+from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError
+from rnn_lightning.limits import MAX_TOKENS, check_class_names, count_nodes
 
 # Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
 DATAMODULE_KEY = "TextDataModule"
 TOKENIZER_KEY = "tokenizer"  # the tokenizer's JSON inside DATAMODULE_KEY
 HPARAMS_KEY = "hyper_parameters"
+DATAMODULE_HPARAMS_KEY = "datamodule_hyper_parameters"  # Lightning's key for the data module's
 WEIGHTS_KEY = "state_dict"
 DROPOUT_RNG_KEY = "dropout_rng_state"
 RUN_VERSION_KEY = "run_version"  # the TensorBoard run (version_N) that wrote it
@@ -35,8 +40,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read ``path`` with ``weights_only=True`` and check it is an rnn-lightning checkpoint.
 
     Every way a file can be wrong (missing, truncated, another format, pickled objects, another
-    program's dictionary) is an ``InputError`` naming the file.
+    program's dictionary, a tokenizer or class names that are not what this project writes) is an
+    ``InputError`` naming the file.
     """
+    path = local_path(path)
     if not Path(path).is_file():
         raise InputError(f"ckpt_path: {str(path)!r} does not exist")
     try:
@@ -52,18 +59,82 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(
             f"ckpt_path: {str(path)!r} is not a readable checkpoint (truncated or another format: {type(e).__name__})"
         ) from None
+    count_nodes(ckpt, f"ckpt_path: {str(path)!r}")  # before anything walks it: shared parts expand when walked
     if isinstance(ckpt, dict):
         upgrade(ckpt)
     if not (
         isinstance(ckpt, dict)
         and {WEIGHTS_KEY, HPARAMS_KEY, DATAMODULE_KEY} <= ckpt.keys()
+        and isinstance(ckpt[HPARAMS_KEY], dict)
         and isinstance(ckpt[DATAMODULE_KEY], dict)
         and isinstance(ckpt[DATAMODULE_KEY].get(TOKENIZER_KEY), str)
     ):
         raise InputError(
             f"ckpt_path: {str(path)!r} is not an rnn-lightning checkpoint (no weights, hyperparameters and tokenizer)"
         )
+    try:
+        tok = Tokenizer.from_str(tokenizer_json(ckpt))
+    except Exception as e:  # tokenizers raises a bare Exception for JSON it cannot read
+        message = " ".join(str(e).split())[:160]
+        raise InputError(
+            f"ckpt_path: {str(path)!r} holds a tokenizer that tokenizers cannot read ({message})"
+        ) from None
+    names = ckpt[HPARAMS_KEY].get("class_names")
+    if names is not None and not (
+        isinstance(names, (list, tuple))
+        and all(isinstance(n, str) for n in names)
+        and len(set(names)) == len(names) > 1
+    ):
+        raise InputError(
+            f"ckpt_path: {str(path)!r} holds class_names {str(names)[:100]}; expected two or more distinct strings"
+        )
+    if names is not None:
+        check_class_names(names, f"ckpt_path: {str(path)!r} class_names")
+    data = ckpt.get(DATAMODULE_HPARAMS_KEY)
+    lengths = {  # tokens per text: the tokenizer's own (Predictor) and the data module's (the CLI)
+        "its tokenizer's truncation": (tok.truncation or {}).get("max_length"),
+        "its tokenizer's padding": (tok.padding or {}).get("length"),
+        "data.max_len": data.get("max_len") if isinstance(data, dict) else None,
+    }
+    for what, n in lengths.items():
+        if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_TOKENS):
+            raise InputError(f"ckpt_path: {str(path)!r}: {what} is {n!r} tokens a text; expected 1..{MAX_TOKENS:,}")
     return ckpt
+
+
+# Settings that shape the network's weights: a resumed fit must keep the checkpoint's (section, key).
+SHAPE_KEYS = tuple(("model", k) for k in ("embed_dim", "cell", "hidden_size", "num_layers", "bidirectional",
+                                          "pooling", "bigram_buckets", "ngram_buckets", "ngram_nb")) + (
+    ("data", "vocab_size"),
+)  # fmt: skip
+
+
+def check_same_shape(ckpt: dict[str, Any], config) -> None:
+    """Refuse, naming the first setting, a config whose network differs from the checkpoint's (``fit`` resumes)."""
+    saved = {"model": ckpt.get(HPARAMS_KEY) or {}, "data": ckpt.get(DATAMODULE_HPARAMS_KEY) or {}}
+    for section, key in SHAPE_KEYS:
+        given, kept = config[section].get(key), saved[section].get(key)
+        if key in saved[section] and given is not None and given != kept:
+            raise InputError(
+                f"{section}.{key}: the checkpoint was trained with {kept!r}, the config gives {given!r}; "
+                "resuming needs the checkpoint's (pass its run's config.yaml)"
+            )
+
+
+def local_path(path: str | Path) -> str:
+    """A checkpoint given by a path or a ``file://`` URL, as a local path (``last``, ``best`` and ``hpc``
+    pass through). A remote URL (``https://``, ``s3://`` ...) or Lightning's model registry is refused:
+    Lightning would read it without these checks, and reads ``http(s)`` URLs with ``weights_only=False``
+    unless told otherwise."""
+    text = str(path)
+    if text.lower() == "registry" or text.lower().startswith("registry:"):
+        raise InputError(f"ckpt_path: {text!r}: Lightning's model registry is not supported; pass a checkpoint's path")
+    if "://" not in text:
+        return text
+    url = urlsplit(text)
+    if url.scheme.lower() == "file" and url.netloc in ("", "localhost"):
+        return url2pathname(url.path)
+    raise InputError(f"ckpt_path: {text!r} is a URL; download it and pass the local path")
 
 
 def tokenizer_json(ckpt: dict[str, Any]) -> str:

@@ -12,12 +12,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
 os.environ["RNN_LIGHTNING_CACHE"] = tempfile.mkdtemp(prefix="rnn-lightning-cache-")
 os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
+# The tests' own callbacks are named in configs: their package joins the allowed imports (training/trust.py).
+os.environ["RNN_LIGHTNING_TRUSTED_IMPORTS"] = "tests"
 
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import InProcessCLI, make_reviews, tiny_cli_args, write_splits
+from tests.helpers import SUBPROCESS_ENV, InProcessCLI, make_reviews, tiny_cli_args, write_splits
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,6 +29,7 @@ def native_build_dir(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("native")
     os.environ[cpu_rnn.ENV_DIR] = str(path)
+    SUBPROCESS_ENV[cpu_rnn.ENV_DIR] = str(path)  # copied from os.environ at import, before this fixture ran
     cpu_rnn.library.cache_clear()
     return path
 

@@ -18,7 +18,9 @@ import functools
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -51,16 +53,29 @@ def library() -> ctypes.CDLL | None:
         name = "rnnl_cpu_kernels_" + hashlib.sha256(cpu_signature().encode()).hexdigest()[:12]
         build_dir = os.environ.get(ENV_DIR)
         if build_dir:
-            Path(build_dir, name).mkdir(parents=True, exist_ok=True)
-        path = cpp_extension.load(
-            name,
-            [str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(Path(build_dir, name)) if build_dir else None,
-            is_python_module=False,
-        )
-        lib = ctypes.CDLL(path)
+            folder = Path(build_dir, name)
+            folder.mkdir(parents=True, exist_ok=True)
+        else:  # torch 2.13 has no public name for the folder load() picks when given none
+            folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+        for attempt in range(2):  # a damaged build (a full disk, a killed link) is rebuilt once from scratch
+            built = folder / f"{name}{cpp_extension.LIB_EXT}"
+            if attempt == 0 and built.exists() and not (folder / "lock").exists() and not _whole_library(built):
+                _clear(folder)  # load() would dlopen it, and mapping past a truncated file's end is SIGBUS
+            try:
+                path = cpp_extension.load(
+                    name,
+                    [str(SOURCE)],
+                    extra_cflags=CFLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    build_directory=str(folder),
+                    is_python_module=False,
+                )
+                lib = ctypes.CDLL(path)
+                break
+            except OSError:  # the dynamic loader refused the built file: build it again, once
+                if attempt:
+                    raise
+                _clear(folder)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         warnings.warn(
             f"the compiled rnn loop is unavailable ({' '.join(str(err).split())[-200:]}); using PyTorch's rnn kernel",
@@ -70,6 +85,39 @@ def library() -> ctypes.CDLL | None:
     lib.rnnl_tanh_forward.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
     lib.rnnl_tanh_backward.argtypes = [_ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
     return lib
+
+
+def _whole_library(path: Path) -> bool:
+    """Whether the shared library at ``path`` holds every byte its ELF headers point to (False for a file
+    cut short); other formats than ELF (macOS) are taken as they are."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if not sys.platform.startswith("linux"):
+            return bool(head)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only (what x86-64/arm64 build)
+            return False
+        order = "<" if head[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
+        size = os.fstat(f.fileno()).st_size
+        end = max(phoff + phnum * phentsize, shoff + shnum * shentsize)
+        if end > size:
+            return False
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    if len(table) < phnum * phentsize:
+        return False
+    for i in range(phnum):  # each segment's p_offset and p_filesz, at bytes 8 and 32 of its entry
+        (offset,) = struct.unpack_from(order + "Q", table, i * phentsize + 8)
+        (filesz,) = struct.unpack_from(order + "Q", table, i * phentsize + 32)
+        end = max(end, offset + filesz)
+    return end <= size
+
+
+def _clear(folder: Path) -> None:
+    """Empty a build folder, so that load() compiles and links everything again."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 @torch.compiler.assume_constant_result

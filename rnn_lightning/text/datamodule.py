@@ -25,11 +25,11 @@ from rnn_lightning.text.locations import (
     SPLIT_NAMES,
     TEXT_FIELD,
     check_dataset,
-    fingerprint,
 )
-from rnn_lightning.text.readers import InputRows, read_reviews
+from rnn_lightning.text.readers import InputRows, read_reviews, stop_on_sigterm
 from rnn_lightning.text.splits import VAL_SPLITS, ValSplit, fit_val_rows
-from rnn_lightning.text.tokenizer import PAD_ID, digest, set_length, train_tokenizer
+from rnn_lightning.text.tokenizer import PAD_ID, digest, set_length, text_chars, train_tokenizer
+from rnn_lightning.training.signals import in_thread, stop_raises
 
 
 class TextDataModule(LightningDataModule):
@@ -171,7 +171,13 @@ class TextDataModule(LightningDataModule):
         return token_cache.folder(
             self.cache_dir,
             {
-                "source": fingerprint(self.dataset, exclude=self.cache_dir, memo_dir=self.cache_dir),
+                "source": sources.fingerprint(
+                    self.dataset,
+                    sources.splits_wanted(self.split_names, self.unlabelled),
+                    self.config_name,
+                    exclude=self.cache_dir,
+                    memo_dir=self.cache_dir,
+                ),
                 "config_name": self.config_name,
                 "fields": [self.text_field, self.label_field],
                 "splits": self.split_names,
@@ -219,6 +225,7 @@ class TextDataModule(LightningDataModule):
         rank_zero_info(f"Tokenizing {self.dataset} into {target} (once; later runs reuse it)")
         self._write_cache(target, self._given_tokenizer)
 
+    @stop_raises  # SIGTERM / SIGINT: exit at once, leaving no half-written cache
     def _write_cache(self, target: Path, tokenizer: Tokenizer | None) -> None:
         """Encode every split into ``target`` with ``tokenizer``, or one trained on the fit texts (and the
         unlabelled ones when asked)."""
@@ -231,7 +238,8 @@ class TextDataModule(LightningDataModule):
         if tokenizer is None:
             unlabelled = source.splits["unlabelled"].texts.chunks() if self.unlabelled else ()
             texts = itertools.chain(train.texts.chunks(None if fit_val is None else fit_val[0]), unlabelled)
-            tokenizer = train_tokenizer(itertools.chain.from_iterable(texts), self.vocab_size, self.max_len)
+            texts = itertools.chain.from_iterable(texts)
+            tokenizer = in_thread(train_tokenizer, texts, self.vocab_size, self.max_len)  # a stop ends it at once
         learned = tokenizer.get_vocab_size()
         if learned < self.vocab_size:
             rank_zero_info(
@@ -241,7 +249,9 @@ class TextDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self._predicting_raw_text():
-            self._review_chunks = read_reviews(self.predict_path)  # checked now, read in predict_dataloader
+            with stop_on_sigterm():  # opening a FIFO, or a stalled stdin's first line, waits for its writer
+                # checked now, read in predict_dataloader; self.max_len is the checkpoint's (the CLI sets it)
+                self._review_chunks = read_reviews(self.predict_path, text_chars(self.max_len), self.text_field)
             return
         if self.splits:
             return
@@ -326,7 +336,8 @@ class TextDataModule(LightningDataModule):
                 raise InputError(
                     "ckpt_path: predicting raw text needs a checkpoint (it carries the tokenizer); pass --ckpt_path"
                 )
-            self.splits["predict"], self.predict_rows = encode_reviews(
-                self._review_chunks, self.tokenizer, self.cache_dir
-            )
+            with stop_on_sigterm():  # reading all of the input before the first batch: stop inside it
+                self.splits["predict"], self.predict_rows = encode_reviews(
+                    self._review_chunks, self.tokenizer, self.cache_dir
+                )
         return self._loader("predict")

@@ -12,6 +12,7 @@ Columns are Arrow (``pyarrow.ChunkedArray``) with their ``datasets`` feature.
 import numpy as np
 
 from rnn_lightning.errors import InputError
+from rnn_lightning.limits import check_class_names
 
 
 def is_text(arrow_type) -> bool:
@@ -33,6 +34,7 @@ def class_names(column, feature, field: str) -> list[str]:
         names = ["false", "true"]
     else:  # the distinct numbers in numeric order: 0..K-1 keep their ids, stars 1-5 become ids 0-4
         names = [str(v) for v in np.unique(_numeric_ids(column, field))]
+    check_class_names(names, field)  # before the names reach the model, its metrics and the CLI's parser
     if len(names) < 2:
         raise InputError(
             f"{field}: the training split holds only the class(es) {names}; a classifier needs two or more"

@@ -4,7 +4,7 @@ a training loader that a checkpoint written mid-epoch resumes where it stopped."
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from rnn_lightning.text.dataset import keep_batch
+from rnn_lightning.text.dataset import keep_batch, leave_stop_signals_to_the_main_process
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -110,5 +110,6 @@ def make_loader(
         collate_fn=keep_batch,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        worker_init_fn=leave_stop_signals_to_the_main_process if num_workers > 0 else None,
         **kwargs,
     )

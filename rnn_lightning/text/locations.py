@@ -1,13 +1,10 @@
 """What ``data.dataset`` names (a hub id, a folder, files per split, an unpacked ``aclImdb/``), checked
-before any work starts, and its identity for the token cache (``fingerprint``)."""
+before any work starts (its identity for the token cache is ``sources.fingerprint``)."""
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import content_digests
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 TEXT_FIELD, LABEL_FIELD = "text", "label"  # the default columns, and those an aclImdb folder reads into
@@ -55,43 +52,3 @@ def check_dataset(dataset: Dataset) -> None:
 
 def is_aclimdb(path: Path) -> bool:
     return all((path / "train" / name).is_dir() for name in ACLIMDB_CLASSES)
-
-
-def fingerprint(dataset: Dataset, exclude: Path | None = None, memo_dir: Path | None = None) -> str:
-    """Identity of the source for the token cache: a hub id as is; local files by their names and a hash
-    of their bytes (``files.content_digests``, memoised in ``memo_dir``), so data edited in place, even
-    with its size and modification time put back, is a new identity. Files under ``exclude`` (the
-    token cache, when it lives inside the data folder) are not part of it.
-    """
-    if isinstance(dataset, dict):
-        files = {k: Path(v).expanduser().resolve() for k, v in sorted(dataset.items())}
-        facts = list(zip(files, map(str, files.values()), content_digests(files.values(), memo_dir), strict=True))
-        return "files:" + _hash(facts)
-    if not is_local(dataset):
-        return dataset
-    path = Path(dataset).expanduser().resolve()
-    return f"{path}:{folder_digest(path, exclude, memo_dir)}"
-
-
-def folder_digest(path: Path, exclude: Path | None = None, memo_dir: Path | None = None) -> str:
-    """A hash of the names and bytes of the data files in the folder ``path`` (see ``fingerprint``)."""
-    path = path.expanduser().resolve()
-    if is_aclimdb(path):
-        entries = sorted(p for s in ("train", "test") for p in (path / s).rglob("*.txt"))
-    else:
-        entries = sorted(
-            p for p in path.rglob("*") if p.suffix in FILE_TYPES and not _hidden_or_under(p, path, exclude)
-        )
-    return _hash(
-        list(zip((str(p.relative_to(path)) for p in entries), content_digests(entries, memo_dir), strict=True))
-    )
-
-
-def _hash(facts: list) -> str:
-    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
-
-
-def _hidden_or_under(p: Path, root: Path, exclude: Path | None) -> bool:
-    if exclude is not None and p.is_relative_to(exclude.resolve()):
-        return True
-    return any(part.startswith(".") for part in p.relative_to(root).parts)

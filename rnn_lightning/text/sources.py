@@ -5,6 +5,8 @@ data), so millions of rows are read in chunks and never held as Python objects a
 is then a ``Split``: its text column (``Texts``, read in chunks) and its labels as class ids (``labels``).
 """
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,11 +31,11 @@ from rnn_lightning.text.locations import (
     UNLABELLED_SPLIT,
     Dataset,
     check_dataset,
-    folder_digest,
     is_aclimdb,
     is_local,
 )
 from rnn_lightning.text.tokenizer import CHUNK
+from rnn_lightning.training.failures import DISK_ERRORS
 
 ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
 PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folder under ARROW_DIR
@@ -117,9 +119,7 @@ def load_labelled(
     cache_dir: Path | None = None,
 ) -> Labelled:
     """Read ``dataset``'s splits (``names``: {role: split name}; train/validation/test by default)."""
-    names = dict(names or SPLIT_NAMES)
-    if unlabelled:
-        names["unlabelled"] = UNLABELLED_SPLIT
+    names = splits_wanted(names, unlabelled)
     loaded = open_splits(dataset, names, config_name, cache_dir)
     if "train" not in loaded:
         raise InputError(f"data.train_name: {dataset!r} has no split {names['train']!r}; expected {EXPECTED_SOURCE}")
@@ -150,6 +150,12 @@ def load_labelled(
             "a classifier needs examples of every class"
         )
     return Labelled(splits, classes)
+
+
+def splits_wanted(names: dict[str, str] | None, unlabelled: bool) -> dict[str, str]:
+    """{role: split name} of the splits read: ``names`` (train/validation/test by default), and the
+    unlabelled split when asked."""
+    return {**(names or SPLIT_NAMES), **({"unlabelled": UNLABELLED_SPLIT} if unlabelled else {})}
 
 
 def text_split(ds, text_field: str, name: str) -> Texts:
@@ -216,18 +222,104 @@ def open_splits(
     files = {name: _split_file(path, name) for name in by_name}
     if files[wanted["train"]] is not None:
         return {by_name[name]: _read_file(f, cache_dir) for name, f in files.items() if f is not None}
-    try:
-        options = {}
-        if cache_dir is not None:
-            options["cache_dir"] = str(
-                _arrow_copies(cache_dir, folder_digest(path, exclude=cache_dir, memo_dir=cache_dir))
-            )
+    options = {}
+    if cache_dir is not None:
+        digest = fingerprint(dataset, wanted, config_name, exclude=cache_dir, memo_dir=cache_dir)
+        options["cache_dir"] = str(_arrow_copies(cache_dir, digest))
+    with _unreadable_folder(dataset):
         loaded = _load(path=str(path), **options)
+    return _pick(loaded, by_name)
+
+
+@contextmanager
+def _unreadable_folder(dataset: str) -> Iterator[None]:
+    """What ``datasets`` raises for a folder it cannot read, as one line; a full disk stays itself."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_ERRORS:
+            raise full_cache(e, e.filename or "data.cache_dir") from None
+        raise InputError(
+            f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")
+        ) from None
     except Exception as e:
         raise InputError(
             f"data.dataset: could not read {dataset!r} as a dataset folder ({e})".replace("\n", " ")
         ) from None
-    return _pick(loaded, by_name)
+
+
+def full_cache(error: OSError, filename) -> InputError:
+    """A full or failing disk under ``data.cache_dir`` while ``datasets`` copies the data there, as one line
+    (the class names are read while the command line is parsed, where only an ``InputError`` is one line)."""
+    return InputError(
+        f"data.cache_dir: {error.strerror or error} writing {filename}; free space or set another data.cache_dir"
+    )
+
+
+# ---------------------------------------------------------------- identity for the token cache
+
+
+def fingerprint(
+    dataset: Dataset,
+    wanted: dict[str, str],
+    config_name: str | None = None,
+    exclude: Path | None = None,
+    memo_dir: Path | None = None,
+) -> str:
+    """Identity of the source's splits ``wanted`` ({role: split name}) for the token cache. A hub dataset: its id,
+    configuration and revision. Local data: every file read for those splits (a hub-layout folder's
+    card and info files too, which can map splits to files and name classes), each named by its path
+    with links followed and hashed by its bytes (``files.content_digests``, memoised in ``memo_dir``),
+    so data edited in place, even with its size and modification time put back, is a new identity.
+    Files under ``exclude`` (the token cache, when it lives inside the data folder) are left out.
+    """
+    if isinstance(dataset, str) and not is_local(dataset):
+        return f"hub:{dataset}:{config_name}:{_hub_revision(dataset, config_name)}"
+    read = files_read(dataset, wanted, config_name)
+    if exclude is not None:
+        read = [(name, f) for name, f in read if not f.resolve().is_relative_to(exclude.resolve())]
+    for _, f in read:
+        if not f.exists():
+            what = f"is a link to {os.readlink(f)!r}, which does not exist" if f.is_symlink() else "is missing"
+            raise InputError(f"data.dataset: {str(f)!r} {what}")
+    digests = content_digests([f for _, f in read], memo_dir)
+    facts = [[name, str(f.resolve()), d] for (name, f), d in zip(read, digests, strict=True)]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+def files_read(dataset: Dataset, wanted: dict[str, str], config_name: str | None = None) -> list[tuple[str, Path]]:
+    """(split name, file) for every local file ``open_splits`` reads for ``wanted``, in a fixed order;
+    files a hub-layout folder's configuration reads for all splits are listed under the name ``""``."""
+    split_names = sorted(set(wanted.values()))
+    if isinstance(dataset, dict):
+        return [(name, Path(os.path.expanduser(f))) for name, f in sorted(dataset.items()) if name in split_names]
+    path = Path(dataset).expanduser()
+    if is_aclimdb(path):
+        return [(name, f) for name in split_names for f in _aclimdb_files(path, name)]
+    files = {name: _split_file(path, name) for name in split_names}
+    if files[wanted["train"]] is not None:
+        return [(name, f) for name, f in files.items() if f is not None]
+    import datasets
+
+    with _unreadable_folder(str(dataset)), _quiet_datasets():
+        data_files = datasets.load_dataset_builder(str(path), config_name).config.data_files or {}
+    listed = [(str(split), Path(f)) for split, fs in data_files.items() if str(split) in split_names for f in fs]
+    meta = [
+        ("", path / name) for name in (datasets.config.REPOCARD_FILENAME, datasets.config.DATASETDICT_INFOS_FILENAME)
+    ]
+    return sorted(listed) + [(name, f) for name, f in meta if f.is_file()]
+
+
+def _hub_revision(dataset: str, config_name: str | None) -> str:
+    """The revision (commit) of a hub dataset that ``datasets`` would read: the hub's newest, or offline
+    the one in its local cache."""
+    import datasets
+
+    try:
+        with offline_if_unreachable(), _quiet_datasets():
+            return str(datasets.load_dataset_builder(dataset, config_name).hash)
+    except Exception as e:  # the hub answers offline-ness with several exception types
+        raise _hub_error(dataset, e) from None
 
 
 def _arrow_copies(cache_dir: Path, digest: str) -> Path:
@@ -235,6 +327,10 @@ def _arrow_copies(cache_dir: Path, digest: str) -> Path:
 
 
 def _split_file(folder: Path, name: str) -> Path | None:
+    for suffix in FILE_TYPES:
+        link = folder / f"{name}{suffix}"
+        if link.is_symlink() and not link.exists():
+            raise InputError(f"data.dataset: {str(link)!r} is a link to {os.readlink(link)!r}, which does not exist")
     found = [folder / f"{name}{suffix}" for suffix in FILE_TYPES if (folder / f"{name}{suffix}").is_file()]
     if len(found) > 1:
         raise InputError(
@@ -251,6 +347,10 @@ def _read_file(path: Path, cache_dir: Path | None = None):
         if path.suffix == ".parquet" and cache_dir is not None:
             return _parquet_to_arrow(path, Path(options["cache_dir"]) / PARQUET_COPY)
         return _load(builder, data_files={"split": str(path)}, split="split", **options)
+    except OSError as e:
+        if e.errno in DISK_ERRORS:  # the Arrow copy in the cache folder could not be written: not the data's fault
+            raise full_cache(e, e.filename or options.get("cache_dir")) from None
+        raise unreadable_file("data.dataset", path, e) from None
     except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
         raise unreadable_file("data.dataset", path, e) from None
 
@@ -312,15 +412,34 @@ def _load_hub(dataset: str, config_name: str | None):
         with offline_if_unreachable():
             return _load(dataset, config_name)
     except Exception as e:  # the hub answers offline-ness with several exception types
-        raise InputError(
-            f"data.dataset: could not load {dataset!r} from the Hugging Face hub ({type(e).__name__}); "
-            "without internet, point --data.dataset at a local copy: a folder of train/test parquet files "
-            f"(the {DEFAULT_DATASET} layout) or an unpacked aclImdb/ folder"
-        ) from None
+        raise _hub_error(dataset, e) from None
+
+
+def _hub_error(dataset: str, e: Exception) -> InputError:
+    return InputError(
+        f"data.dataset: could not load {dataset!r} from the Hugging Face hub ({type(e).__name__}); "
+        "without internet, point --data.dataset at a local copy: a folder of train/test parquet files "
+        f"(the {DEFAULT_DATASET} layout) or an unpacked aclImdb/ folder"
+    )
 
 
 def _aclimdb_has(path: Path, name: str) -> bool:
     return (path / name).is_dir() or name == UNLABELLED_SPLIT and (path / "train" / ACLIMDB_UNLABELLED).is_dir()
+
+
+def _aclimdb_folders(path: Path, name: str) -> list[Path]:
+    """The folders of an aclImdb split: ``train/unsup`` for the unlabelled reviews, else ``<split>/neg``,
+    ``<split>/pos`` (in class-id order)."""
+    if name == UNLABELLED_SPLIT:
+        return [path / "train" / ACLIMDB_UNLABELLED]
+    return [path / name / class_name for class_name in ACLIMDB_CLASSES]
+
+
+def _aclimdb_files(path: Path, name: str) -> list[Path]:
+    """The review files an aclImdb split reads (none for a split the folder lacks)."""
+    if not _aclimdb_has(path, name):
+        return []
+    return [f for folder in _aclimdb_folders(path, name) for f in sorted(folder.glob("*.txt"))]
 
 
 def _aclimdb_split(path: Path, name: str):
@@ -331,10 +450,9 @@ def _aclimdb_split(path: Path, name: str):
         return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(folder.glob("*.txt"))]
 
     if name == UNLABELLED_SPLIT:
-        return datasets.Dataset.from_dict({TEXT_FIELD: read(path / "train" / ACLIMDB_UNLABELLED)})
+        return datasets.Dataset.from_dict({TEXT_FIELD: read(_aclimdb_folders(path, name)[0])})
     texts, labels = [], []
-    for label, class_name in enumerate(ACLIMDB_CLASSES):
-        folder = path / name / class_name
+    for label, folder in enumerate(_aclimdb_folders(path, name)):
         if not folder.is_dir():
             raise InputError(
                 f"data.dataset: {str(folder)!r} is missing; an aclImdb folder needs {name}/pos and {name}/neg"

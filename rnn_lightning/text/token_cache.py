@@ -7,12 +7,18 @@ A cache folder appears whole or not at all (``files.atomic_folder``) and holds:
 - ``fit_rows.npy`` and ``val_rows.npy``, the rows of train for fit and val, when validation is carved out of train;
 - ``tokenizer.json``, the tokenizer that encoded them;
 - ``meta.json``: the class names and counts, the dataset, ``views`` (for each of fit/val/test/unlabelled:
-  its split and, if a part of it, its rows file), the split ``sizes``, and the ``digests`` of every
-  other file, checked on each read, so a damaged cache is rebuilt rather than trained on.
+  its split and, if a part of it, its rows file), the split ``sizes``, the ``digests`` of every
+  other file and its own digest (``SELF``), all checked on each read, so a damaged cache is rebuilt
+  rather than trained on.
+
+Files are written with plain writes (a memory map of a file the disk cannot hold ends the process with
+SIGBUS), after a check that the disk has room for them all.
 """
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +34,11 @@ from rnn_lightning.files import atomic_folder, content_digests
 from rnn_lightning.text.dataset import TokenizedReviews
 from rnn_lightning.text.sources import Labelled, Texts
 from rnn_lightning.text.tokenizer import digest, encode, length
+from rnn_lightning.training.failures import DISK_ERRORS
 
-CACHE_VERSION = 3  # bump when the tokenizer recipe, the split or the cache layout changes
+CACHE_VERSION = 4  # bump when the tokenizer recipe, the split or the cache layout changes
 META = "meta.json"
+SELF = "meta_digest"  # the key in meta.json of the digest of the rest of it
 TOKENIZER = "tokenizer.json"
 ROWS = {"fit": "fit_rows.npy", "val": "val_rows.npy"}
 NO_LABEL = -1
@@ -60,11 +68,25 @@ def exists(path: Path) -> bool:
     return (path / META).exists()
 
 
+def _meta_digest(meta: dict) -> str:
+    body = {key: value for key, value in meta.items() if key != SELF}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _checked_meta(path: Path) -> dict:
+    """The cache's ``meta.json``, checked against its own digest (raises one of ``DAMAGED``)."""
+    meta = json.loads((path / META).read_text())
+    if not isinstance(meta, dict) or meta.get(SELF) != _meta_digest(meta):
+        raise ValueError(f"{META} changed since it was written")
+    return meta
+
+
 def read_meta(path: Path) -> dict | None:
-    """The cache's ``meta.json``; None when there is none or it cannot be read (then the cache is rebuilt)."""
+    """The cache's ``meta.json``; None when there is none, it cannot be read or it was altered (then the
+    cache is rebuilt)."""
     try:
-        return json.loads((path / META).read_text())
-    except (OSError, ValueError):
+        return _checked_meta(path)
+    except DAMAGED:
         return None
 
 
@@ -74,13 +96,17 @@ def encode_to_file(path: Path, tokenizer: Tokenizer, texts: Texts, rows: np.ndar
     Memory stays bounded by one chunk whatever N is; the file is read back memory-mapped.
     """
     n = len(texts) if rows is None else len(rows)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(n, length(tokenizer)))
-    start = 0
-    for chunk in texts.chunks(rows):
-        out[start : start + len(chunk)] = encode(tokenizer, chunk)
-        start += len(chunk)
-    out.flush()
-    del out
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False}
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": (n, length(tokenizer))})
+        for chunk in texts.chunks(rows):
+            out.write(np.ascontiguousarray(encode(tokenizer, chunk), dtype=np.int32).tobytes())
+
+
+def bytes_needed(source: Labelled, tokenizer: Tokenizer) -> int:
+    """About the size of the cache of ``source``: ids, labels and rows of every split, and the tokenizer."""
+    rows = sum(len(split.texts) for split in source.splits.values())
+    return rows * (4 * length(tokenizer) + 8) + len(source.splits["train"].texts) * 8 + 2**20
 
 
 def write(
@@ -103,6 +129,25 @@ def write(
     for role in ("test", "unlabelled"):
         if role in source.splits:
             views[role] = {"split": role}
+    need = bytes_needed(source, tokenizer)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({_space(need, free)})", str(target))
+    try:
+        _write_files(target, source, tokenizer, fit_val, {**facts, "views": views})
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        free = shutil.disk_usage(target.parent).free
+        raise OSError(e.errno, f"{e.strerror} ({_space(need, free)})", str(target)) from None
+
+
+def _space(need: int, free: int) -> str:
+    return f"the token cache needs about {need / 2**20:.1f} MB, {free / 2**20:.1f} MB free"
+
+
+def _write_files(target: Path, source: Labelled, tokenizer: Tokenizer, fit_val, facts: dict) -> None:
     with atomic_folder(target) as tmp:  # a crash or a second process never sees half a cache
         for role, split in source.splits.items():
             encode_to_file(tmp / ids_file(role), tokenizer, split.texts)
@@ -113,10 +158,9 @@ def write(
             np.save(tmp / ROWS["val"], fit_val[1])
         (tmp / TOKENIZER).write_text(tokenizer.to_str())
         files = sorted(f.name for f in tmp.iterdir())
-        meta = {**facts, "views": views,
-                "sizes": {role: len(split.texts) for role, split in source.splits.items()},
+        meta = {**facts, "sizes": {role: len(split.texts) for role, split in source.splits.items()},
                 "digests": dict(zip(files, content_digests([tmp / f for f in files]), strict=True))}  # fmt: skip
-        (tmp / META).write_text(json.dumps(meta))
+        (tmp / META).write_text(json.dumps({**meta, SELF: _meta_digest(meta)}))
 
 
 @dataclass
@@ -128,7 +172,7 @@ class Cached:
 def read(path: Path, memo_dir: Path | None = None) -> Cached:
     """The cache at ``path``, every file checked against its digest (memoised in ``memo_dir``); a damaged
     cache raises one of ``DAMAGED``. The ids are memory-mapped, not read."""
-    meta = json.loads((path / META).read_text())
+    meta = _checked_meta(path)
     names = sorted(meta["digests"])
     found = content_digests([path / n for n in names], memo_dir=memo_dir)
     bad = [n for n, want, got in zip(names, (meta["digests"][n] for n in names), found, strict=True) if want != got]

@@ -19,6 +19,16 @@ CHUNK = 8192  # texts encoded at a time
 # tokenizer trainer's memory, which grows to many times a text's size (one huge review could exhaust it).
 # The longest IMDB review (all splits) has 14,282 characters, so no IMDB text is cut.
 TRAIN_CHARS = 100_000
+# Characters per token a text is granted before tokenizing: a text is cut to its last
+# ``text_chars(max_len)`` characters, all its last ``max_len`` tokens could need unless they average more
+# than this (no word of natural text comes near it). Bounds the tokenizer's memory, which grows to many
+# times a text's size, for text without spaces too (one 100 MB "word" would be normalised and split whole).
+TOKEN_CHARS = 64
+
+
+def text_chars(max_len: int) -> int:
+    """Characters of a text's end that are tokenized for ``max_len`` tokens (``TOKEN_CHARS`` a token)."""
+    return TOKEN_CHARS * (max_len + 1)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int) -> Tokenizer:
@@ -55,8 +65,9 @@ def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
 
     Only a review's last ``max_len`` tokens are kept, so each text is first cut to a tail of a few
     characters per token, at a space (a token boundary for this tokenizer). Rows whose tail yields
-    fewer than ``max_len`` tokens are encoded again from the whole text, so the result is exactly
-    that of encoding the whole texts, while most texts are pre-tokenized (most of the cost) over their tail only.
+    fewer than ``max_len`` tokens are encoded again from a tail of ``text_chars(max_len)`` characters,
+    so the result is exactly that of encoding the whole texts (unless their last tokens average more than
+    ``TOKEN_CHARS`` characters), while most texts are pre-tokenized (most of the cost) over their tail only.
     """
     max_len = length(tok)
     if len(texts) > CHUNK:  # the Rust encodings of a chunk hold ~50x the ids' bytes: bound them
@@ -66,14 +77,16 @@ def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
     tails = [_tail(s, 6 * max_len + 64) for s in texts]  # IMDB: ~4.5 characters a token
     encs = tok.encode_batch_fast(tails)
     ids = np.array([e.ids for e in encs], dtype=np.int32)
-    short = [i for i, e in enumerate(encs) if tails[i] is not texts[i] and e.attention_mask[0] == 0]
+    short = [i for i, e in enumerate(encs) if len(tails[i]) < len(texts[i]) and e.attention_mask[0] == 0]
     if short:
-        ids[short] = [e.ids for e in tok.encode_batch_fast([texts[i] for i in short])]
+        budget = text_chars(max_len)
+        ids[short] = [e.ids for e in tok.encode_batch_fast([_tail(texts[i], budget) for i in short])]
     return ids
 
 
 def _tail(text: str, n_chars: int) -> str:
-    """The end of ``text`` from the first space in its last ``n_chars`` characters (or all of it).
+    """The end of ``text`` from the first space in its last ``n_chars`` characters, or, with no space
+    there, its last ``n_chars`` characters (never more: a text without spaces is cut inside a word).
 
     A space inside an HTML line break (``<br />``) is not a boundary: the normaliser replaces the
     whole tag, so cutting there would leave "/>" behind.
@@ -83,4 +96,4 @@ def _tail(text: str, n_chars: int) -> str:
     cut = text.find(" ", len(text) - n_chars)
     while cut > 0 and text.endswith("<br", 0, cut):
         cut = text.find(" ", cut + 1)
-    return text[cut:] if cut > 0 else text
+    return text[cut:] if cut > 0 else text[len(text) - n_chars :]

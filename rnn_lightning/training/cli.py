@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import check_writable
+from rnn_lightning.limits import limit_yaml
 from rnn_lightning.models import TextClassifier
 from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
@@ -37,9 +38,18 @@ from rnn_lightning.training.callbacks import HParamsWithMetrics, ParameterSummar
 from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
 from rnn_lightning.training.failures import check_optimizer, one_line, optimizer_error
 from rnn_lightning.training.prediction_writer import PredictionWriter
-from rnn_lightning.training.run_folder import RUNS_DIR_NAME, claim_run_folder, epochs_done, runs_dir
+from rnn_lightning.training.run_folder import (
+    RUNS_DIR_NAME,
+    check_resume_position,
+    claim_run_folder,
+    epochs_done,
+    lock_run_folder,
+    release_run_folders,
+    runs_dir,
+)
 from rnn_lightning.training.schedules import CosineOverFit
 from rnn_lightning.training.signals import GracefulStop
+from rnn_lightning.training.trust import refused_import_line, restrict_imports
 
 # What every config shares; a preset states only what it changes.
 TRAINER_DEFAULTS = {
@@ -53,12 +63,19 @@ TRAINER_DEFAULTS = {
 
 
 class OneLineErrorParser(LightningArgumentParser):
-    """Reports a bad argument as one line naming the key, instead of the full usage text."""
+    """Reports a bad argument as one line naming the key, instead of the full usage text, and takes
+    options by their full names only (argparse would take ``--model.cel`` for ``--model.cell``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # LightningCLI builds every subcommand's parser with this class
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
-        sys.stderr.write(f"error: {' '.join(str(message).split())} (options: {self.prog} --help)\n")
+        line = refused_import_line(str(message))  # a class or function the config may not name
+        line = line or f"error: {' '.join(str(message).split())} (options: {self.prog} --help)"
+        sys.stderr.write(f"{line}\n")
         sys.exit(2)
 
 
@@ -72,6 +89,8 @@ class RNNLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
         quiet_lightning()
+        limit_yaml()  # a --config file is input: its aliases may not expand without bound (limits.py)
+        restrict_imports()  # configs are input: they name classes of the documented packages only (trust.py)
         super().__init__(model_class, TextDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -171,21 +190,32 @@ class RNNLightningCLI(LightningCLI):
         if not subcommand:
             return
         cfg = self.config[subcommand]
+        if cfg.get("weights_only") is False:  # always true (before_instantiate_classes)
+            raise InputError("weights_only: false would let a checkpoint run code as it loads; it is always true")
         path = cfg.get("ckpt_path")
-        if subcommand == "fit" and path in (None, "hpc") and SLURMEnvironment.detect():
+        if path == "hpc" or (subcommand == "fit" and path is None and SLURMEnvironment.detect()):
             # A requeued SLURM job: Lightning resumes from its requeue checkpoint; checked and named here.
-            path = checkpoint.requeue_checkpoint(cfg.trainer.get("default_root_dir") or ".")
+            root = cfg.trainer.get("default_root_dir") or "."
+            path = checkpoint.requeue_checkpoint(root)
+            if path is None and cfg.get("ckpt_path") == "hpc":
+                raise InputError(f"ckpt_path: 'hpc' but {root} holds no {checkpoint.HPC_PATTERN}")
             if path is not None:
                 cfg.ckpt_path = str(path)
                 rank_zero_info(f"SLURM requeue: resuming {path}")
-        if not path or path in ("hpc", "registry") or "://" in str(path):
+        if not path:
             return
+        # Every checkpoint goes through load_checkpoint: a file:// URL becomes its path, other URLs are refused.
+        cfg.ckpt_path = path = checkpoint.local_path(path)
         runs = runs_dir(cfg.trainer)
         if path in ("last", "best"):  # of the run whose config.yaml was given, else of the newest run
             run = checkpoint.run_of_config(cfg.get("config"))
             cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path, run))
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
+        if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
+            checkpoint.check_same_shape(self._resumed, cfg)
+        if subcommand == "fit":
+            check_resume_position(self._resumed, cfg.data)
         version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
         if version is None:  # e.g. a requeue checkpoint, which Lightning writes outside the run's folder
             version = self._resumed.get(checkpoint.RUN_VERSION_KEY)
@@ -224,8 +254,9 @@ class RNNLightningCLI(LightningCLI):
             raise InputError(
                 "model.distillation: needs data.unlabelled: true (the teacher labels the unlabelled reviews)"
             )
-        if cfg.get("weights_only") is None:
-            cfg.weights_only = True  # rnn-lightning checkpoints hold tensors and plain types only
+        # Lightning's torch.load for fit/validate/test/predict: rnn-lightning checkpoints hold tensors and
+        # plain types only, and any other file must not run code as it loads (false is refused at parse time).
+        cfg.weights_only = True
         check_optimizer(cfg)  # LightningCLI builds the optimizer with the model: its arguments, checked first
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -263,6 +294,8 @@ class RNNLightningCLI(LightningCLI):
         )
         if trainer.global_rank == 0:
             claim_run_folder(trainer, self.config[self.subcommand].trainer.get("logger"))
+            if isinstance(trainer.logger, TensorBoardLogger):  # one fit at a time writes a run
+                lock_run_folder(trainer.logger.log_dir)
         hint = bf16_hint(trainer, self.model)
         if hint:
             rank_zero_info(hint)
@@ -320,3 +353,5 @@ def main(args=None, model_class: type[RecurrentModule] = TextClassifier) -> None
         if line is None:
             raise
         sys.exit(line)
+    finally:
+        release_run_folders()

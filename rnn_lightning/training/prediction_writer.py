@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,15 @@ PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless pr
 
 MERGE_ROWS = 65_536  # prediction records each process hands on at a time when the file is written
 
+# First characters that make a spreadsheet read a cell as a formula (OWASP's "CSV injection" list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell):
+    """``cell`` as a spreadsheet shows it without evaluating it: text that a spreadsheet would take for a
+    formula gets a leading ``'`` (OWASP's advice); anything else, numbers included, is returned as it is."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
+
 
 def prediction_records(k: int) -> np.dtype:
     """One prediction as it waits on disk: its input row and the K probabilities."""
@@ -37,6 +47,17 @@ class PredictionWriter(BasePredictionWriter):
     input order (also under DDP), with the columns of ``prediction_fields``: the id, the predicted
     class's name (``label``) and probability (``prob``), every class's probability, and an error for
     rows that could not be classified (their other fields are empty).
+
+    Text from outside (ids, class names, errors) is written as follows. In a ``.csv``, a text cell that
+    starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``
+    (``spreadsheet_safe``), so a spreadsheet shows it instead of running it as a formula; every other
+    character, newlines and other control characters included, is kept, and a cell holding a newline,
+    a quote or a comma is quoted (RFC 4180), so a CSV reader gets one record per input row. The
+    probabilities are numbers the writer makes and are written as they are. A ``.jsonl`` keeps every
+    value exact (JSON escapes control characters).
+
+    Before any input is read or any batch runs (``setup``), an output that is a folder, or that is the
+    input itself (``data.predict_path``, also through a link), is refused in one line.
 
     ``output`` unset: ``predictions.csv`` in ``trainer.default_root_dir``. The file appears only
     complete (``files.atomic_file``); its folder is checked before the first batch. Memory does not
@@ -59,7 +80,19 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._written = False
         if stage == "predict":
-            check_writable([self.path(trainer).parent], need_bytes=0, field="prediction_writer.output")
+            self._check_output(trainer)
+
+    def _check_output(self, trainer: Trainer) -> None:
+        out = self.path(trainer)
+        if out.is_dir():
+            raise InputError(f"prediction_writer.output: {str(out)!r} is a folder; expected a .csv or .jsonl file path")
+        source = getattr(trainer.datamodule, "predict_path", None)
+        if source not in (None, "-") and out.exists() and os.path.exists(source) and os.path.samefile(out, source):
+            raise InputError(
+                f"prediction_writer.output: {str(out)!r} is the input (data.predict_path {source!r}); "
+                "expected another file, so that the input is kept"
+            )
+        check_writable([out.parent], need_bytes=0, field="prediction_writer.output")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = self.path(trainer).parent
@@ -132,7 +165,10 @@ class PredictionWriter(BasePredictionWriter):
                     pred = prediction(probs.tolist(), names)
                     row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
                     row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
-                writer.writerow(row) if writer else f.write(json.dumps(row) + "\n")
+                if writer:
+                    writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
+                else:
+                    f.write(json.dumps(row) + "\n")
 
             done = 0  # input rows written
             for chunk in chunks:

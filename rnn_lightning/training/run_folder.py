@@ -1,13 +1,21 @@
 """Where a run goes: ``<trainer.default_root_dir>/lightning_logs/version_N/``, one number per run, and how
 far a checkpoint of it got."""
 
+import errno
+import fcntl
+import os
+import socket
 from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rnn_lightning.errors import InputError
+
 RUNS_DIR_NAME = "lightning_logs"  # <trainer.default_root_dir>/lightning_logs/version_N/ holds each run
+LOCK_NAME = ".fit.lock"  # in a run's folder: locked by the fit writing that run
+_held: dict[Path, int] = {}  # run folder -> descriptor of its locked file, for this process's fit
 
 
 def runs_dir(trainer_cfg: Namespace) -> Path:
@@ -48,6 +56,62 @@ def claim_run_folder(trainer: Trainer, logger_cfg: Namespace | list | bool | Non
     claimed = type(logger)(**{**args, "version": version})
     trainer.loggers = [claimed if other is logger else other for other in trainer.loggers]
     return version
+
+
+def lock_run_folder(folder: str | os.PathLike) -> None:
+    """Hold the run folder ``folder`` for this process's fit, or refuse in one line when another process
+    holds it (two resumes of one run would write the same checkpoints over each other).
+
+    The lock is the kernel's (``flock``) on a file in the folder: released when the process ends in any
+    way, a kill included, so a stale lock never blocks a resume. Released early by ``release_run_folders``."""
+    folder = Path(folder)
+    if folder in _held:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return  # a file system without locks (some network ones): the run goes on unguarded
+        raise InputError(
+            f"ckpt_path: the run {folder} is being written by {holder}; wait for it to end or stop it, then resume"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    _held[folder] = fd
+
+
+def release_run_folders() -> None:
+    """Release the run folders this process holds (its fit ended)."""
+    while _held:
+        os.close(_held.popitem()[1])
+
+
+# Data settings that decide which texts a training batch holds: a position inside an epoch counts batches of them.
+EPOCH_POSITION_SETTINGS = ("batch_size", "val_fraction", "val_split", "split_seed", "train_name", "unlabelled")
+
+
+def check_resume_position(ckpt: dict, data_cfg: Namespace) -> None:
+    """Refuse to resume a checkpoint written mid-epoch with other data settings of ``EPOCH_POSITION_SETTINGS``:
+    its training loader resumes by skipping the batches trained, which would then be other texts (some
+    skipped unseen, some seen twice). One written at an epoch's end resumes with any of them."""
+    # Kept (layout of lightning 2.6.6): the loop's progress is the only record of where in the epoch it stopped
+    try:
+        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        mid_epoch = progress["current"]["processed"] > 0 and not progress["is_last_batch"]
+    except (KeyError, TypeError):
+        return
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    for key in EPOCH_POSITION_SETTINGS if mid_epoch else ():
+        if key in saved and key in data_cfg and saved[key] != data_cfg[key]:
+            raise InputError(
+                f"data.{key}: the checkpoint stopped mid-epoch (epoch {ckpt.get('epoch')}, batch "
+                f"{progress['current']['processed']}) with data.{key} {saved[key]!r}, got {data_cfg[key]!r}; resume "
+                f"with --data.{key} {saved[key]}, or from a checkpoint written at an epoch's end"
+            )
 
 
 def epochs_done(ckpt: dict) -> int:

@@ -1,6 +1,7 @@
 """Stopping on a signal: SIGTERM/SIGINT save the point reached, SLURM's requeue signal waits for a batch
 boundary, and a lost DDP peer ends every process (``peers.py`` says what became of it)."""
 
+import functools
 import os
 import signal
 import threading
@@ -43,6 +44,7 @@ class GracefulStop(Callback):
         self._previous_sigint = None
         self._requeue = None  # (signal, Lightning's handler) under SLURM
         self._requeue_pending = False
+        self._stopped_in_validation = False  # while writing the stop's checkpoint: validation to run again
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.signum = None
@@ -81,6 +83,8 @@ class GracefulStop(Callback):
         logger = trainer.logger
         if isinstance(logger, TensorBoardLogger) and isinstance(logger.version, int):
             ckpt[checkpoint.RUN_VERSION_KEY] = logger.version
+        if self._stopped_in_validation:
+            validation_not_begun(ckpt)
 
     def _forward_sigint(self, signum, frame) -> None:
         if self.signum is not None:
@@ -100,9 +104,12 @@ class GracefulStop(Callback):
             return
         if not isinstance(exception, SIGTERMException):
             return
-        signum = self.signum or signal.SIGTERM
+        signum = self.signum or getattr(exception, "signum", None) or signal.SIGTERM
         exception.code = 128 + signum  # SIGTERMException is a SystemExit: this becomes the exit status
         name = signal.Signals(signum).name
+        if isinstance(exception, StoppedWhilePreparing):
+            rank_zero_info(f"Stopped by {name} while preparing the data; the unfinished files were removed")
+            return
         if trainer.state.fn != "fit":
             rank_zero_info(f"Stopped by {name}; nothing was written")
             return
@@ -113,8 +120,83 @@ class GracefulStop(Callback):
             )
             return
         path = Path(last[0].dirpath) / f"{checkpoint.LAST_NAME}.ckpt"
-        trainer.save_checkpoint(path)
+        # Stopped inside the epoch's validation: the metrics of the batches validated are not in a checkpoint,
+        # so the resumed run validates that epoch again from its first batch.
+        self._stopped_in_validation = trainer.validating and not trainer.sanity_checking
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._stopped_in_validation = False
         rank_zero_info(
             f"Stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}: saved {path}; "
             "continue with --ckpt_path last"
         )
+
+
+VAL_PROGRESS_KEY = "epoch_loop.val_loop.batch_progress"  # in ckpt["loops"]["fit_loop"] (lightning 2.6.6)
+
+
+def validation_not_begun(ckpt: dict) -> None:
+    """Mark a checkpoint's in-epoch validation as begun but no batch of it done. Resumed, Lightning's fit loop
+    then validates again before the next epoch ("restarted mid-evaluation"); marked as it is when a stop
+    interrupts validation (every batch so far complete), it would skip that validation instead."""
+    # Kept (lightning 2.6.6): no public API restarts an interrupted validation; this is the progress layout its
+    # _EvaluationLoop.update_restart_stage reads as mid-evaluation (total: started == ready, processed == started - 1)
+    progress = ckpt["loops"]["fit_loop"][VAL_PROGRESS_KEY]
+    progress["total"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["current"] = {"ready": 0, "started": 0, "processed": 0, "completed": 0}
+    progress["is_last_batch"] = False
+
+
+class StoppedWhilePreparing(SIGTERMException):
+    """A stop signal while the data was prepared (the tokenizer trained, the token cache written), before
+    Lightning's own handlers are in place: there is nothing to resume from; the command exits 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def stop_raises(fn):
+    """Decorator: while ``fn`` runs in the main thread, SIGTERM and SIGINT raise ``StoppedWhilePreparing``
+    at once, so that the files it was writing beside their targets (``files.atomic_file``/``atomic_folder``)
+    are removed on the way out. Without it SIGTERM kills the process where it stands, leaving them."""
+
+    def raise_stop(signum, frame) -> None:
+        raise StoppedWhilePreparing(signum)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        previous = {signum: signal.signal(signum, raise_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    return wrapper
+
+
+def in_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` run in a thread while the main thread waits for it: Python runs signal
+    handlers in the main thread only, between its own steps, and a long call into Rust (the tokenizers'
+    trainer) would hold them off until it returned. On a stop the call is left to end with the process."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller
+            outcome["error"] = e
+
+    worker = threading.Thread(target=run, name=getattr(fn, "__name__", "call"), daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)  # a signal's handler runs between these waits
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

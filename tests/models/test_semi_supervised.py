@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 
 from rnn_lightning import checkpoint
 from rnn_lightning.models import LanguageModel, TextClassifier
@@ -152,8 +154,9 @@ def test_the_class_logits_weights_start_afresh_for_another_number_of_classes(tmp
     net = {**NET, "pooling": "max", "ngram_buckets": 50}
     source = TextClassifier(**net)
     torch.nn.init.normal_(source.net.ngrams.weight)
+    tokenizer = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")).to_str()
     ckpt = {checkpoint.WEIGHTS_KEY: source.state_dict(), checkpoint.HPARAMS_KEY: {},
-            checkpoint.DATAMODULE_KEY: {checkpoint.TOKENIZER_KEY: "{}"}}  # fmt: skip
+            checkpoint.DATAMODULE_KEY: {checkpoint.TOKENIZER_KEY: tokenizer}}  # fmt: skip
     torch.save(ckpt, tmp_path / "binary.ckpt")
     model = TextClassifier(**net, class_names=["a", "b", "c", "d", "e"])
     names = copy_network(str(tmp_path / "binary.ckpt"), model)
