@@ -109,16 +109,25 @@ SHAPE_KEYS = tuple(("model", k) for k in ("embed_dim", "cell", "hidden_size", "n
 )  # fmt: skip
 
 
-def check_same_shape(ckpt: dict[str, Any], config) -> None:
-    """Refuse, naming the first setting, a config whose network differs from the checkpoint's (``fit`` resumes)."""
+def shape_differences(ckpt: dict[str, Any], config) -> list[tuple[str, Any, Any]]:
+    """The network-shaping settings (``SHAPE_KEYS``) where ``config`` differs from the checkpoint:
+    (``section.key``, the checkpoint's value, the config's)."""
     saved = {"model": ckpt.get(HPARAMS_KEY) or {}, "data": ckpt.get(DATAMODULE_HPARAMS_KEY) or {}}
+    out = []
     for section, key in SHAPE_KEYS:
         given, kept = config[section].get(key), saved[section].get(key)
         if key in saved[section] and given is not None and given != kept:
-            raise InputError(
-                f"{section}.{key}: the checkpoint was trained with {kept!r}, the config gives {given!r}; "
-                "resuming needs the checkpoint's (pass its run's config.yaml)"
-            )
+            out.append((f"{section}.{key}", kept, given))
+    return out
+
+
+def check_same_shape(ckpt: dict[str, Any], config) -> None:
+    """Refuse, naming the first setting, a config whose network differs from the checkpoint's (``fit`` resumes)."""
+    for name, kept, given in shape_differences(ckpt, config)[:1]:
+        raise InputError(
+            f"{name}: the checkpoint was trained with {kept!r}, the config gives {given!r}; "
+            "resuming needs the checkpoint's (pass its run's config.yaml)"
+        )
 
 
 def local_path(path: str | Path) -> str:

@@ -214,8 +214,12 @@ class RNNLightningCLI(LightningCLI):
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
         if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
             checkpoint.check_same_shape(self._resumed, cfg)
-        if subcommand == "fit":
             check_resume_position(self._resumed, cfg.data)
+        else:  # evaluating or predicting: the checkpoint's network, said when the config names another
+            differences = checkpoint.shape_differences(self._resumed, cfg)
+            if differences:
+                said = ", ".join(f"{name}={kept!r} (config: {given!r})" for name, kept, given in differences)
+                rank_zero_info(f"ckpt_path: {cfg.ckpt_path} holds another network; using its {said}")
         version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
         if version is None:  # e.g. a requeue checkpoint, which Lightning writes outside the run's folder
             version = self._resumed.get(checkpoint.RUN_VERSION_KEY)

@@ -407,6 +407,8 @@ def test_a_checkpoint_brings_its_own_model_shape(cli, tiny_ckpt):
     args, good = tiny_ckpt
     proc = cli("test", *args, "--model.hidden_size", "4", "--model.cell", "gru", "--ckpt_path", str(good))
     assert "test/acc" in proc.output
+    said = next(line for line in proc.output.splitlines() if "holds another network" in line)  # and it says so
+    assert "model.cell='rnn' (config: 'gru')" in said and "model.hidden_size=" in said
 
 
 def test_checkpoints_load_with_weights_only(tiny_ckpt):
