@@ -39,7 +39,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int) -> Toke
     )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # runs of \w and of punctuation: "great!!" -> great, !!
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
-    tok.train_from_iterator((_tail(t, TRAIN_CHARS) for t in texts), trainer)
+    tok.train_from_iterator((tail(t, TRAIN_CHARS) for t in texts), trainer)
     return set_length(tok, max_len)
 
 
@@ -74,17 +74,17 @@ def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
         return np.concatenate([encode(tok, texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)])
     if not texts:
         return np.zeros((0, max_len), dtype=np.int32)
-    tails = [_tail(s, 6 * max_len + 64) for s in texts]  # IMDB: ~4.5 characters a token
+    tails = [tail(s, 6 * max_len + 64) for s in texts]  # IMDB: ~4.5 characters a token
     encs = tok.encode_batch_fast(tails)
     ids = np.array([e.ids for e in encs], dtype=np.int32)
     short = [i for i, e in enumerate(encs) if len(tails[i]) < len(texts[i]) and e.attention_mask[0] == 0]
     if short:
         budget = text_chars(max_len)
-        ids[short] = [e.ids for e in tok.encode_batch_fast([_tail(texts[i], budget) for i in short])]
+        ids[short] = [e.ids for e in tok.encode_batch_fast([tail(texts[i], budget) for i in short])]
     return ids
 
 
-def _tail(text: str, n_chars: int) -> str:
+def tail(text: str, n_chars: int) -> str:
     """The end of ``text`` from the first space in its last ``n_chars`` characters, or, with no space
     there, its last ``n_chars`` characters (never more: a text without spaces is cut inside a word).
 

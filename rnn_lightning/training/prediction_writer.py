@@ -12,7 +12,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from rnn_lightning import page
 from rnn_lightning.errors import InputError
+from rnn_lightning.explain import explain_ids
 from rnn_lightning.files import atomic_file, check_writable
 from rnn_lightning.serving import prediction
 
@@ -23,6 +25,8 @@ def prediction_fields(class_names: list[str]) -> list[str]:
 
 
 PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
+EXPLAINED_NAME = "predictions.jsonl"  # the same with ``explain``: the attributions need JSON
+REPORT_ROWS = 1_000  # texts shown in the HTML report (the JSONL output has every one)
 
 
 MERGE_ROWS = 65_536  # prediction records each process hands on at a time when the file is written
@@ -56,6 +60,11 @@ class PredictionWriter(BasePredictionWriter):
     probabilities are numbers the writer makes and are written as they are. A ``.jsonl`` keeps every
     value exact (JSON escapes control characters).
 
+    With ``explain``, each row of the ``.jsonl`` output also has the attribution of its predicted class
+    (``rnn_lightning.explain``): ``target``, ``words`` ([{"token", "score"}] over the words read), ``logit``,
+    ``baseline_logit`` and ``delta``; and ``report`` (default: the output with ``.html``) shows the first
+    ``REPORT_ROWS`` of them with each word coloured by its score, in one self-contained HTML file.
+
     Before any input is read or any batch runs (``setup``), an output that is a folder, or that is the
     input itself (``data.predict_path``, also through a link), is refused in one line.
 
@@ -66,21 +75,38 @@ class PredictionWriter(BasePredictionWriter):
     (gathered across processes under DDP), with the input's ids and errors, into the file.
     """
 
-    def __init__(self, output: str | None = None) -> None:
+    def __init__(self, output: str | None = None, explain: bool = False, report: str | None = None) -> None:
         super().__init__(write_interval="batch")
         if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
             raise InputError(f"prediction_writer.output: expected a .csv or .jsonl path, got {output!r}")
-        self.output = output
+        if explain and output is not None and Path(output).suffix != ".jsonl":
+            raise InputError(
+                f"prediction_writer.output: {output!r}; explain writes the scores as JSON, to a .jsonl path"
+            )
+        if report is not None and (not explain or Path(report).suffix != ".html"):
+            raise InputError(f"prediction_writer.report: {report!r}; expected an .html path, with explain: true")
+        self.output, self.explain, self.report = output, explain, report
         self._part = None  # this process's predictions so far (records of prediction_records)
+        self._explained = None  # with explain: their attributions, a JSON line per row ...
+        self._explained_at: dict[int, tuple[int, int]] = {}  # ... at (offset, length), by row
         self._written = False
 
     def path(self, trainer: Trainer) -> Path:
-        return Path(self.output) if self.output is not None else Path(trainer.default_root_dir) / PREDICTIONS_NAME
+        if self.output is not None:
+            return Path(self.output)
+        return Path(trainer.default_root_dir) / (EXPLAINED_NAME if self.explain else PREDICTIONS_NAME)
+
+    def report_path(self, trainer: Trainer) -> Path:
+        return Path(self.report) if self.report is not None else self.path(trainer).with_suffix(".html")
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._written = False
         if stage == "predict":
             self._check_output(trainer)
+            if self.explain and trainer.world_size > 1:
+                raise InputError("prediction_writer.explain: runs in one process; predict with trainer.devices=1")
+            if self.explain and self.report_path(trainer).is_dir():
+                raise InputError(f"prediction_writer.report: {str(self.report_path(trainer))!r} is a folder")
 
     def _check_output(self, trainer: Trainer) -> None:
         out = self.path(trainer)
@@ -98,15 +124,18 @@ class PredictionWriter(BasePredictionWriter):
         folder = self.path(trainer).parent
         folder.mkdir(parents=True, exist_ok=True)
         self._part = tempfile.TemporaryFile(dir=folder)
+        if self.explain:
+            self._explained, self._explained_at = tempfile.TemporaryFile(dir=folder), {}
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Lightning skips the loop, and its epoch hooks, when no row has text to classify (an empty
         # input, only blank lines): the file still gets one row per input row. Not called after an error.
         if stage == "predict" and not self._written and trainer.is_global_zero:
             self._write(trainer, pl_module.class_names, [])
-        if self._part is not None:
-            self._part.close()
-            self._part = None
+        for part in (self._part, self._explained):
+            if part is not None:
+                part.close()
+        self._part = self._explained = None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -114,6 +143,28 @@ class PredictionWriter(BasePredictionWriter):
         records = np.empty(len(batch[1]), prediction_records(prediction.shape[-1]))
         records["row"], records["probs"] = batch[1].numpy(), prediction.float().numpy()  # (B,), (B, K)
         self._part.write(records.tobytes())
+        if self.explain:
+            self._explain(trainer, pl_module, batch)
+
+    def _explain(self, trainer: Trainer, pl_module: LightningModule, batch) -> None:
+        """Each text's attribution to its predicted class, as a JSON line in ``self._explained``."""
+        tokens, rows = batch[0], batch[1].tolist()
+        vocabulary = trainer.datamodule.tokenizer
+        for row, found in zip(rows, explain_ids(pl_module.net, tokens, pl_module.class_names), strict=True):
+            ids = tokens[rows.index(row)].tolist()
+            words = [
+                {"token": vocabulary.id_to_token(ids[p]), "score": round(score, 6)}
+                for p, score in zip(found["positions"], found["scores"], strict=True)
+            ]
+            keep = {key: found[key] for key in ("target", "logit", "baseline_logit", "delta")}
+            line = json.dumps({**keep, "words": words}).encode() + b"\n"
+            self._explained_at[row] = (self._explained.seek(0, os.SEEK_END), len(line))
+            self._explained.write(line)
+
+    def _explanation(self, row: int) -> dict:
+        offset, size = self._explained_at[row]
+        self._explained.seek(offset)
+        return json.loads(self._explained.read(size))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module.class_names, self._merged(trainer, len(pl_module.class_names)))
@@ -158,25 +209,35 @@ class PredictionWriter(BasePredictionWriter):
             if writer:
                 writer.writeheader()
 
-            def emit(probs=None) -> None:
+            def emit(probs=None, source_row: int = -1) -> None:
                 row = dict.fromkeys(fields)
                 row["id"], row["error"] = next(rows)
                 if probs is not None:
                     pred = prediction(probs.tolist(), names)
                     row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
                     row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
+                if self.explain:
+                    if probs is not None:
+                        row.update(self._explanation(source_row))
+                    if len(shown) < REPORT_ROWS:
+                        shown.append(row)
                 if writer:
                     writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
                 else:
                     f.write(json.dumps(row) + "\n")
 
             done = 0  # input rows written
+            shown: list[dict] = []  # the report's rows
             for chunk in chunks:
-                for row, probs in zip(chunk["row"].tolist(), chunk["probs"], strict=True):
-                    for _ in range(row - done):  # rows before it without text
+                for source_row, probs in zip(chunk["row"].tolist(), chunk["probs"], strict=True):
+                    for _ in range(source_row - done):  # rows before it without text
                         emit()
-                    emit(probs)
-                    done = row + 1
+                    emit(probs, source_row)
+                    done = source_row + 1
             for _ in range(n - done):
                 emit()
         rank_zero_info(f"Wrote {n} predictions to {out}")
+        if self.explain:
+            with atomic_file(self.report_path(trainer), "w", encoding="utf-8") as f:
+                f.write(page.report(shown))
+            rank_zero_info(f"Wrote the attributions of {len(shown)} of them to {self.report_path(trainer)}")

@@ -45,9 +45,10 @@ def test_upgrading_an_old_language_model_drops_its_unused_head_and_its_optimizer
     assert torch.equal(state["state"][9]["exp_avg"], old_state["state"][11]["exp_avg"])
 
 
-def test_the_network_and_the_serving_path_import_no_lightning():
+def test_the_network_the_server_and_the_serving_path_import_no_lightning():
     code = (
-        "import sys, rnn_lightning.network.text_rnn, rnn_lightning.serving, rnn_lightning.inference; "
+        "import sys, rnn_lightning.network.text_rnn, rnn_lightning.serving, rnn_lightning.inference, "
+        "rnn_lightning.server, rnn_lightning.explain; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

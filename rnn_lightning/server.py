@@ -1,0 +1,373 @@
+"""``python cli.py serve``: a trained model over HTTP, with a page that shows which words decided.
+
+POST /predict {"texts": [...]}     -> {"model": {...}, "predictions": [{"label", "prob", "probs"}, ...]}
+POST /explain {"text": ..., "class": optional}  -> the prediction and one attribution score per word read
+GET  /health (503 until the model is loaded), GET /info, GET / (the page)
+
+FastAPI + uvicorn, one process: the model is loaded once and runs in one thread (its ops use every core), fed
+by ``Batcher``, which merges the requests that arrive while the model is busy or within ``batch_window_ms``.
+LitServe was the other candidate: it runs the model in worker processes behind a queue (one more hop and a
+second copy of the model on a 2-core machine) and has no body limit by default; what it adds (batching,
+health) is a few lines here. Imports no Lightning: start-up is torch, tokenizers and the web stack.
+"""
+
+import argparse
+import asyncio
+import hmac
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from rnn_lightning import __version__, checkpoint, page
+from rnn_lightning.errors import InputError
+from rnn_lightning.explain import METHOD, explain_ids
+from rnn_lightning.inference import Predictor
+from rnn_lightning.serving import ExportedPredictor
+from rnn_lightning.text.tokenizer import length, text_chars
+from rnn_lightning.text.tokenizer import tail as text_tail
+
+API_KEY_ENV = "RNN_LIGHTNING_API_KEY"  # set: every endpoint but / and /health needs "Authorization: Bearer <key>"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask; each has a command-line option of the same name."""
+
+    max_body_bytes: int = 1 << 20
+    max_texts: int = 256  # per /predict request
+    max_chars: int = 20_000  # per text (the longest IMDB review has 14,282)
+    timeout_s: float = 10.0  # from a request's arrival to its answer: 504 past it
+    batch_window_ms: float = 2.0  # how long a lone request waits for others to share its batch
+    max_batch: int = 512  # texts per forward pass
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status and a one-line reason (the JSON body's ``error``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class ServedModel:
+    """A checkpoint (prediction and explanation) or an export folder (prediction only), read once."""
+
+    def __init__(self, path: str) -> None:
+        self.name = Path(path).name
+        if Path(path).is_dir():
+            self.predictor = ExportedPredictor(path)
+            self.net = None
+        else:
+            self.predictor = Predictor.from_checkpoint(path)
+            self.net = self.predictor.net
+        self.tokenizer, self.class_names = self.predictor.tokenizer, self.predictor.class_names
+        self.max_len = length(self.tokenizer)
+
+    def info(self) -> dict:
+        return {
+            "model": self.name,
+            "class_names": self.class_names,
+            "vocab_size": self.tokenizer.get_vocab_size(),
+            "max_len": self.max_len,
+            "explain": self.net is not None,
+            "explain_method": METHOD if self.net is not None else None,
+            "version": __version__,
+        }
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        with torch.inference_mode():
+            return self.predictor(texts)
+
+    def explain(self, text: str, target: str | None) -> dict:
+        """The prediction and, for ``target`` (the predicted class when None), each read word's
+        ``{"token", "start", "end", "score"}`` (character offsets in ``text``)."""
+        tail = text_tail(text, text_chars(self.max_len))  # the part encode() reads (tokenizer.encode)
+        shift = len(text) - len(tail)
+        enc = self.tokenizer.encode(tail)
+        ids = torch.tensor([enc.ids], dtype=torch.long)
+        targets = None if target is None else [self.class_names.index(target)]
+        (row,) = explain_ids(self.net, ids, self.class_names, targets)
+        words = [
+            {"token": enc.tokens[p], "start": enc.offsets[p][0] + shift, "end": enc.offsets[p][1] + shift, "score": s}
+            for p, s in zip(row.pop("positions"), row.pop("scores"), strict=True)
+        ]
+        return {**row, "words": words, "method": METHOD}
+
+
+class Batcher:
+    """Runs ``run`` (texts -> one result each) in one thread on the texts of every request waiting, in
+    arrival order, at most ``max_batch`` at a time; a lone request waits ``window_s`` for company."""
+
+    def __init__(self, run, executor: ThreadPoolExecutor, window_s: float, max_batch: int) -> None:
+        self.run, self.executor, self.window_s, self.max_batch = run, executor, window_s, max_batch
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def submit(self, texts: list[str]) -> list:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((texts, future))
+        return await future
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        held = None  # a request that would have made the last batch larger than max_batch: it starts the next
+        while True:
+            jobs = [held or await self.queue.get()]
+            held, n, deadline = None, len(jobs[0][0]), loop.time() + self.window_s
+            while n < self.max_batch:
+                try:
+                    job = (
+                        self.queue.get_nowait()
+                        if self.queue.qsize()
+                        else await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                    )
+                except (TimeoutError, ValueError):
+                    break
+                if n + len(job[0]) > self.max_batch:
+                    held = job
+                    break
+                jobs.append(job)
+                n += len(job[0])
+            jobs = [(texts, f) for texts, f in jobs if not f.done()]  # those timed out are gone
+            if not jobs:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run, [t for texts, _ in jobs for t in texts])
+            except Exception as e:
+                for _, f in jobs:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            start = 0
+            for texts, f in jobs:
+                if not f.done():
+                    f.set_result(results[start : start + len(texts)])
+                start += len(texts)
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+def create_app(model_path: str, limits: Limits = Limits(), api_key: str | None = None, on_fail=None) -> FastAPI:
+    """The application serving the model at ``model_path``, loaded in a thread once the app starts
+    (``/health`` says 503 until then). ``on_fail(message)`` is called if it cannot be loaded."""
+    state: dict = {"model": None, "error": None}
+    executor = ThreadPoolExecutor(1, thread_name_prefix="model")  # one model call at a time; torch uses the cores
+
+    def load() -> None:
+        try:
+            state["model"] = ServedModel(model_path)
+        except InputError as e:
+            state["error"] = str(e)
+            if on_fail is not None:
+                on_fail(str(e))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load, name="load-model", daemon=True).start()
+        state["batcher"] = Batcher(lambda texts: state["model"].predict(texts), executor, limits.batch_window_ms / 1e3,
+                                   limits.max_batch)  # fmt: skip
+        yield
+        state["batcher"].close()
+        executor.shutdown(wait=True)
+
+    app = FastAPI(title="rnn-lightning", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+    html, script_hash = page.render(auth=api_key is not None)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, e: RequestError) -> JSONResponse:
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:  # 404, 405: JSON like the others
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}"}, status_code=e.status_code)
+
+    def ready(request: Request) -> ServedModel:
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                raise RequestError(401, "authorization: expected 'Bearer <key>' with the key the server was given")
+        if state["model"] is None:
+            raise RequestError(503, state["error"] or "the model is still loading; retry when /health says 200")
+        return state["model"]
+
+    async def answer(job, what: str):
+        try:
+            return await asyncio.wait_for(job, limits.timeout_s)
+        except TimeoutError:
+            raise RequestError(504, f"{what} took longer than the server's timeout_s={limits.timeout_s:g}") from None
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state["model"] is not None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "failed" if state["error"] else "loading", "error": state["error"]}, 503)
+
+    @app.get("/info")
+    async def info(request: Request) -> dict:
+        return {**ready(request).info(), "limits": asdict(limits)}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        model = ready(request)
+        texts = _field(await _json_body(request, limits.max_body_bytes), "texts", list)
+        if not texts:
+            raise RequestError(422, f"texts: empty list; expected 1 to {limits.max_texts} texts")
+        if len(texts) > limits.max_texts:
+            raise RequestError(413, f"texts: {len(texts)} texts; at most {limits.max_texts} a request")
+        for i, text in enumerate(texts):
+            _check_text(text, f"texts[{i}]", limits.max_chars)
+        found = await answer(state["batcher"].submit(texts), f"predicting {len(texts)} texts")
+        return {"model": _identity(model), "predictions": found}
+
+    @app.post("/explain")
+    async def explain(request: Request) -> dict:
+        model = ready(request)
+        if model.net is None:
+            raise RequestError(501, f"explain: {model.name} is an export (model.pt2), which has no gradients; "
+                                    "serve the checkpoint to explain")  # fmt: skip
+        body = await _json_body(request, limits.max_body_bytes, allowed=("text", "class"))
+        text = _check_text(_field(body, "text", str), "text", limits.max_chars)
+        target = body.get("class")
+        if target is not None and target not in model.class_names:
+            raise RequestError(422, f"class: {str(target)[:100]!r} is not one of {', '.join(model.class_names)}")
+        loop = asyncio.get_running_loop()
+        found = await answer(loop.run_in_executor(executor, model.explain, text, target), "explaining the text")
+        return {"model": _identity(model), **found}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html, headers=page.headers(script_hash))
+
+    return app
+
+
+def _identity(model: ServedModel) -> dict:
+    return {"name": model.name, "class_names": model.class_names}
+
+
+async def _json_body(request: Request, limit: int, allowed: tuple[str, ...] = ("texts",)) -> dict:
+    """The request's JSON object, read up to ``limit`` bytes (413 past it, before reading more)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(413, f"body: {declared} bytes; at most {limit} (the server's max_body_bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"body: over {limit} bytes (the server's max_body_bytes)")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"body: not UTF-8 (byte {e.start}); expected a JSON object in UTF-8") from None
+    except (ValueError, RecursionError) as e:
+        raise RequestError(400, f"body: not JSON ({str(e)[:120]}); expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise RequestError(422, f"body: a JSON {type(value).__name__}; expected an object with {allowed[0]!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise RequestError(422, f"{unknown[0][:100]}: unknown field; expected {', '.join(allowed)}")
+    return value
+
+
+def _field(body: dict, name: str, kind: type):
+    if name not in body:
+        raise RequestError(422, f"{name}: missing")
+    if not isinstance(body[name], kind):
+        what = {list: "a list of strings", str: "a string"}[kind]
+        raise RequestError(422, f"{name}: {type(body[name]).__name__}; expected {what}")
+    return body[name]
+
+
+def _check_text(text, where: str, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise RequestError(422, f"{where}: {type(text).__name__}; expected a string")
+    if not text.strip():
+        raise RequestError(422, f"{where}: empty; expected text to classify")
+    if len(text) > max_chars:
+        raise RequestError(413, f"{where}: {len(text)} characters; at most {max_chars} (the server's max_chars)")
+    return text
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python cli.py serve", allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint, an export folder, or last/best of --runs_dir")
+    p.add_argument("--runs_dir", default="lightning_logs", help="where last/best are looked for")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: every interface")
+    p.add_argument("--port", type=int, default=8000)
+    for name, default in asdict(Limits()).items():
+        p.add_argument(f"--{name}", type=type(default), default=default)
+    return p.parse_args(argv)
+
+
+def resolve(ckpt_path: str, runs_dir: str) -> str:
+    """``last``/``best`` (of the newest run under ``runs_dir``), a path or ``file://`` URL -> a path that exists."""
+    if ckpt_path in checkpoint.NAMED:
+        return str(checkpoint.find_checkpoint(Path(runs_dir), ckpt_path))
+    path = Path(checkpoint.local_path(ckpt_path))
+    if not path.exists():
+        raise InputError(f"ckpt_path: {str(path)!r} does not exist; expected a checkpoint or an export folder")
+    return str(path)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (before the model loads, so a taken port is said at once)."""
+    if not 0 <= port < 65536:
+        raise InputError(f"port: {port}; expected 0 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        raise InputError(f"host/port: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
+def main(argv: list[str]) -> None:
+    import uvicorn
+
+    args = parse_args(argv)
+    limits = Limits(**{k: getattr(args, k) for k in asdict(Limits())})
+    try:
+        for name, value in asdict(limits).items():
+            if value < 0 or (value == 0 and name != "batch_window_ms"):
+                raise InputError(f"{name}: {value}; expected a number > 0")
+        path = resolve(args.ckpt_path, args.runs_dir)
+        sock = listen(args.host, args.port)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
+    failed: list[str] = []
+
+    def on_fail(message: str) -> None:
+        failed.append(message)
+        server.should_exit = True
+
+    app = create_app(path, limits, os.environ.get(API_KEY_ENV) or None, on_fail)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=int(limits.timeout_s) + 5
+    )
+    server = uvicorn.Server(config)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {path} on http://{host}:{port}/ (Ctrl+C or SIGTERM: finish the requests in flight, then exit)",
+          flush=True)  # fmt: skip
+    # uvicorn re-raises a stop signal once it has finished the requests in flight: the stop is then a normal exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    server.run(sockets=[sock])
+    if failed:
+        raise SystemExit(f"error: {failed[0]}")

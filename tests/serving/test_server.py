@@ -1,0 +1,237 @@
+"""The HTTP server in-process (FastAPI's test client): endpoints, every limit and error, batching, the page."""
+
+import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rnn_lightning import page, server
+from rnn_lightning.inference import Predictor
+
+TEXTS = ["A wonderful film, truly great.", "boring and awful", "the plot <br /> was fine"]
+
+
+def client(path, monkeypatch=None, **kwargs) -> TestClient:
+    limits = server.Limits(**kwargs.pop("limits", {}))
+    return TestClient(server.create_app(str(path), limits, **kwargs))
+
+
+def wait_ready(c: TestClient) -> None:
+    for _ in range(200):
+        if c.get("/health").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(c.get("/health").json())
+
+
+@pytest.fixture()
+def binary(binary_ckpt):
+    with client(binary_ckpt) as c:
+        wait_ready(c)
+        yield c
+
+
+def test_health_is_503_until_the_model_is_loaded(binary_ckpt, monkeypatch):
+    release = threading.Event()
+    real = server.ServedModel.__init__
+
+    def slow(self, path):
+        release.wait(10)
+        real(self, path)
+
+    monkeypatch.setattr(server.ServedModel, "__init__", slow)
+    with client(binary_ckpt) as c:
+        assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "loading"
+        assert c.post("/predict", json={"texts": ["x"]}).status_code == 503
+        release.set()
+        wait_ready(c)
+        assert c.get("/health").json() == {"status": "ok"}
+
+
+def test_a_model_that_cannot_be_loaded_is_said_in_health_and_to_the_caller(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    failures = []
+    with TestClient(server.create_app(str(bad), on_fail=failures.append)) as c:
+        for _ in range(100):
+            if failures:
+                break
+            time.sleep(0.02)
+        body = c.get("/health").json()
+    assert body["status"] == "failed" and "bad.ckpt" in body["error"] and failures == [body["error"]]
+
+
+def test_predict_answers_each_text_in_order_as_the_predictor_does(binary, binary_ckpt):
+    got = binary.post("/predict", json={"texts": TEXTS}).json()
+    assert got["model"] == {"name": "classifier_bigru.ckpt", "class_names": ["0", "1"]}
+    expected = Predictor.from_checkpoint(str(binary_ckpt))(TEXTS)
+    for row, want in zip(got["predictions"], expected, strict=True):
+        assert row["label"] == want["label"]
+        assert row["probs"] == pytest.approx(want["probs"], abs=1e-6) and row["prob"] == max(row["probs"].values())
+
+
+def test_info_names_classes_vocabulary_length_version_and_limits(binary):
+    info = binary.get("/info").json()
+    assert info["class_names"] == ["0", "1"] and info["max_len"] == 12 and info["vocab_size"] == 34
+    assert info["explain"] is True and info["version"] and info["limits"]["max_texts"] == 256
+
+
+def test_explain_scores_each_read_word_and_they_sum_to_the_logit_change(binary):
+    text = "A wonderful film, truly great."
+    got = binary.post("/explain", json={"text": text}).json()
+    assert got["target"] == got["label"] and "integrated gradients" in got["method"]
+    words = got["words"]
+    assert [text[w["start"] : w["end"]].lower() for w in words] == [
+        "a",
+        "wonderful",
+        "film",
+        ",",
+        "truly",
+        "great",
+        ".",
+    ]
+    assert [w["token"] for w in words][:3] == ["a", "wonderful", "film"]  # in the vocabulary; the others <unk>
+    total = sum(w["score"] for w in words)
+    assert total == pytest.approx(got["logit"] - got["baseline_logit"], abs=1e-3 * max(1, abs(total)))
+    other = binary.post("/explain", json={"text": text, "class": "0" if got["label"] == "1" else "1"}).json()
+    assert [w["score"] for w in other["words"]] == pytest.approx([-w["score"] for w in words], abs=1e-6)
+
+
+def test_explain_reads_only_the_last_max_len_tokens_with_offsets_into_the_whole_text(binary):
+    text = "film " * 30 + "great wonderful"
+    words = binary.post("/explain", json={"text": text}).json()["words"]
+    assert len(words) == 12 and words[-1]["end"] == len(text) and words[0]["start"] > 0
+
+
+def test_three_classes_explain_the_class_asked(three_class_ckpt):
+    with client(three_class_ckpt) as c:
+        wait_ready(c)
+        assert c.get("/info").json()["class_names"] == ["neg", "mixed", "<b>pos</b>"]
+        got = c.post("/explain", json={"text": "great film", "class": "mixed"}).json()
+        assert got["target"] == "mixed" and set(got["probs"]) == {"neg", "mixed", "<b>pos</b>"}
+        refused = c.post("/explain", json={"text": "great film", "class": "pos"})
+        assert refused.status_code == 422 and refused.json()["error"].startswith("class: 'pos' is not one of")
+
+
+BAD = [
+    ("body too large", lambda: {"content": b'{"texts": ["' + b"a" * 2000 + b'"]}'}, 413, "body:"),
+    ("too many texts", lambda: {"json": {"texts": ["good"] * 9}}, 413, "texts: 9 texts; at most 8"),
+    ("text too long", lambda: {"json": {"texts": ["good", "x" * 101]}}, 413, "texts[1]: 101 characters"),
+    ("no texts", lambda: {"json": {"texts": []}}, 422, "texts: empty list"),
+    ("empty text", lambda: {"json": {"texts": ["ok", "  \n"]}}, 422, "texts[1]: empty"),
+    ("a number", lambda: {"json": {"texts": ["ok", 3]}}, 422, "texts[1]: int; expected a string"),
+    ("a string", lambda: {"json": {"texts": "ok"}}, 422, "texts: str; expected a list of strings"),
+    ("missing", lambda: {"json": {}}, 422, "texts: missing"),
+    ("unknown field", lambda: {"json": {"texts": ["ok"], "path": "/etc/passwd"}}, 422, "path: unknown field"),
+    ("a list", lambda: {"json": ["ok"]}, 422, "body: a JSON list"),
+    ("malformed", lambda: {"content": b'{"texts": ["ok"'}, 400, "body: not JSON"),
+    ("not UTF-8", lambda: {"content": b'{"texts": ["\xff\xfe"]}'}, 400, "body: not UTF-8"),
+    ("deep", lambda: {"content": b"[" * 100_000}, 413, "body:"),
+]
+
+
+@pytest.mark.parametrize("name, request_kwargs, status, error", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_one_line_and_the_server_keeps_serving(binary_ckpt, name, request_kwargs, status, error):
+    with client(binary_ckpt, limits={"max_body_bytes": 1000, "max_texts": 8, "max_chars": 100}) as c:
+        wait_ready(c)
+        response = c.post("/predict", **request_kwargs())
+        assert response.status_code == status, response.text
+        message = response.json()["error"]
+        assert message.startswith(error) and "\n" not in message
+        assert c.post("/predict", json={"texts": ["still serving"]}).status_code == 200
+
+
+def test_deeply_nested_json_within_the_size_limit_is_a_400(binary):
+    response = binary.post("/predict", content=b"[" * 100_000)
+    assert response.status_code == 400 and response.json()["error"].startswith("body: not JSON")
+
+
+def test_unknown_paths_and_methods_answer_in_json(binary):
+    assert binary.get("/nothing").json() == {"error": "GET /nothing: Not Found"}
+    assert binary.get("/predict").status_code == 405
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_next_is_served(binary_ckpt, monkeypatch):
+    real = server.ServedModel.predict
+
+    def slow(self, texts):
+        if texts == ["slow"]:
+            time.sleep(0.5)
+        return real(self, texts)
+
+    monkeypatch.setattr(server.ServedModel, "predict", slow)
+    with client(binary_ckpt, limits={"timeout_s": 0.2}) as c:
+        wait_ready(c)
+        response = c.post("/predict", json={"texts": ["slow"]})
+        assert response.status_code == 504 and "timeout_s=0.2" in response.json()["error"]
+        time.sleep(0.4)  # the model finishes the slow batch (a running call cannot be stopped)
+        assert c.post("/predict", json={"texts": ["fast"]}).status_code == 200
+
+
+def test_api_key_guards_every_endpoint_but_the_page_and_health(binary_ckpt):
+    with client(binary_ckpt, api_key="s3cret") as c:
+        wait_ready(c)
+        assert c.post("/predict", json={"texts": ["x"]}).status_code == 401
+        assert c.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert c.post("/predict", json={"texts": ["x"]}, headers=good).status_code == 200
+        assert c.post("/explain", json={"text": "x"}, headers=good).status_code == 200
+        assert c.get("/").status_code == 200 and '"auth": true' in c.get("/").text
+
+
+def test_the_batcher_merges_waiting_requests_and_answers_each_its_own():
+    sizes = []
+
+    def run(texts):
+        sizes.append(len(texts))
+        time.sleep(0.01)
+        return [t.upper() for t in texts]
+
+    async def go():
+        batcher = server.Batcher(run, ThreadPoolExecutor(1), window_s=0.005, max_batch=64)
+        jobs = [[f"r{i}-{j}" for j in range(i % 3 + 1)] for i in range(40)]
+        answers = await asyncio.gather(*(batcher.submit(job) for job in jobs))
+        batcher.close()
+        return jobs, answers
+
+    jobs, answers = asyncio.run(go())
+    assert answers == [[t.upper() for t in job] for job in jobs]
+    assert max(sizes) > 3 and max(sizes) <= 64 and sum(sizes) == sum(len(j) for j in jobs)
+
+
+def test_the_page_allows_only_its_own_script_and_escapes_data():
+    html, digest = page.render(records=[{"id": "</script><script>alert(1)</script>", "label": None, "error": "x"}])
+    assert "alert(1)</script>" not in html and "\\u003c/script\\u003e" in html
+    assert html.count("<script>") == 1 and digest in html
+    assert re.search(r"script-src '(sha256-[^']+)'", page.headers(digest)["Content-Security-Policy"])[1] == digest
+
+
+def test_the_page_is_served_with_its_security_headers(binary):
+    response = binary.get("/")
+    assert response.headers["content-type"].startswith("text/html") and "<textarea" in response.text
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_serve_refuses_a_missing_checkpoint_and_a_taken_port_in_one_line(tmp_path, capsys, binary_ckpt):
+    with pytest.raises(SystemExit) as e:
+        server.main(["--ckpt_path", str(tmp_path / "none.ckpt")])
+    assert str(e.value).startswith("error: ckpt_path:") and "does not exist" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        server.main(["--ckpt_path", "best", "--runs_dir", str(tmp_path)])
+    assert "no run under" in str(e.value)
+    taken = server.listen("127.0.0.1", 0)
+    try:
+        with pytest.raises(SystemExit) as e:
+            server.main(["--ckpt_path", str(binary_ckpt), "--port", str(taken.getsockname()[1])])
+        assert str(e.value).startswith("error: host/port: cannot listen on 127.0.0.1:")
+    finally:
+        taken.close()
+    with pytest.raises(SystemExit) as e:
+        server.main(["--ckpt_path", str(binary_ckpt), "--max_texts", "0"])
+    assert str(e.value) == "error: max_texts: 0; expected a number > 0"
