@@ -240,3 +240,33 @@ def test_tensorboard_has_the_scalars_hparams_and_test_images(trained):
     test.Reload()
     assert {"test/confusion_matrix", "test/roc"} <= set(test.Tags()["images"])
     assert {"test/acc", "test/auroc"} <= set(test.Tags()["scalars"])
+
+
+def test_explain_writes_each_rows_attributions_and_an_html_report(cli, trained, tmp_path):
+    """The n-gram bag and word pairs of the tiny model are in the scores; they still sum to the logit change."""
+    run_dir, _, best = trained
+    lines = [REVIEWS[0], "", "<img src=x onerror=alert(1)> awful", REVIEWS[2]]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best), "--data.batch_size", "2",
+        "--data.predict_path", str(tmp_path / "in.txt"), "--prediction_writer.output", str(out),
+        "--prediction_writer.explain", "true")  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    plain = predict_cli(cli, trained, str(tmp_path / "in.txt"), tmp_path / "plain.jsonl")
+    assert [r["label"] for r in rows] == [r["label"] for r in plain] and rows[1]["error"] == "empty review"
+    for row in (rows[0], rows[2], rows[3]):
+        assert row["target"] == row["label"] and row["words"]
+        total = sum(w["score"] for w in row["words"])
+        assert total == pytest.approx(row["logit"] - row["baseline_logit"], abs=1e-3 * max(1.0, abs(total)))
+    assert [w["token"] for w in rows[0]["words"]][:2] == ["a", "wonderful"]
+    report = (tmp_path / "out.html").read_text()
+    assert "<img src=x" not in report and '"mode": "report"' in report and "wonderful" in report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.html", "out.jsonl", "plain.jsonl"]
+
+
+def test_explain_needs_a_jsonl_output(cli, trained, tmp_path):
+    run_dir, _, best = trained
+    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+                 "--prediction_writer.output", str(tmp_path / "out.csv"), "--prediction_writer.explain", "true",
+                 check=False)  # fmt: skip
+    assert result.code != 0 and "explain writes the scores as JSON, to a .jsonl path" in result.last_line

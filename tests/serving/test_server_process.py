@@ -1,0 +1,161 @@
+"""The real server as a subprocess on a free local port: concurrency, SIGTERM drain, an export folder, and a
+real browser (headless Chromium) on the page."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from rnn_lightning.inference import Predictor
+from tests.helpers import ROOT, SUBPROCESS_ENV
+
+pytestmark = pytest.mark.slow
+
+# The server with one test hook: a text "slow" takes a second to classify (to have requests in flight).
+HARNESS = """
+import sys, time
+from rnn_lightning import server
+real = server.ServedModel.predict
+def predict(self, texts):
+    if "slow" in texts:
+        time.sleep(1.0)
+    return real(self, texts)
+server.ServedModel.predict = predict
+server.main(sys.argv[1:])
+"""
+
+
+@contextmanager
+def serving(path, *args: str, slow_hook: bool = False):
+    """(base URL, process) of ``python cli.py serve`` on a free port, once /health says 200."""
+    command = [sys.executable, "-c", HARNESS] if slow_hook else [sys.executable, str(ROOT / "cli.py"), "serve"]
+    proc = subprocess.Popen([*command, "--ckpt_path", str(path), "--port", "0", *args], cwd=ROOT, env=SUBPROCESS_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
+        assert match, line + proc.stderr.read()
+        url = match[1]
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(url + "health", timeout=5).status == 200:
+                    break
+            except urllib.error.HTTPError:
+                time.sleep(0.05)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_concurrent_requests_each_get_their_own_answers(binary_ckpt):
+    texts = [f"{w} film number {i}" for i in range(64) for w in ("great", "awful")][:96]
+    expected = Predictor.from_checkpoint(str(binary_ckpt))(texts)
+    with serving(binary_ckpt) as (url, _):
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda t: post(url + "predict", {"texts": [t]}), texts))
+    for (status, body), want in zip(answers, expected, strict=True):
+        assert status == 200 and body["predictions"][0]["label"] == want["label"]
+        assert body["predictions"][0]["prob"] == pytest.approx(want["prob"], abs=1e-6)
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits_0(binary_ckpt):
+    with serving(binary_ckpt, slow_hook=True) as (url, proc):
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(post(url + "predict", {"texts": ["slow", "ok"]})))
+                   for _ in range(3)]  # fmt: skip
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # in flight: the first batch sleeps a second
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert proc.wait(30) == 0, proc.stderr.read()
+        assert [status for status, _ in results] == [200, 200, 200]
+        with pytest.raises(urllib.error.URLError):  # no longer listening
+            urllib.request.urlopen(url + "health", timeout=5)
+
+
+def test_an_export_folder_predicts_and_says_it_cannot_explain(binary_ckpt, tmp_path):
+    Predictor.from_checkpoint(str(binary_ckpt)).export(str(tmp_path / "export"))
+    with serving(tmp_path / "export") as (url, _):
+        status, body = post(url + "predict", {"texts": ["great film"]})
+        assert status == 200 and body["model"]["name"] == "export"
+        status, body = post(url + "explain", {"text": "great film"})
+        assert status == 501 and "serve the checkpoint to explain" in body["error"]
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/chromedriver (apt install chromium chromium-driver)")
+def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class_ckpt, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    with serving(three_class_ckpt) as (url, _):
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(url)
+            wait = WebDriverWait(browser, 30)
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#target option")) == 4)
+            review = 'A great <script>window.hacked=1</script> <img src=x onerror="window.hacked=2"> great film awful'
+            browser.find_element(By.ID, "text").send_keys(review)
+            Select(browser.find_element(By.ID, "target")).select_by_visible_text("mixed")
+            browser.find_element(By.ID, "submit").click()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w"))
+            probs = {
+                row.get_attribute("data-class"): float(row.find_element(By.CLASS_NAME, "prob").text)
+                for row in browser.find_elements(By.CSS_SELECTOR, "table.probs tr")
+            }
+            assert set(probs) == {"neg", "mixed", "<b>pos</b>"} and sum(probs.values()) == pytest.approx(1, abs=1e-3)
+            label = browser.find_element(By.CSS_SELECTOR, "[data-testid=label]").text
+            assert label == max(probs, key=probs.get)  # the class name with markup is shown as text
+            shown = browser.find_element(By.CSS_SELECTOR, "[data-testid=review]").text
+            assert shown == review  # every character, markup included, displayed as text
+            words = browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w")
+            assert [w.text for w in words][-3:] == ["great", "film", "awful"]  # the model reads the last 12 tokens
+            assert browser.find_element(By.CSS_SELECTOR, "[data-testid=review] .unread").text.startswith("A great")
+            scores = [float(w.get_attribute("data-score")) for w in words]
+            assert any(s != 0 for s in scores) and all(w.get_attribute("title").count(":") == 1 for w in words)
+            assert "mixed" in browser.find_element(By.CSS_SELECTOR, ".legend").find_element(By.XPATH, "..").text
+            assert browser.execute_script("return window.hacked === undefined")
+            assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] img, [data-testid=review] script")
+            shot = os.environ.get("RNN_LIGHTNING_SCREENSHOT")  # docs/serving.png is taken with this
+            browser.save_screenshot(shot or str(tmp_path / "page.png"))
+            assert Path(shot or tmp_path / "page.png").stat().st_size > 1000
+        finally:
+            browser.quit()
