@@ -36,18 +36,19 @@ BEST_PATTERN = "best-*.ckpt"  # checkpoints/best-epochNN-accX.XXXX.ckpt: the bes
 NAMED = {"last": f"{LAST_NAME}.ckpt", "best": BEST_PATTERN}
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Read ``path`` with ``weights_only=True`` and check it is an rnn-lightning checkpoint.
 
     Every way a file can be wrong (missing, truncated, another format, pickled objects, another
     program's dictionary, a tokenizer or class names that are not what this project writes) is an
-    ``InputError`` naming the file.
+    ``InputError`` naming the file. ``mmap``: tensors are read from the file when used (a predictor then
+    never reads the optimizer's state, two thirds of a trained checkpoint).
     """
     path = local_path(path)
     if not Path(path).is_file():
         raise InputError(f"ckpt_path: {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a refused Python object: junk or another format
             raise InputError(f"ckpt_path: {str(path)!r} is not a readable checkpoint (another format)") from None

@@ -45,16 +45,22 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "Predictor":
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
-        ckpt = checkpoint.load_checkpoint(path)
+        ckpt = checkpoint.load_checkpoint(path, mmap=True)
         hparams = ckpt[checkpoint.HPARAMS_KEY]
         names = list(hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
         prefix = "net."
         try:
             if "cutoffs" in hparams:
                 raise InputError("a language model, which predicts words, not classes")
-            net = TextRNN(**network_arguments(hparams), num_classes=len(names))
+            # built without memory and given the file's mapped tensors: no initialisation, no copy of the weights
+            with torch.device("meta"):
+                net = TextRNN(**network_arguments(hparams), num_classes=len(names))
             weights = ckpt[checkpoint.WEIGHTS_KEY]
-            net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+            own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            net.load_state_dict(own, assign=True)
+            for layer in net.layers:  # the one buffer not saved (persistent=False): zeros by definition
+                if getattr(layer, "zero_bias", None) is not None:
+                    layer.zero_bias = torch.zeros_like(layer.zero_bias, device="cpu")
         except (InputError, TypeError, RuntimeError) as e:
             raise InputError(
                 f"ckpt_path: {path!r} does not hold an rnn-lightning classifier ({type(e).__name__}: {str(e)[:200]})"

@@ -160,15 +160,18 @@ class Batcher:
         self.task.cancel()
 
 
-def create_app(model_path: str, limits: Limits = Limits(), api_key: str | None = None, on_fail=None) -> FastAPI:
+def create_app(
+    model_path: str, limits: Limits = Limits(), api_key: str | None = None, on_fail=None, model_class=None
+) -> FastAPI:
     """The application serving the model at ``model_path``, loaded in a thread once the app starts
-    (``/health`` says 503 until then). ``on_fail(message)`` is called if it cannot be loaded."""
+    (``/health`` says 503 until then). ``on_fail(message)`` is called if it cannot be loaded. ``model_class``
+    (default ``ServedModel``) reads it: the benchmark serves its linear baseline through the same app."""
     state: dict = {"model": None, "error": None}
     executor = ThreadPoolExecutor(1, thread_name_prefix="model")  # one model call at a time; torch uses the cores
 
     def load() -> None:
         try:
-            state["model"] = ServedModel(model_path)
+            state["model"] = (model_class or ServedModel)(model_path)
         except InputError as e:
             state["error"] = str(e)
             if on_fail is not None:
@@ -338,7 +341,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], model_class=None) -> None:
     import uvicorn
 
     args = parse_args(argv)
@@ -357,7 +360,7 @@ def main(argv: list[str]) -> None:
         failed.append(message)
         server.should_exit = True
 
-    app = create_app(path, limits, os.environ.get(API_KEY_ENV) or None, on_fail)
+    app = create_app(path, limits, os.environ.get(API_KEY_ENV) or None, on_fail, model_class)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=int(limits.timeout_s) + 5
     )
