@@ -161,6 +161,26 @@ def measure(name: str, command: list[str], texts: list[str], seconds: float, exp
         proc.wait(60)
 
 
+def completeness(ckpt: str, texts: list[str]) -> dict:
+    """|delta| / |logit - baseline_logit| of /explain's attributions over ``texts``: median and max."""
+    import torch
+
+    from rnn_lightning.explain import explain_ids
+    from rnn_lightning.inference import Predictor
+    from rnn_lightning.text.tokenizer import encode
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    ratios = []
+    for start in range(0, len(texts), 16):
+        ids = torch.from_numpy(encode(predictor.tokenizer, texts[start : start + 16])).long()
+        for row in explain_ids(predictor.net, ids, predictor.class_names):
+            ratios.append(abs(row["delta"]) / max(abs(row["logit"] - row["baseline_logit"]), 1e-6))
+    return {
+        "delta_ratio_median": float(f"{statistics.median(ratios):.2g}"),
+        "delta_ratio_max": float(f"{max(ratios):.2g}"),
+    }
+
+
 def predict_throughput(ckpt: str, texts: list[str], folder: Path) -> float:
     """texts/s of ``python cli.py predict`` on ``texts`` (one per line), start-up included."""
     source = folder / "texts.txt"

@@ -10,7 +10,8 @@ its words. So for every text
 
     sum(scores) = logit(text) - logit(baseline),  baseline = the embeddings at zero, no n-gram bag,
 
-up to the quadrature's error, returned as ``delta``. A binary network's "logit of class 0" is minus its
+up to the quadrature's error, returned as ``delta``: ``explain_ids`` doubles the nodes (``STEPS`` to
+``MAX_STEPS``) for the texts whose delta is past ``TOLERANCE``. A binary network's "logit of class 0" is minus its
 logit (the log-odds of class 0); with K > 2 classes it is the class's own logit.
 
 Plain PyTorch, no Lightning: the server and the prediction writer share it.
@@ -24,7 +25,14 @@ from rnn_lightning.network.text_rnn import probabilities
 from rnn_lightning.serving import prediction
 
 METHOD = "integrated gradients on the word embeddings from the padding baseline (zero), Gauss-Legendre"
-STEPS = 32  # quadrature nodes: on the test models |delta| stays below 1e-3 of the logit change
+STEPS = 32  # quadrature nodes to start with; doubled for the texts whose delta is past TOLERANCE ...
+MAX_STEPS = 256  # ... up to this many
+TOLERANCE = 0.01  # |delta| allowed: this many logits, or this share of the logit change if larger
+
+
+def within_tolerance(delta: Tensor, change: Tensor) -> Tensor:
+    """(B,) bools: |delta| <= TOLERANCE * max(1, |change|)."""
+    return delta.abs() <= TOLERANCE * change.abs().clamp(min=1.0)
 
 
 def class_logit(logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -47,7 +55,17 @@ def explain_ids(net, ids: Tensor, class_names: list[str], targets: list[int | No
             class_names.index(found[i]["label"]) if targets is None or targets[i] is None else targets[i]
             for i in range(len(found))
         ]
-        out = integrated_gradients(net, ids, torch.tensor(chosen))
+        target = torch.tensor(chosen)
+        out = integrated_gradients(net, ids, target)
+        steps = STEPS
+        while steps < MAX_STEPS:  # the quadrature's error shows in delta: more nodes for the texts past it
+            redo = (~within_tolerance(out["delta"], out["logit"] - out["baseline_logit"])).nonzero().flatten()
+            if not len(redo):
+                break
+            steps *= 2
+            again = integrated_gradients(net, ids[redo], target[redo], steps)
+            for key in out:
+                out[key][redo] = again[key]
     rows = []
     for i, pred in enumerate(found):
         positions = (ids[i] != net.pad_id).nonzero().flatten().tolist()

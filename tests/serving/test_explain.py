@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rnn_lightning.explain import explain_ids, integrated_gradients, ngram_shares
+from rnn_lightning.explain import explain_ids, integrated_gradients, ngram_shares, within_tolerance
 from rnn_lightning.network.text_rnn import TextRNN
 
 KINDS = {
@@ -44,7 +44,9 @@ def test_scores_sum_to_the_logit_change_and_padding_scores_zero(kind):
     out = integrated_gradients(net, ids, torch.tensor([0, 1, k - 1]))
     change = out["logit"] - out["baseline_logit"]
     assert change.abs().max() > 0.01  # a real change to account for
-    assert (out["delta"].abs() <= 1e-3 * change.abs().clamp(min=1)).all(), (out["delta"], change)
+    assert (
+        within_tolerance(out["delta"], change).all() and (out["delta"].abs() <= 1e-3 * change.abs().clamp(min=1)).all()
+    )
     assert torch.equal(out["delta"], out["scores"].sum(1) - change)
     assert (out["scores"][0, :4] == 0).all() and (out["scores"][:, 4:] != 0).all()
     with torch.no_grad():  # the logit is the network's own
@@ -81,3 +83,20 @@ def test_explain_ids_predicts_and_explains_the_predicted_class_unless_told():
     with torch.inference_mode():  # as under Lightning's predict loop
         again = explain_ids(net, ids, names)
     assert again[0]["scores"] == pytest.approx(found[0]["scores"], abs=1e-6)
+
+
+def test_texts_past_the_tolerance_are_integrated_again_with_more_nodes(monkeypatch):
+    from rnn_lightning import explain
+
+    net, ids = tiny_net(cell="gru", bidirectional=True, pooling="max_mean"), tokens()
+    calls = []
+    real = explain.integrated_gradients
+
+    def spy(net, ids, target, steps=explain.STEPS):
+        calls.append((len(ids), steps))
+        return real(net, ids, target, steps)
+
+    monkeypatch.setattr(explain, "integrated_gradients", spy)
+    monkeypatch.setattr(explain, "TOLERANCE", 0.0)  # nothing is within it: every text, up to MAX_STEPS
+    found = explain_ids(net, ids, ["0", "1"])
+    assert calls == [(3, 32), (3, 64), (3, 128), (3, 256)] and len(found) == 3
