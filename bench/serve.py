@@ -162,7 +162,7 @@ def measure(name: str, command: list[str], texts: list[str], seconds: float, exp
 
 
 def completeness(ckpt: str, texts: list[str]) -> dict:
-    """|delta| / |logit - baseline_logit| of /explain's attributions over ``texts``: median and max."""
+    """/explain's remainder over ``texts``: the largest |delta| (logits), and |delta| / |logit - baseline_logit|."""
     import torch
 
     from rnn_lightning.explain import explain_ids
@@ -170,12 +170,14 @@ def completeness(ckpt: str, texts: list[str]) -> dict:
     from rnn_lightning.text.tokenizer import encode
 
     predictor = Predictor.from_checkpoint(ckpt)
-    ratios = []
+    ratios, deltas = [], []
     for start in range(0, len(texts), 16):
         ids = torch.from_numpy(encode(predictor.tokenizer, texts[start : start + 16])).long()
         for row in explain_ids(predictor.net, ids, predictor.class_names):
             ratios.append(abs(row["delta"]) / max(abs(row["logit"] - row["baseline_logit"]), 1e-6))
+            deltas.append(abs(row["delta"]))
     return {
+        "delta_max": float(f"{max(deltas):.2g}"),
         "delta_ratio_median": float(f"{statistics.median(ratios):.2g}"),
         "delta_ratio_max": float(f"{max(ratios):.2g}"),
     }
@@ -210,6 +212,7 @@ def main() -> None:
             rows[-1]["predict_cli_texts_per_s"] = round(
                 predict_throughput(path, reviews[: args.predict_texts], Path(tmp))
             )
+            rows[-1].update(completeness(path, texts[:200]))  # after the timings: not timed
             print(json.dumps(rows[-1]), flush=True)
         linear = Path(tmp) / "linear.pkl"
         fit_linear(args.data, linear)
