@@ -1,4 +1,4 @@
-"""rnn-lightning's command line: python cli.py {fit,validate,test,predict,serve} --config configs/base.yaml"""
+"""rnn-lightning's command line: python cli.py {fit,validate,test,predict,serve,tune} --config configs/base.yaml"""
 
 import sys
 
@@ -7,6 +7,10 @@ if __name__ == "__main__":
         from rnn_lightning.server import main as serve
 
         serve(sys.argv[2:])
+    elif sys.argv[1:2] == ["tune"]:  # an Optuna study of fits (the tune extra)
+        from rnn_lightning.training.tuning import main as tune
+
+        tune(sys.argv[2:])
     else:
         from rnn_lightning.training.cli import main
 
