@@ -222,13 +222,14 @@ class TextDataModule(LightningDataModule):
         target = self.cache_path
         if token_cache.exists(target):
             return
-        rank_zero_info(f"Tokenizing {self.dataset} into {target} (once; later runs reuse it)")
         self._write_cache(target, self._given_tokenizer)
 
     @stop_raises  # SIGTERM / SIGINT: exit at once, leaving no half-written cache
     def _write_cache(self, target: Path, tokenizer: Tokenizer | None) -> None:
         """Encode every split into ``target`` with ``tokenizer``, or one trained on the fit texts (and the
         unlabelled ones when asked)."""
+        # said once the stop handlers are in place: a stop from here on leaves no half-written cache
+        rank_zero_info(f"Tokenizing {self.dataset} into {target} (once; later runs reuse it)")
         source = self._source
         train = source.splits["train"]
         empty = train.texts.count_empty()
