@@ -150,8 +150,8 @@ class PredictionWriter(BasePredictionWriter):
         """Each text's attribution to its predicted class, as a JSON line in ``self._explained``."""
         tokens, rows = batch[0], batch[1].tolist()
         vocabulary = trainer.datamodule.tokenizer
-        for row, found in zip(rows, explain_ids(pl_module.net, tokens, pl_module.class_names), strict=True):
-            ids = tokens[rows.index(row)].tolist()
+        found_rows = explain_ids(pl_module.net, tokens, pl_module.class_names)
+        for row, ids, found in zip(rows, tokens.tolist(), found_rows, strict=True):
             words = [
                 {"token": vocabulary.id_to_token(ids[p]), "score": round(score, 6)}
                 for p, score in zip(found["positions"], found["scores"], strict=True)

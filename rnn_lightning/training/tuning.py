@@ -141,14 +141,19 @@ PRUNERS = {name: (lambda name=name: _pruners()[name]()) for name in ("median", "
 
 
 def open_study(args, root: Path, direction: str):
+    import warnings
+
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = args.storage or f"sqlite:///{(root / 'study.db').resolve()}"
     root.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # Optuna calls its own retry callback "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
     try:
         storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))  # fmt: skip
+                             heartbeat_stale_trial_callback=retry)  # fmt: skip
     except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing driver, an unreachable server
         raise InputError(
             f"storage: cannot open {url!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
