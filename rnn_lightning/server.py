@@ -172,10 +172,12 @@ def create_app(
     def load() -> None:
         try:
             state["model"] = (model_class or ServedModel)(model_path)
-        except InputError as e:
-            state["error"] = str(e)
+        except Exception as e:  # any failure is said in /health and by the process, never a silent "loading"
+            state["error"] = str(e) if isinstance(e, InputError) else (
+                f"ckpt_path: {model_path!r} could not be loaded ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            )  # fmt: skip
             if on_fail is not None:
-                on_fail(str(e))
+                on_fail(state["error"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -193,6 +195,10 @@ def create_app(
     @app.exception_handler(RequestError)
     async def refused(request: Request, e: RequestError) -> JSONResponse:
         return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, e: Exception) -> JSONResponse:  # logged by uvicorn; the caller gets one line
+        return JSONResponse({"error": f"internal error ({type(e).__name__}); the server keeps serving"}, 500)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:  # 404, 405: JSON like the others

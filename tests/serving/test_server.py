@@ -235,3 +235,19 @@ def test_serve_refuses_a_missing_checkpoint_and_a_taken_port_in_one_line(tmp_pat
     with pytest.raises(SystemExit) as e:
         server.main(["--ckpt_path", str(binary_ckpt), "--max_texts", "0"])
     assert str(e.value) == "error: max_texts: 0; expected a number > 0"
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_server_keeps_serving(binary_ckpt, monkeypatch):
+    real = server.ServedModel.predict
+
+    def broken(self, texts):
+        if texts == ["break"]:
+            raise RuntimeError("boom")
+        return real(self, texts)
+
+    monkeypatch.setattr(server.ServedModel, "predict", broken)
+    with TestClient(server.create_app(str(binary_ckpt)), raise_server_exceptions=False) as c:
+        wait_ready(c)
+        response = c.post("/predict", json={"texts": ["break"]})
+        assert response.status_code == 500 and response.json()["error"].startswith("internal error (RuntimeError)")
+        assert c.post("/predict", json={"texts": ["fine"]}).status_code == 200
