@@ -46,7 +46,7 @@ class LinearModel:
     def __init__(self, path: str) -> None:
         with open(path, "rb") as f:  # written by this benchmark just before, from the IMDB training split
             self.pipeline = pickle.load(f)
-        self.name, self.class_names, self.max_len = "tfidf_logreg", ["neg", "pos"], 0
+        self.name, self.class_names = "tfidf_logreg", ["neg", "pos"]
 
     def info(self) -> dict:
         return {"model": self.name, "class_names": self.class_names, "explain": False}

@@ -127,17 +127,18 @@ def check_fit_args(fit_args: list[str], space: dict) -> Path:
     return Path(cli.config.trainer.default_root_dir or ".")
 
 
-def _pruners() -> dict:
+def _optuna():
     import optuna
 
-    return {  # after each validation (an epoch): stop a trial whose metric is poor against the others' there
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
+    return optuna
 
 
-PRUNERS = {name: (lambda name=name: _pruners()[name]()) for name in ("median", "hyperband", "none")}
+# after each validation (an epoch): stop a trial whose metric is poor against the others' at that epoch
+PRUNERS = {
+    "median": lambda: _optuna().pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+    "hyperband": lambda: _optuna().pruners.HyperbandPruner(min_resource=1),
+    "none": lambda: _optuna().pruners.NopPruner(),
+}
 
 
 def open_study(args, root: Path, direction: str):
@@ -167,12 +168,10 @@ def open_study(args, root: Path, direction: str):
         raise InputError(f"study_name: {args.study_name!r}: {e}") from None
 
 
-def counted(study) -> int:
-    """Trials that count towards ``--trials``: complete and pruned."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+def counted_states() -> tuple:
+    """The trial states that count towards ``--trials``: complete and pruned."""
+    state = _optuna().trial.TrialState
+    return state.COMPLETE, state.PRUNED
 
 
 def objective_for(study, search: dict, fit_args: list[str], root: Path, n_trials: int):
@@ -181,7 +180,7 @@ def objective_for(study, search: dict, fit_args: list[str], root: Path, n_trials
     from rnn_lightning.training.cli import TRAINER_DEFAULTS, RNNLightningCLI, release_run_folders
 
     def objective(trial) -> float:
-        live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        live = (optuna.trial.TrialState.RUNNING, *counted_states())
         before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
         if len(before) >= n_trials:  # another process took the last place: this one is not run, not counted
             study.stop()
@@ -236,14 +235,12 @@ def write_outputs(study, root: Path, search: dict) -> None:
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as plots
 
-    warnings.filterwarnings(
-        "ignore", category=optuna.exceptions.ExperimentalWarning
-    )  # Optuna's plots are "experimental"
-
     for name, plot in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
                        ("parallel", plots.plot_parallel_coordinate)):  # fmt: skip
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # Optuna calls its matplotlib plots "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
         except (ValueError, RuntimeError) as e:  # importances need two complete trials that differ
             print(f"{name}.png not drawn: {e}")
             continue
@@ -279,15 +276,14 @@ def main(argv: list[str]) -> None:
         root = check_fit_args(fit_args, search["space"])
         study = open_study(args, root, search["direction"])
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        done = counted(study)
+        done = len(study.get_trials(deepcopy=False, states=counted_states()))
         if done < args.trials:
             print(
                 f"study {args.study_name!r} in {args.storage or root / 'study.db'}: "
                 f"{done} of {args.trials} trials done",
                 flush=True,
             )
-            limit = optuna.study.MaxTrialsCallback(args.trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                        optuna.trial.TrialState.PRUNED))  # fmt: skip
+            limit = optuna.study.MaxTrialsCallback(args.trials, states=counted_states())
             study.optimize(objective_for(study, search, fit_args, root, args.trials), timeout=args.timeout_s,
                            callbacks=[limit], catch=(RuntimeError,))  # fmt: skip
         write_outputs(study, root, search)
