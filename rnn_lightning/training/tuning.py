@@ -13,7 +13,10 @@ pruned trials only. Optuna is the ``tune`` extra, imported by this command only.
 import argparse
 import csv
 import math
+import random
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -22,6 +25,7 @@ from rnn_lightning.errors import InputError
 
 SEARCH_KINDS = {"float": ("low", "high", "log"), "int": ("low", "high", "log"), "categorical": ("choices",)}
 HEARTBEAT_S, GRACE_S = 30, 90  # a running trial's pulse, and how long past it the trial counts as dead
+OPEN_TRIES = 3  # attempts at opening the storage
 TRIAL_FOLDER = "trial_{:04d}"  # each trial's trainer.default_root_dir, under the tune's
 
 
@@ -141,24 +145,37 @@ PRUNERS = {
 }
 
 
+def raise_storage_error(url: str) -> None:
+    e = sys.exc_info()[1]
+    raise InputError(f"storage: cannot open {url!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
 def open_study(args, root: Path, direction: str):
     import warnings
 
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import DBAPIError
 
     url = args.storage or f"sqlite:///{(root / 'study.db').resolve()}"
     root.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # Optuna calls its own retry callback "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-    try:
-        storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             heartbeat_stale_trial_callback=retry)  # fmt: skip
-    except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing driver, an unreachable server
-        raise InputError(
-            f"storage: cannot open {url!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
-        ) from None
+    for attempt in range(OPEN_TRIES):
+        try:
+            storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                 heartbeat_stale_trial_callback=retry)  # fmt: skip
+            break
+        except DBAPIError:
+            # tuners starting together on a new database race to create Optuna's schema: the losers' next
+            # try finds it made (a bad address or a dead server fails every try and is said below)
+            if attempt + 1 < OPEN_TRIES:
+                time.sleep(1 + random.random())
+                continue
+            raise_storage_error(url)
+        except Exception:  # SQLAlchemy's errors for a bad URL or a missing driver
+            raise_storage_error(url)
     pruner = PRUNERS[args.pruner]()
     sampler = optuna.samplers.TPESampler(seed=args.seed)
     try:
@@ -269,6 +286,7 @@ def main(argv: list[str]) -> None:
     except ImportError:
         raise SystemExit('error: tune needs Optuna: pip install -e ".[tune]"') from None
     args, fit_args = parse_args(argv)
+    del sys.argv[1:]  # each trial's fit takes its arguments as args=, and LightningCLI warns when argv has others
     try:
         if args.trials < 1:
             raise InputError(f"trials: {args.trials}; expected at least 1")

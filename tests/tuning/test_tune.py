@@ -114,6 +114,26 @@ def test_a_storage_that_cannot_be_opened_is_one_line(parquet_dir, tmp_path):
     assert not list(tmp_path.glob("trial_*"))
 
 
+def test_a_tuner_that_loses_the_race_to_create_the_schema_tries_again(parquet_dir, tmp_path, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    made = optuna.storages.RDBStorage
+    calls = []
+
+    class Racing(made):  # the first open meets another tuner's schema version row, as two new tuners do
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                made(url, **kwargs)
+                raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(tuning.time, "sleep", lambda s: None)
+    tune(parquet_dir, tmp_path, search_file(tmp_path), 1, "--pruner", "none")
+    assert len(calls) == 2 and len(rows(tmp_path)) == 1
+
+
 @pytest.mark.slow
 def test_two_tuners_on_one_sqlite_study_finish_with_the_right_count(parquet_dir, tmp_path):
     search = search_file(tmp_path)
