@@ -3,7 +3,7 @@ correctly or ends in one line naming the field or file, never a traceback.
 
 Datasets are made by combining, with a seeded generator, a way to spoil the texts, a way to spoil the
 labels and a file type; files are also damaged at the byte level; configs get wrong values. The list of
-what is covered is in the README ("Resuming and failures").
+what is covered is in docs/reliability.md.
 """
 
 import json

@@ -107,6 +107,13 @@ def test_bad_search_files_are_one_line_before_any_trial(parquet_dir, tmp_path, c
     assert not list(tmp_path.glob("trial_*")) and not (tmp_path / "study.db").exists()
 
 
+@pytest.mark.parametrize("search", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_shipped_search_space_fits_the_preset_its_command_names(search, parquet_dir):
+    command = search.read_text().split("--config ", 1)[1].split()[0]  # the file opens with the command to run
+    space = tuning.parse_search(str(search))["space"]
+    assert space and tuning.check_fit_args(["--config", str(ROOT / command), "--data.dataset", str(parquet_dir)], space)
+
+
 def test_a_storage_that_cannot_be_opened_is_one_line(parquet_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         tune(parquet_dir, tmp_path, search_file(tmp_path), 2, "--storage", "postgresql://nobody@127.0.0.1:1/none")
