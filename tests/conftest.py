@@ -18,6 +18,12 @@ os.environ["RNN_LIGHTNING_TRUSTED_IMPORTS"] = "tests"
 from pathlib import Path
 
 import pytest
+import torch
+
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # `pytest -n N`: N workers of one thread each beat N workers fighting over every core
+    torch.set_num_threads(1)
 
 from tests.helpers import SUBPROCESS_ENV, InProcessCLI, make_reviews, tiny_cli_args, write_splits
 
