@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # `pytest -n N`: N workers of one thread each beat N workers fighting over every core
+# under `pytest -n N`, N workers of one thread each beat N workers fighting over every core
+if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 from tests.helpers import SUBPROCESS_ENV, InProcessCLI, make_reviews, tiny_cli_args, write_splits
