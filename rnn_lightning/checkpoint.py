@@ -14,7 +14,7 @@ from urllib.request import url2pathname
 import torch
 from tokenizers import Tokenizer
 
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, said
 from rnn_lightning.limits import MAX_TOKENS, check_class_names, count_nodes
 
 # Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
@@ -76,9 +76,8 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         tok = Tokenizer.from_str(tokenizer_json(ckpt))
     except Exception as e:  # tokenizers raises a bare Exception for JSON it cannot read
-        message = " ".join(str(e).split())[:160]
         raise InputError(
-            f"ckpt_path: {str(path)!r} holds a tokenizer that tokenizers cannot read ({message})"
+            f"ckpt_path: {str(path)!r} holds a tokenizer that tokenizers cannot read ({said(e)})"
         ) from None
     names = ckpt[HPARAMS_KEY].get("class_names")
     if names is not None and not (

@@ -15,5 +15,10 @@ def unreadable_file(field: str, path, error: Exception) -> InputError:
     return InputError(message.replace("\n", " ")[:400])
 
 
+def said(error: BaseException, limit: int | None = 160) -> str:
+    """What ``error`` says, on one line (its whitespace runs made single spaces), cut to ``limit`` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
 class NonFiniteLossError(RuntimeError):
     """Training met a NaN/inf loss or gradient and ``model.on_nonfinite`` is ``stop``."""

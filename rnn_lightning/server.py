@@ -31,7 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from rnn_lightning import __version__, checkpoint, page
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, said
 from rnn_lightning.explain import METHOD, explain_ids
 from rnn_lightning.inference import Predictor
 from rnn_lightning.serving import ExportedPredictor
@@ -174,7 +174,7 @@ def create_app(
             state["model"] = (model_class or ServedModel)(model_path)
         except Exception as e:  # any failure is said in /health and by the process, never a silent "loading"
             state["error"] = str(e) if isinstance(e, InputError) else (
-                f"ckpt_path: {model_path!r} could not be loaded ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                f"ckpt_path: {model_path!r} could not be loaded ({type(e).__name__}: {said(e, 200)})"
             )  # fmt: skip
             if on_fail is not None:
                 on_fail(state["error"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, said
 from rnn_lightning.network import cpu_rnn  # noqa: F401  (registers the rnn cell's op, which an exported graph may hold)
 from rnn_lightning.text.tokenizer import encode
 
@@ -72,7 +72,7 @@ class ExportedPredictor:
         try:
             self.tokenizer = Tokenizer.from_file(str(tokenizer))
         except Exception as e:  # tokenizers raises a bare Exception for JSON it cannot read
-            raise InputError(f"{tokenizer}: not a tokenizers JSON ({' '.join(str(e).split())[:160]})") from None
+            raise InputError(f"{tokenizer}: not a tokenizers JSON ({said(e)})") from None
         try:
             names = json.loads(meta.read_text(encoding="utf-8"))["class_names"]
         except (ValueError, KeyError, TypeError) as e:
@@ -129,7 +129,7 @@ def check_archive(path: Path) -> None:
     except InputError:
         raise
     except Exception as e:  # not a zip, missing members, JSON of another shape, a refused pickle
-        raise refuse(f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        raise refuse(f"unreadable ({type(e).__name__}: {said(e, 120)})") from None
     for key, value in _strings(program):
         if key == "target" and not _is_operator(value):
             raise refuse(f"its graph calls {value[:80]!r}, not a registered operator")

@@ -10,7 +10,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import instantiate_class
 
-from rnn_lightning.errors import InputError, NonFiniteLossError
+from rnn_lightning.errors import InputError, NonFiniteLossError, said
 from rnn_lightning.training.peers import is_lost_peer
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
@@ -49,7 +49,7 @@ def lost_peer_line(error: BaseException) -> str:
 
 def optimizer_error(e: Exception) -> InputError:
     """What torch.optim (or a scheduler) said of its arguments, as the one line the CLI prints."""
-    return InputError(f"optimizer / lr_scheduler: {' '.join(str(e).split())}")
+    return InputError(f"optimizer / lr_scheduler: {said(e, None)}")
 
 
 def check_optimizer(cfg: Namespace) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, said
 
 SEARCH_KINDS = {"float": ("low", "high", "log"), "int": ("low", "high", "log"), "categorical": ("choices",)}
 HEARTBEAT_S, GRACE_S = 30, 90  # a running trial's pulse, and how long past it the trial counts as dead
@@ -35,9 +35,7 @@ def parse_search(path: str) -> dict:
     try:
         spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise InputError(
-            f"search: cannot read {path!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
-        ) from None
+        raise InputError(f"search: cannot read {path!r} ({type(e).__name__}: {said(e)})") from None
     if not isinstance(spec, dict) or set(spec) - {"metric", "direction", "space"} or "space" not in spec:
         raise InputError(f"search: {path!r} must be a mapping of metric, direction and space")
     metric, direction = spec.get("metric", "val/acc"), spec.get("direction", "maximize")
@@ -145,11 +143,6 @@ PRUNERS = {
 }
 
 
-def raise_storage_error(url: str) -> None:
-    e = sys.exc_info()[1]
-    raise InputError(f"storage: cannot open {url!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-
-
 def open_study(args, root: Path, direction: str):
     import warnings
 
@@ -167,15 +160,13 @@ def open_study(args, root: Path, direction: str):
             storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                  heartbeat_stale_trial_callback=retry)  # fmt: skip
             break
-        except DBAPIError:
-            # tuners starting together on a new database race to create Optuna's schema: the losers' next
-            # try finds it made (a bad address or a dead server fails every try and is said below)
-            if attempt + 1 < OPEN_TRIES:
+        except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing driver, an unreachable server
+            # tuners starting together on a new database race to create Optuna's schema (a DBAPIError): the
+            # losers' next try finds it made; a dead server fails every try
+            if isinstance(e, DBAPIError) and attempt + 1 < OPEN_TRIES:
                 time.sleep(1 + random.random())
                 continue
-            raise_storage_error(url)
-        except Exception:  # SQLAlchemy's errors for a bad URL or a missing driver
-            raise_storage_error(url)
+            raise InputError(f"storage: cannot open {url!r} ({type(e).__name__}: {said(e)})") from None
     pruner = PRUNERS[args.pruner]()
     sampler = optuna.samplers.TPESampler(seed=args.seed)
     try:

@@ -97,6 +97,6 @@ def test_texts_past_the_tolerance_are_integrated_again_with_more_nodes(monkeypat
         return real(net, ids, target, steps)
 
     monkeypatch.setattr(explain, "integrated_gradients", spy)
-    monkeypatch.setattr(explain, "TOLERANCE", 0.0)  # nothing is within it: every text, up to MAX_STEPS
+    monkeypatch.setattr(explain, "TOLERANCE", -1.0)  # nothing is within it, not even a delta of exactly 0
     found = explain_ids(net, ids, ["0", "1"])
     assert calls == [(3, 32), (3, 64), (3, 128), (3, 256)] and len(found) == 3
