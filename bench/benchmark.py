@@ -21,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from rnn_lightning.training.trust import EXTRA_IMPORTS_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 TF = "TensorFlow tutorial program (seed_tf.py)"
+FIT_ENV = {EXTRA_IMPORTS_ENV: "bench"}  # fit_cmd's configs name bench.timing.EpochTimer
 
 
 def run(cmd: list[str], env: dict | None = None) -> str:
@@ -90,7 +93,8 @@ def main() -> None:
                 cache,
                 str(work / "start"),
                 ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0"],
-            )
+            ),
+            env=FIT_ENV,
         )
         first = events(out, "first_step")[0]
         notes.append(
@@ -129,7 +133,7 @@ def main() -> None:
             add_epochs(f"bare PyTorch loop, {precision}", events(out, "epoch"))
             for impl in args.implementations.split(","):
                 extra = ["--trainer.precision", precision, "--model.implementation", impl]
-                ep = events(run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), extra)), "epoch")
+                ep = events(run(fit_cmd(args.data, args.epochs, cache, str(work / "fit"), extra), env=FIT_ENV), "epoch")
                 add_epochs(f"cli.py fit configs/base.yaml, {precision}, implementation {impl}", ep)
                 notes.append(
                     f"round {round_ + 1}, fit {precision} {impl}: RSS per epoch (MB) {[e['rss_mb'] for e in ep]}, "
