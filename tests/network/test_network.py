@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnn_lightning.models import TextClassifier
-from rnn_lightning.network import cpu_rnn
+from rnn_lightning.network import cpu_rnn, text_rnn
 from rnn_lightning.network.recurrent import RecurrentLayer
 from rnn_lightning.network.text_rnn import TextRNN
 
@@ -490,3 +490,27 @@ def test_the_recurrence_ops_gradient_when_both_the_final_state_and_every_state_a
     ref = torch.autograd.grad(ref_hs[-1].sum() * 2 + ref_hs.pow(2).sum(), (gi, b, w))
     for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bigrams", [0, 97])
+def test_the_embedding_lookup_gives_nn_embeddings_gradients_bit_for_bit(bigrams):
+    """The training lookup (``index_add_`` backward) against ``nn.Embedding``'s own backward: the same
+    output and the same gradients of every parameter, the pad rows' included (zero), to the last bit."""
+    torch.manual_seed(0)
+    net = TextRNN(vocab_size=50, embed_dim=8, hidden_size=16, bigram_buckets=bigrams)
+    tokens = torch.randint(1, 50, (6, 12))
+    tokens[:2, :4] = net.pad_id  # front padding
+    labels = torch.tensor([0, 1, 1, 0, 1, 0]).float()
+    grads = []
+    for lookup in (text_rnn._lookup, lambda table, ids: table(ids)):
+        net.zero_grad(set_to_none=True)
+        net.generator = torch.Generator().manual_seed(1)  # the same dropout masks in both runs
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(text_rnn, "_lookup", lookup)
+            torch.nn.functional.binary_cross_entropy_with_logits(net(tokens), labels).backward()
+        grads.append({name: p.grad.clone() for name, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+    assert grads[0]["embedding.weight"][net.pad_id].abs().sum() == 0
+    assert grads[0]["embedding.weight"].abs().sum() > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.text import TextDataModule
+from rnn_lightning.text import TextDataModule, dataset
 from rnn_lightning.text import datamodule as dm_module
 from rnn_lightning.text.dataset import TokenizedReviews, read_rows
 from rnn_lightning.text.loading import EpochShuffleSampler
@@ -250,17 +250,20 @@ def test_texts_are_taken_across_arrow_chunks_in_the_order_asked():
     assert Texts(column).to_list() == words
 
 
-def test_rows_read_from_the_memory_mapped_cache_equal_the_array(tmp_path):
-    """Batches are read from the token cache with pread (so the file is not mapped into the process):
-    the same rows, in the order asked, repeats included, as indexing the array."""
+def test_rows_read_from_the_memory_mapped_cache_equal_the_array(tmp_path, monkeypatch):
+    """Batches are read from the token cache with pread (so the file is not mapped into the process), or from
+    memory for a small view: the same rows, in the order asked, repeats included, as indexing the array."""
     ids = np.random.default_rng(0).integers(0, 1000, (300, 7), dtype=np.int32)
     np.save(tmp_path / "ids.npy", ids)
     mapped = np.load(tmp_path / "ids.npy", mmap_mode="r")
     rows = np.array([299, 0, 5, 5, 123, 1], dtype=np.int64)
     assert np.array_equal(read_rows(mapped, rows), ids[rows])
-    view = TokenizedReviews(mapped, np.arange(300) % 2, rows=np.arange(100, 300))
-    batch, labels = view.__getitems__([0, 199, 3])
-    assert torch.equal(batch, torch.from_numpy(ids[[100, 299, 103]]).long()) and labels.tolist() == [0, 1, 1]
+    for limit, kept_on_disk in ((dataset.IN_MEMORY_BYTES, False), (0, True)):  # a small view is read into memory
+        monkeypatch.setattr(dataset, "IN_MEMORY_BYTES", limit)
+        view = TokenizedReviews(mapped, np.arange(300) % 2, rows=np.arange(100, 300))
+        assert isinstance(view.ids, np.memmap) is kept_on_disk
+        batch, labels = view.__getitems__([0, 199, 3])
+        assert torch.equal(batch, torch.from_numpy(ids[[100, 299, 103]]).long()) and labels.tolist() == [0, 1, 1]
 
 
 def test_epoch_order_is_the_seeded_permutation():

@@ -121,7 +121,8 @@ def test_a_folder_with_its_own_split_names(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.splits["fit"]) == 30 and len(dm.splits["val"]) == 9 and "test" not in dm.splits
-    assert isinstance(dm.splits["fit"].ids, np.memmap)  # read from disk as batches need it
+    ids = dm.splits["fit"].ids  # a split below IN_MEMORY_BYTES is read from the cache once
+    assert not isinstance(ids, np.memmap) and ids.shape[0] == 30 and dm.splits["fit"].rows is None
 
 
 @pytest.mark.parametrize(
