@@ -125,7 +125,10 @@ def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class
     ):
         options.add_argument(flag)
     with serving(three_class_ckpt) as (url, _):
-        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        # Chromium's GLib settings and caches default to the home folder: they go under tmp_path instead
+        home = {"GSETTINGS_BACKEND": "memory", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                "XDG_CONFIG_HOME": str(tmp_path / "config")}  # fmt: skip
+        browser = webdriver.Chrome(service=Service(DRIVER, env={**SUBPROCESS_ENV, **home}), options=options)
         try:
             browser.get(url)
             wait = WebDriverWait(browser, 30)
