@@ -43,9 +43,8 @@ class TokenizedReviews(Dataset):
 
     ``ids`` may be a memory-mapped array (the token cache on disk) or ``FileRows``: beyond
     ``IN_MEMORY_BYTES`` a batch reads only its rows, so a dataset of millions of reviews never has to fit
-    in memory. ``__getitems__`` hands
-    the DataLoader a whole batch at once instead of N single items to collate: with 1024 short rows
-    per batch that per-item work would cost more than the model step.
+    in memory. ``__getitems__`` hands the DataLoader a whole batch at once instead of N single items to
+    collate: with 1024 short rows per batch that per-item work would cost more than the model step.
     """
 
     def __init__(self, ids: np.ndarray | FileRows, labels: np.ndarray, rows: np.ndarray | None = None) -> None:
