@@ -5,6 +5,7 @@ the old file or the new one, never half of one. Every file rnn-lightning writes 
 (checkpoints, prediction files, the token cache, exports) goes through here.
 """
 
+import errno
 import glob
 import hashlib
 import json
@@ -22,6 +23,7 @@ from rnn_lightning.errors import InputError
 CACHE_ENV = "RNN_LIGHTNING_CACHE"  # names another default cache folder (tests: a temporary one); read only here
 # The token cache's default folder, and with it the memo of content_digests kept there.
 CACHE_ROOT = os.environ.get(CACHE_ENV) or "~/.cache/rnn_lightning"
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
 
 
 @contextmanager

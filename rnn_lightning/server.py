@@ -16,9 +16,7 @@ import asyncio
 import hmac
 import json
 import os
-import signal
 import socket
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -35,6 +33,7 @@ from rnn_lightning.errors import InputError, said
 from rnn_lightning.explain import METHOD, explain_ids
 from rnn_lightning.inference import Predictor
 from rnn_lightning.serving import ExportedPredictor
+from rnn_lightning.signals import exit_on_stop
 from rnn_lightning.text.tokenizer import length, text_chars
 from rnn_lightning.text.tokenizer import tail as text_tail
 
@@ -374,9 +373,7 @@ def main(argv: list[str], model_class=None) -> None:
     host, port = sock.getsockname()[:2]
     print(f"serving {path} on http://{host}:{port}/ (Ctrl+C or SIGTERM: finish the requests in flight, then exit)",
           flush=True)  # fmt: skip
-    # uvicorn re-raises a stop signal once it has finished the requests in flight: the stop is then a normal exit
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    exit_on_stop()  # uvicorn re-raises a stop signal once it has finished the requests in flight
     server.run(sockets=[sock])
     if failed:
         raise SystemExit(f"error: {failed[0]}")

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import CACHE_ROOT
+from rnn_lightning.signals import in_thread, stop_on_sigterm, stop_raises
 from rnn_lightning.text import sources, token_cache
 from rnn_lightning.text.dataset import TokenizedReviews, encode_reviews
 from rnn_lightning.text.loading import make_loader
@@ -26,10 +27,9 @@ from rnn_lightning.text.locations import (
     TEXT_FIELD,
     check_dataset,
 )
-from rnn_lightning.text.readers import InputRows, read_reviews, stop_on_sigterm
+from rnn_lightning.text.readers import InputRows, read_reviews
 from rnn_lightning.text.splits import VAL_SPLITS, ValSplit, fit_val_rows
 from rnn_lightning.text.tokenizer import PAD_ID, digest, set_length, text_chars, train_tokenizer
-from rnn_lightning.training.signals import in_thread, stop_raises
 
 
 class TextDataModule(LightningDataModule):

@@ -3,9 +3,7 @@ memory-mapped beyond), or the texts to classify encoded into an unlinked tempora
 read of its rows."""
 
 import os
-import signal
 import tempfile
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -76,26 +74,6 @@ class TokenizedReviews(Dataset):
 def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Collate for ``TokenizedReviews``: ``__getitems__`` already returned (ids (B, T), labels (B,))."""
     return batch
-
-
-def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """A DataLoader worker's ``worker_init_fn``: SIGINT and SIGTERM sent to the whole process group (Ctrl+C,
-    SLURM, ``kill -- -PGID``) are for the main process, which saves its checkpoint and then ends the workers.
-
-    torch's own worker handler exits on a SIGTERM from the parent (how the parent ends a stuck worker) and
-    dies of any other, which the main process then reports as a crashed worker instead of stopping. Here
-    SIGINT is ignored and SIGTERM is blocked and waited for by a thread: from the parent it exits as
-    torch's does, from anyone else it is dropped."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
-    parent = os.getppid()
-
-    def wait_for_sigterm() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
-
-    threading.Thread(target=wait_for_sigterm, name="sigterm-from-parent", daemon=True).start()
 
 
 def read_rows(ids: np.ndarray | FileRows, rows: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ a training loader that a checkpoint written mid-epoch resumes where it stopped."
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from rnn_lightning.text.dataset import keep_batch, leave_stop_signals_to_the_main_process
+from rnn_lightning.signals import leave_stop_signals_to_the_main_process
+from rnn_lightning.text.dataset import keep_batch
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -20,16 +20,11 @@ import codecs
 import csv
 import io
 import json
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rnn_lightning.errors import InputError, unreadable_file
 from rnn_lightning.text.locations import TEXT_FIELD
@@ -50,30 +45,6 @@ BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 bytes that continue a character, left over where one was cut
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Within it, SIGTERM stops at once, also inside a read that waits on a pipe, a FIFO or a stalled
-    standard input (Python retries such a read after a handler that returns, so it would wait for the
-    writer). The handler in place runs first (Lightning's notes the signal), then ``SIGTERMException``
-    ends the command as a stop between predict batches does (``GracefulStop``: exit 143, no file).
-    Signal handlers belong to the main thread: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def stop(signum, frame) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        raise SIGTERMException
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rnn_lightning.errors import InputError, unreadable_file
-from rnn_lightning.files import atomic_file, content_digests
+from rnn_lightning.files import DISK_ERRORS, atomic_file, content_digests
 from rnn_lightning.text.hub import offline_if_unreachable
 from rnn_lightning.text.labels import class_ids, class_names, is_text
 from rnn_lightning.text.locations import (
@@ -35,7 +35,6 @@ from rnn_lightning.text.locations import (
     is_local,
 )
 from rnn_lightning.text.tokenizer import CHUNK
-from rnn_lightning.training.failures import DISK_ERRORS
 
 ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
 PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folder under ARROW_DIR

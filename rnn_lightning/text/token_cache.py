@@ -30,11 +30,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.files import atomic_folder, content_digests
+from rnn_lightning.files import DISK_ERRORS, atomic_folder, content_digests
 from rnn_lightning.text.dataset import TokenizedReviews
 from rnn_lightning.text.sources import Labelled, Texts
 from rnn_lightning.text.tokenizer import digest, encode, length
-from rnn_lightning.training.failures import DISK_ERRORS
 
 CACHE_VERSION = 4  # bump when the tokenizer recipe, the split or the cache layout changes
 META = "meta.json"

@@ -1,5 +1,6 @@
 """Small Lightning callbacks: hyperparameters with final metrics, exact parameter counts, the run's config,
-a learning-rate suggestion. The prediction file is ``prediction_writer.py``'s, signals are ``signals.py``'s."""
+a learning-rate suggestion. The prediction file is ``prediction_writer.py``'s, stopping on a signal
+``graceful_stop.py``'s."""
 
 import os
 from pathlib import Path

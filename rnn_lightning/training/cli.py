@@ -5,7 +5,7 @@
 
 Only wiring lives here: defaults every config shares, argument links, and the checks that must run
 before any work. Beside it in ``training/``: the callbacks (``callbacks.py``, ``prediction_writer.py``,
-``signals.py``), where a run goes (``run_folder.py``) and what a failure says (``failures.py``);
+``graceful_stop.py``), where a run goes (``run_folder.py``) and what a failure says (``failures.py``);
 checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
@@ -37,6 +37,7 @@ from rnn_lightning.text import TextDataModule
 from rnn_lightning.training.callbacks import HParamsWithMetrics, ParameterSummary, RunConfigSaver
 from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
 from rnn_lightning.training.failures import check_optimizer, one_line, optimizer_error
+from rnn_lightning.training.graceful_stop import GracefulStop
 from rnn_lightning.training.prediction_writer import PredictionWriter
 from rnn_lightning.training.run_folder import (
     RUNS_DIR_NAME,
@@ -48,7 +49,6 @@ from rnn_lightning.training.run_folder import (
     runs_dir,
 )
 from rnn_lightning.training.schedules import CosineOverFit
-from rnn_lightning.training.signals import GracefulStop
 from rnn_lightning.training.trust import refused_import_line, restrict_imports
 
 # What every config shares; a preset states only what it changes.

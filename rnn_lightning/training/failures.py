@@ -2,7 +2,6 @@
 
 ``one_line(error)`` is that line, or None for an error that is a bug (its traceback is the report)."""
 
-import errno
 import os
 import re
 
@@ -11,9 +10,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import instantiate_class
 
 from rnn_lightning.errors import InputError, NonFiniteLossError, said
+from rnn_lightning.files import DISK_ERRORS
 from rnn_lightning.training.peers import is_lost_peer
-
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
 
 
 def one_line(error: BaseException) -> str | None:

@@ -1,10 +1,8 @@
-"""Stopping on a signal: SIGTERM/SIGINT save the point reached, SLURM's requeue signal waits for a batch
-boundary, and a lost DDP peer ends every process (``peers.py`` says what became of it)."""
+"""The Lightning callback for stopping: SIGTERM/SIGINT save the point reached, SLURM's requeue signal waits for
+a batch boundary, and a lost DDP peer ends every process (``peers.py`` says what became of it). The signal
+handlers it uses are in ``rnn_lightning.signals``, with every other."""
 
-import functools
-import os
 import signal
-import threading
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -15,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rnn_lightning import checkpoint
+from rnn_lightning.signals import Deferred, SigintAsSigterm, Stopped, StoppedWhilePreparing
 from rnn_lightning.training.peers import describe_peers, is_lost_peer, peer_processes
 
 
@@ -40,44 +39,34 @@ class GracefulStop(Callback):
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous_sigint = None
-        self._requeue = None  # (signal, Lightning's handler) under SLURM
-        self._requeue_pending = False
+        self._sigint = SigintAsSigterm()
+        self._requeue: Deferred | None = None  # Lightning's requeue handler, under SLURM
         self._stopped_in_validation = False  # while writing the stop's checkpoint: validation to run again
 
+    @property
+    def signum(self) -> int | None:
+        """SIGINT once Ctrl+C was pressed (it arrives as SIGTERM), else None."""
+        return self._sigint.received
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.signum = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._forward_sigint)
+        self._sigint.install()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
-        self._requeue, self._requeue_pending = None, False
+        self._sigint.uninstall()
+        self._requeue = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning installs its SLURM handlers just before the loop runs, so this is the first hook after them.
         env = getattr(trainer.strategy, "cluster_environment", None)
         if env is None and SLURMEnvironment.detect():  # a single-device strategy holds no environment
             env = SLURMEnvironment()
-        if not isinstance(env, SLURMEnvironment) or threading.current_thread() is not threading.main_thread():
-            return
-        signum = env.requeue_signal
-        handler = signal.getsignal(signum) if signum is not None else None
-        if callable(handler):  # installed by Lightning when auto_requeue is on
-            self._requeue = (signum, handler)
-            signal.signal(signum, self._note_requeue)
-
-    def _note_requeue(self, signum, frame) -> None:
-        self._requeue_pending = True
+        if isinstance(env, SLURMEnvironment) and env.requeue_signal is not None:
+            requeue = Deferred(env.requeue_signal)  # takes over the handler Lightning installs when auto_requeue is on
+            self._requeue = requeue if requeue.active else None
 
     def on_train_batch_start(self, trainer: Trainer, *args, **kwargs) -> None:
-        if self._requeue_pending:
-            self._requeue_pending = False
-            signum, handler = self._requeue
-            handler(signum, None)  # Lightning's: hpc_ckpt_N.ckpt, then `scontrol requeue`
+        if self._requeue is not None:
+            self._requeue.run_pending()  # Lightning's: hpc_ckpt_N.ckpt, then `scontrol requeue`
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, ckpt: dict) -> None:
         logger = trainer.logger
@@ -85,12 +74,6 @@ class GracefulStop(Callback):
             ckpt[checkpoint.RUN_VERSION_KEY] = logger.version
         if self._stopped_in_validation:
             validation_not_begun(ckpt)
-
-    def _forward_sigint(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt  # the second Ctrl+C
-        self.signum = signal.SIGINT
-        os.kill(os.getpid(), signal.SIGTERM)
 
     def on_predict_batch_end(self, trainer: Trainer, *args, **kwargs) -> None:
         if trainer.received_sigterm:  # Lightning notes SIGTERM in every stage but stops only fit and evaluation
@@ -102,7 +85,7 @@ class GracefulStop(Callback):
             if peer_processes(trainer):  # a stopped process would outlive this one, holding its pipes
                 trainer.strategy.launcher.kill(signal.SIGKILL)
             return
-        if not isinstance(exception, SIGTERMException):
+        if not isinstance(exception, (SIGTERMException, Stopped)):  # Stopped: a stop outside Lightning's path
             return
         signum = self.signum or getattr(exception, "signum", None) or signal.SIGTERM
         exception.code = 128 + signum  # SIGTERMException is a SystemExit: this becomes the exit status
@@ -146,57 +129,3 @@ def validation_not_begun(ckpt: dict) -> None:
     progress["total"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
     progress["current"] = {"ready": 0, "started": 0, "processed": 0, "completed": 0}
     progress["is_last_batch"] = False
-
-
-class StoppedWhilePreparing(SIGTERMException):
-    """A stop signal while the data was prepared (the tokenizer trained, the token cache written), before
-    Lightning's own handlers are in place: there is nothing to resume from; the command exits 128 + ``signum``."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-
-def stop_raises(fn):
-    """Decorator: while ``fn`` runs in the main thread, SIGTERM and SIGINT raise ``StoppedWhilePreparing``
-    at once, so that the files it was writing beside their targets (``files.atomic_file``/``atomic_folder``)
-    are removed on the way out. Without it SIGTERM kills the process where it stands, leaving them."""
-
-    def raise_stop(signum, frame) -> None:
-        raise StoppedWhilePreparing(signum)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            return fn(*args, **kwargs)
-        previous = {signum: signal.signal(signum, raise_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    return wrapper
-
-
-def in_thread(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` run in a thread while the main thread waits for it: Python runs signal
-    handlers in the main thread only, between its own steps, and a long call into Rust (the tokenizers'
-    trainer) would hold them off until it returned. On a stop the call is left to end with the process."""
-    if threading.current_thread() is not threading.main_thread():
-        return fn(*args, **kwargs)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # handed to the caller
-            outcome["error"] = e
-
-    worker = threading.Thread(target=run, name=getattr(fn, "__name__", "call"), daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)  # a signal's handler runs between these waits
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
