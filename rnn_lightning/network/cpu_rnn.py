@@ -1,4 +1,4 @@
-"""The ``rnn`` cell's time loop as a compiled float32 CPU kernel, registered as a PyTorch custom op.
+"""The ``rnn`` cell's time loop as a compiled float32 CPU kernel: a PyTorch extension that registers its ops.
 
 Why it exists: on a CPU, PyTorch's own ``rnn_tanh`` kernel runs each step as a separate GEMM plus
 tanh over the whole batch, which for the tutorial's shapes (80 steps, 1,024 rows, 64 units) is
@@ -6,14 +6,15 @@ latency-bound; the loop in ``csrc/cpu_kernels.cpp`` takes each block of rows thr
 its state in registers (docs/results.md has the side-by-side measurement through ``fit``).
 
 Only the recurrence is custom: ``hs[t + 1] = tanh(gi[t] + bias + hs[t] @ w_hh^T)`` with the input
-projections ``gi`` computed before it by an ordinary GEMM. The ops are ``torch.library`` custom ops
-with autograd and fake (shape) kernels, so autograd, ``torch.compile`` and ``torch.export`` see them.
-The source is built on first use with ``torch.utils.cpp_extension`` (the system's C++ compiler,
-``-march=native``) into ``$RNN_LIGHTNING_NATIVE_DIR`` or torch's extension cache; without a compiler,
-or with ``RNN_LIGHTNING_NATIVE=0``, ``available()`` is False and layers use PyTorch's kernels.
+projections ``gi`` computed before it by an ordinary GEMM. The C++ file defines the operators
+``torch.ops.rnn_lightning.tanh_recurrence`` and ``tanh_recurrence_backward`` (``TORCH_LIBRARY``) and
+their CPU kernels; this module builds it on first use with ``torch.utils.cpp_extension.load`` (the
+system's C++ compiler, ``-march=native``), which loads it with ``torch.ops.load_library``, and registers
+the autograd formula and the fake (shape) kernels, so autograd, ``torch.compile`` and ``torch.export``
+see one op. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, ``available()`` is False and the
+layers use PyTorch's kernels.
 """
 
-import ctypes
 import functools
 import hashlib
 import os
@@ -35,30 +36,36 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 ENV_SWITCH, ENV_DIR = "RNN_LIGHTNING_NATIVE", "RNN_LIGHTNING_NATIVE_DIR"
 
-_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+
+def build_folder(name: str) -> Path:
+    """Where the extension ``name`` is built: ``$RNN_LIGHTNING_NATIVE_DIR/<name>``, else
+    ``$TORCH_EXTENSIONS_DIR/<name>``, else ``~/.cache/torch_extensions/<name>`` (torch's own default root)."""
+    root = os.environ.get(ENV_DIR) or os.environ.get("TORCH_EXTENSIONS_DIR")
+    folder = Path(root) if root else Path.home() / ".cache" / "torch_extensions"
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 @functools.cache
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first call; None (with one warning) where they cannot be built or are off."""
+def library() -> str | None:
+    """The path of the compiled extension, built and loaded on first call; None (with one warning) where it
+    cannot be built or is switched off. A process loads one build: a second, from another folder, would
+    register the ops again, which PyTorch refuses by ending the process."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
     try:
-        if not (os.environ.get("CXX") or shutil.which("c++")):
+        if not shutil.which(os.environ.get("CXX") or "c++"):
             raise OSError("no C++ compiler found (set CXX)")
         from torch.utils import cpp_extension
 
         # -march=native code runs only on CPUs with the builder's features: the name carries them, so a
         # cache folder shared by different machines (a cluster's home) keeps one build per CPU kind.
         name = "rnnl_cpu_kernels_" + hashlib.sha256(cpu_signature().encode()).hexdigest()[:12]
-        build_dir = os.environ.get(ENV_DIR)
-        if build_dir:
-            folder = Path(build_dir, name)
-            folder.mkdir(parents=True, exist_ok=True)
-        else:  # torch 2.13 has no public name for the folder load() picks when given none
-            folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+        folder = build_folder(name)
+        built = folder / f"{name}{cpp_extension.LIB_EXT}"
+        if os.path.realpath(built) in torch.ops.loaded_libraries:  # loaded by an earlier call: nothing to do
+            return str(built)
         for attempt in range(2):  # a damaged build (a full disk, a killed link) is rebuilt once from scratch
-            built = folder / f"{name}{cpp_extension.LIB_EXT}"
             if attempt == 0 and built.exists() and not (folder / "lock").exists() and not _whole_library(built):
                 _clear(folder)  # load() would dlopen it, and mapping past a truncated file's end is SIGBUS
             try:
@@ -68,9 +75,8 @@ def library() -> ctypes.CDLL | None:
                     extra_cflags=CFLAGS,
                     extra_ldflags=["-fopenmp"],
                     build_directory=str(folder),
-                    is_python_module=False,
+                    is_python_module=False,  # torch.ops.load_library: the ops register themselves
                 )
-                lib = ctypes.CDLL(path)
                 break
             except OSError:  # the dynamic loader refused the built file: build it again, once
                 if attempt:
@@ -82,9 +88,8 @@ def library() -> ctypes.CDLL | None:
             stacklevel=2,
         )
         return None
-    lib.rnnl_tanh_forward.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
-    lib.rnnl_tanh_backward.argtypes = [_ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int]
-    return lib
+    _register_python_kernels()
+    return path
 
 
 def _whole_library(path: Path) -> bool:
@@ -126,53 +131,20 @@ def available() -> bool:
     return library() is not None
 
 
-@torch.library.custom_op("rnn_lightning::tanh_recurrence", mutates_args=(), device_types="cpu")
-def tanh_recurrence(gi: Tensor, bias: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """gi (T, B, H) float32, the input projections without bias; bias (H); w_hh (H, H) ->
-    (the final state (B, H), every state hs (T + 1, B, H) with hs[0] = 0)."""
-    T, B, H = gi.shape
-    gi, bias, wt = gi.contiguous(), bias.contiguous(), w_hh.t().contiguous()
-    hs = torch.empty(T + 1, B, H, dtype=torch.float32)
-    if library() is None:  # e.g. an exported model loaded where nothing was compiled: the same loop in PyTorch ops
-        hs[0] = 0
-        for t in range(T):
-            torch.tanh(torch.addmm(gi[t] + bias, hs[t], wt), out=hs[t + 1])
-    else:
-        library().rnnl_tanh_forward(
-            gi.data_ptr(), bias.data_ptr(), wt.data_ptr(), hs.data_ptr(), T, B, H, torch.get_num_threads()
-        )
-    return hs[-1].clone(), hs
+@functools.cache  # once per process, as the ops themselves: a later library() call (another folder) reuses them
+def _register_python_kernels() -> None:
+    """The ops' fake (shape) kernels and the autograd formula of ``tanh_recurrence``."""
+    torch.library.register_fake("rnn_lightning::tanh_recurrence", _tanh_recurrence_fake)
+    torch.library.register_fake("rnn_lightning::tanh_recurrence_backward", _tanh_recurrence_backward_fake)
+    torch.library.register_autograd("rnn_lightning::tanh_recurrence", _backward, setup_context=_setup_context)
 
 
-@tanh_recurrence.register_fake
-def _(gi: Tensor, bias: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
+def _tanh_recurrence_fake(gi: Tensor, bias: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
     T, B, H = gi.shape
     return gi.new_empty(B, H), gi.new_empty(T + 1, B, H)
 
 
-@torch.library.custom_op("rnn_lightning::tanh_recurrence_backward", mutates_args=(), device_types="cpu")
-def tanh_recurrence_backward(hs: Tensor, gout: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """hs from ``tanh_recurrence``; gout the gradient of the outputs hs[1:] (T, B, H), or of the final state
-    only (B, H) -> (dz (T, B, H), the gradient of each step's pre-activation; its sum (H), the bias gradient)."""
-    T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-    gout, w = gout.float().contiguous(), w_hh.float().contiguous()
-    dz, db = torch.empty(T, B, H, dtype=torch.float32), torch.empty(H, dtype=torch.float32)
-    if library() is None:  # the same recurrence in PyTorch ops: dz[t] = (dh[t] + dz[t + 1] @ w_hh) * (1 - hs[t + 1]^2)
-        dh = gout if gout.dim() == 2 else gout[T - 1]
-        for t in range(T - 1, -1, -1):
-            dz[t] = dh * (1 - hs[t + 1] ** 2)
-            if t:
-                dh = dz[t] @ w if gout.dim() == 2 else gout[t - 1] + dz[t] @ w
-        return dz, dz.sum((0, 1))
-    library().rnnl_tanh_backward(
-        hs.data_ptr(), gout.data_ptr(), int(gout.dim() == 2), w.data_ptr(), dz.data_ptr(), db.data_ptr(),
-        T, B, H, torch.get_num_threads(),
-    )  # fmt: skip
-    return dz, db
-
-
-@tanh_recurrence_backward.register_fake
-def _(hs: Tensor, gout: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
+def _tanh_recurrence_backward_fake(hs: Tensor, gout: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
     return hs.new_empty(hs.shape[0] - 1, hs.shape[1], hs.shape[2]), hs.new_empty(hs.shape[2])
 
 
@@ -190,22 +162,20 @@ def _backward(ctx, g_last: Tensor | None, g_hs: Tensor | None):
     else:  # both used: the final state's gradient joins the last step's
         gout = g_hs[1:].clone()
         gout[-1] += g_last
-    dz, db = tanh_recurrence_backward(hs, gout, w_hh)
+    dz, db = torch.ops.rnn_lightning.tanh_recurrence_backward(hs, gout.float(), w_hh)
     dw_hh = dz.flatten(0, 1).t() @ hs[:-1].flatten(0, 1)  # (H, H): one GEMM over all steps and rows
     return dz, db, dw_hh
 
 
-tanh_recurrence.register_autograd(_backward, setup_context=_setup_context)
-
-
 def tanh_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor, reverse: bool, last_only: bool) -> Tensor:
-    """One direction of an ``rnn`` layer: x (T, B, in) -> outputs (T, B, H), or the final state (B, H) if
-    ``last_only`` (for ``reverse``, the state after reading x[0]). The projections run as PyTorch GEMMs
-    (in bfloat16 under bf16 autocast); the recurrence in float32."""
+    """One direction of an ``rnn`` layer through the compiled loop (``available()`` must be True): x (T, B, in)
+    -> outputs (T, B, H), or the final state (B, H) if ``last_only`` (for ``reverse``, the state after reading
+    x[0]). The projections run as PyTorch GEMMs (in bfloat16 under bf16 autocast); the recurrence in float32."""
     if reverse:
         x = x.flip(0)
     gi = (x.flatten(0, 1) @ w_ih.t()).view(x.shape[0], x.shape[1], -1)  # (T, B, H): one GEMM for all steps
-    last, hs = tanh_recurrence(gi.float(), bias.float(), w_hh.float())  # custom ops are outside autocast's lists
+    # custom ops are outside autocast's lists: float32 in, float32 out
+    last, hs = torch.ops.rnn_lightning.tanh_recurrence(gi.float(), bias.float(), w_hh.float())
     if last_only:
         return last
     return hs[1:].flip(0) if reverse else hs[1:]

@@ -2,6 +2,7 @@
 
 import inspect
 import os
+import re
 from typing import Literal, get_args
 
 import torch
@@ -37,8 +38,8 @@ class TextRNN(nn.Module):
             state (for a bidirectional layer each direction's final state), ``max`` or ``mean`` over
             the real (unpadded) steps, or ``max_mean`` (the two concatenated).
         implementation: ``auto`` (the compiled loop for the rnn cell on a CPU, else fused), ``fused``
-            (PyTorch's kernels), ``bptt`` (the rnn cell's compiled CPU loop) or ``autograd`` (the reference loop);
-            the same function, different speed (see ``recurrent.py``).
+            (PyTorch's kernels) or ``bptt`` (the rnn cell's compiled CPU loop); the same function, different
+            speed (see ``recurrent.py``).
         word_dropout: probability of replacing each token of a training review by padding, so the
             model cannot lean on a few memorable words (names, titles).
         bigram_buckets: rows of a table of word-pair embeddings (0: none). Each step's input is then
@@ -292,6 +293,28 @@ def probabilities(logits: Tensor) -> Tensor:
         p = torch.sigmoid(logits.float())
         return torch.stack([1 - p, p], dim=-1)
     return torch.softmax(logits.float(), dim=-1)
+
+
+# A layer's parameters before they lived in an nn.RNN/GRU/LSTM: ``layers.0.weight_ih_reverse`` is now
+# ``layers.0.rnn.weight_ih_l0_reverse`` (the same tensors, in the same order: an optimizer's state still fits).
+_FORMER_NAME = re.compile(r"(layers\.\d+\.)(weight_ih|weight_hh|bias_ih|bias_hh)(_reverse)?")
+
+
+def upgrade_state_dict(weights: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Rename, in place, a network's tensors saved under names of an earlier version (the keys of ``weights``
+    that start with ``prefix``, e.g. ``net.`` in a LightningModule's checkpoint) to today's; returns ``weights``.
+    Every reader of a checkpoint's weights calls it; today's names pass unchanged."""
+    renamed = {}
+    for key, value in weights.items():
+        match = _FORMER_NAME.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+        if match:
+            layer, name, sfx = match.groups()
+            key = f"{prefix}{layer}rnn.{name}_l0{sfx or ''}"
+        renamed[key] = value
+    if renamed.keys() != weights.keys():
+        weights.clear()
+        weights.update(renamed)
+    return weights
 
 
 def network_arguments(hparams: dict) -> dict:

@@ -1,10 +1,17 @@
+import copy
+import io
+import subprocess
+import sys
+import types
+
 import pytest
 import torch
 
 from rnn_lightning.models import TextClassifier
 from rnn_lightning.network import cpu_rnn, text_rnn
 from rnn_lightning.network.recurrent import RecurrentLayer
-from rnn_lightning.network.text_rnn import TextRNN
+from rnn_lightning.network.text_rnn import TextRNN, upgrade_state_dict
+from tests.helpers import ROOT, SUBPROCESS_ENV
 
 # Where a GPU is present (a device machine; never in CI) the implementation tests run there too, so
 # the fused path is checked against cuDNN and the hand-written backward against CUDA kernels.
@@ -22,6 +29,49 @@ def exact_cuda():
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def reference_forward(layer: RecurrentLayer, x: torch.Tensor, implementation=None, last_only: bool = False):
+    """The reference every implementation is compared against: a Python loop over the time steps, from
+    the layer's own tensors, differentiated by autograd."""
+    outs = [_loop(layer, x, sfx) for sfx in layer.directions]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    if not last_only:
+        return out
+    h = layer.hidden_size
+    return out[-1] if len(outs) == 1 else torch.cat([out[-1, :, :h], out[0, :, h:]], dim=-1)
+
+
+def _loop(layer: RecurrentLayer, x: torch.Tensor, sfx: str) -> torch.Tensor:
+    w_ih, w_hh, b_ih, b_hh = (layer.tensor(name, sfx) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    steps = range(x.shape[0] - 1, -1, -1) if sfx else range(x.shape[0])
+    gi = torch.addmm(b_ih, x.flatten(0, 1), w_ih.t()).view(x.shape[0], x.shape[1], -1)  # (T, B, G*H)
+    h = x.new_zeros(x.shape[1], layer.hidden_size)
+    c = h
+    outs = [h] * x.shape[0]
+    for t in steps:
+        gh = torch.addmm(b_hh, h, w_hh.t())  # (B, G*H)
+        if layer.cell == "rnn":
+            h = torch.tanh(gi[t] + gh)
+        elif layer.cell == "gru":
+            i_r, i_z, i_n = gi[t].chunk(3, dim=1)
+            h_r, h_z, h_n = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h = n + z * (h - n)
+        else:
+            i, f, g, o = (gi[t] + gh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        outs[t] = h
+    return torch.stack(outs)
+
+
+def reference(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` (a network or one layer) with every recurrent layer computed by ``reference_forward``."""
+    for layer in [m for m in module.modules() if isinstance(m, RecurrentLayer)]:
+        layer.forward = types.MethodType(reference_forward, layer)
+    return module
 
 
 def test_base_model_has_the_tutorials_1018881_parameters():
@@ -43,18 +93,18 @@ def test_keras_initialisation():
     net = TextRNN(vocab_size=50, embed_dim=8, cell="lstm", hidden_size=4, num_layers=1, pad_id=0)
     emb = net.embedding.weight
     assert emb.abs().max() <= 0.05 and torch.all(emb[0] == 0)  # pad row is zero
-    layer = net.layers[0]
-    w_hh = layer.weight_hh.detach()  # (4H, H): orthogonal columns
+    lstm = net.layers[0].rnn
+    w_hh = lstm.weight_hh_l0.detach()  # (4H, H): orthogonal columns
     torch.testing.assert_close(w_hh.t() @ w_hh, torch.eye(4), atol=1e-5, rtol=0)
-    assert torch.all(layer.bias_ih[4:8] == 1) and torch.all(layer.bias_ih[:4] == 0)  # forget gate bias 1
-    assert torch.all(layer.bias_hh == 0) and torch.all(net.head.bias == 0)
+    assert torch.all(lstm.bias_ih_l0[4:8] == 1) and torch.all(lstm.bias_ih_l0[:4] == 0)  # forget gate bias 1
+    assert torch.all(lstm.bias_hh_l0 == 0) and torch.all(net.head.bias == 0)
 
 
 @pytest.mark.parametrize("cell, impl", [("rnn", "fused"), ("rnn", "bptt"), ("gru", "fused"), ("lstm", "fused")])
 @pytest.mark.parametrize("pooling", ["max", "last"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_implementations_match_autograd_outputs_and_gradients(cell, impl, pooling, device, exact_cuda):
-    """Same outputs and every parameter's gradient as the autograd loop, to 1e-5, with dropout,
+def test_implementations_match_the_reference_loops_outputs_and_gradients(cell, impl, pooling, device, exact_cuda):
+    """Same outputs and every parameter's gradient as the reference loop, to 1e-5, with dropout,
     two bidirectional layers, and max pooling (every time step's output gets a gradient) or the
     final states (the last layer returns nothing else). ``bptt`` is the rnn cell's compiled CPU loop."""
     if impl == "bptt" and (device != "cpu" or not cpu_rnn.available()):
@@ -70,7 +120,7 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl, poolin
         bidirectional=True,
         pooling=pooling,
     )
-    ref = TextRNN(**kwargs, implementation="autograd").to(device)
+    ref = reference(TextRNN(**kwargs)).to(device)
     other = TextRNN(**kwargs, implementation=impl).to(device)
     other.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 40, (7, 15), device=device)
@@ -85,7 +135,7 @@ def test_implementations_match_autograd_outputs_and_gradients(cell, impl, poolin
     torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=0)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
-        # On a GPU, cuDNN's tanh RNN sums the embedding's gradient in another order than the autograd
+        # On a GPU, cuDNN's tanh RNN sums the embedding's gradient in another order than the reference
         # loop, a gap above 1e-5 there; everything else stays within 1e-5.
         loose = device == "cuda" and impl == "fused" and cell == "rnn" and name == "embedding.weight"
         torch.testing.assert_close(
@@ -106,7 +156,7 @@ def test_last_and_mean_pooling_agree_across_implementations(pooling):
         bidirectional=True,
         pooling=pooling,
     )
-    nets = [TextRNN(**kwargs, implementation=i) for i in ("autograd", "fused")]
+    nets = [reference(TextRNN(**kwargs)), TextRNN(**kwargs, implementation="fused")]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     tokens = torch.randint(1, 30, (4, 9))
@@ -200,7 +250,7 @@ def test_bf16_autocast_stays_close_to_float32(cell, device, exact_cuda):
     gradient arrives in float32."""
     torch.manual_seed(0)
     kwargs = dict(vocab_size=50, embed_dim=16, cell=cell, hidden_size=12, num_layers=2, dropout=0.25, pooling="last")
-    ref = TextRNN(**kwargs, implementation="autograd").to(device)
+    ref = reference(TextRNN(**kwargs)).to(device)
     fast = TextRNN(**kwargs, implementation="auto").to(device)
     fast.load_state_dict(ref.state_dict())
     tokens = torch.randint(1, 50, (32, 20), device=device)
@@ -318,7 +368,7 @@ def test_word_dropout_hides_words_while_training_only():
     assert 70 < learned[0.5] < 130
 
 
-@pytest.mark.parametrize("impl", ["fused", "autograd", "bptt"])
+@pytest.mark.parametrize("impl", ["fused", "bptt"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_implementation_trains_and_evaluates_under_bf16_autocast(impl, device):
     """Under autocast a layer may get bfloat16 inputs from the one before: each implementation must take them."""
@@ -360,7 +410,7 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
         TextClassifier(colour="red")
 
 
-def _reference_loop(gi, w_hh, gout):
+def _reference_recurrence(gi, w_hh, gout):
     """The tanh recurrence and its backward, step by step in PyTorch: hs (T + 1, B, H), dz (T, B, H)."""
     T = gi.shape[0]
     hs = [torch.zeros_like(gi[0])]
@@ -376,36 +426,32 @@ def _reference_loop(gi, w_hh, gout):
     return hs, dz
 
 
-@pytest.fixture(params=["compiled", "pytorch_ops"])
-def loop_kind(request, monkeypatch):
-    """The custom op's two implementations: the compiled kernel, and the PyTorch loop it falls back to
-    (e.g. an exported model loaded where nothing was compiled)."""
-    if request.param == "compiled" and not cpu_rnn.available():
+@pytest.fixture
+def compiled():
+    if not cpu_rnn.available():
         pytest.skip("no C++ compiler")
-    if request.param == "pytorch_ops":
-        monkeypatch.setattr(cpu_rnn, "library", lambda: None)
-    return request.param
+    return torch.ops.rnn_lightning
 
 
 @pytest.mark.parametrize("H", [64, 128, 10])  # the register-tiled product (H a multiple of 64) and the general one
 @pytest.mark.parametrize("last_only", [False, True])
-def test_the_recurrence_op_matches_the_recurrence_step_by_step(H, last_only, loop_kind):
-    """States and pre-activation gradients of the custom ops against PyTorch's tanh, over 30 steps and
+def test_the_recurrence_op_matches_the_recurrence_step_by_step(H, last_only, compiled):
+    """States and pre-activation gradients of the compiled ops against PyTorch's tanh, over 30 steps and
     a batch that leaves a partial block of rows."""
     torch.manual_seed(0)
     T, B = 30, 13
     gi, bias, w_hh = torch.randn(T, B, H) * 0.7, torch.randn(H) * 0.3, torch.randn(H, H) / H**0.5
     gout = torch.randn(B, H) if last_only else torch.randn(T, B, H)
-    hs_ref, dz_ref = _reference_loop(gi + bias, w_hh, gout)
-    last, hs = cpu_rnn.tanh_recurrence(gi, bias, w_hh)
+    hs_ref, dz_ref = _reference_recurrence(gi + bias, w_hh, gout)
+    last, hs = compiled.tanh_recurrence(gi, bias, w_hh)
     torch.testing.assert_close(hs, hs_ref, atol=2e-6, rtol=0)
     assert torch.equal(last, hs[-1])
-    dz, db = cpu_rnn.tanh_recurrence_backward(hs, gout, w_hh)
+    dz, db = compiled.tanh_recurrence_backward(hs, gout, w_hh)
     torch.testing.assert_close(dz, dz_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(db, dz_ref.sum((0, 1)), atol=1e-4, rtol=1e-5)
 
 
-def test_the_recurrence_op_passes_pytorchs_custom_op_checks(loop_kind):
+def test_the_recurrence_op_passes_pytorchs_custom_op_checks(compiled):
     """torch.library.opcheck: schema, fake (shape) kernel, autograd registration, as compile/export use them."""
     torch.manual_seed(0)
     args = (
@@ -413,24 +459,33 @@ def test_the_recurrence_op_passes_pytorchs_custom_op_checks(loop_kind):
         torch.randn(4, requires_grad=True),
         torch.randn(4, 4, requires_grad=True),
     )
-    torch.library.opcheck(torch.ops.rnn_lightning.tanh_recurrence.default, args)
+    torch.library.opcheck(compiled.tanh_recurrence.default, args)
+    hs = compiled.tanh_recurrence(*(a.detach() for a in args))[1]
+    for gout in (torch.randn(6, 5, 4), torch.randn(5, 4)):
+        torch.library.opcheck(compiled.tanh_recurrence_backward.default, (hs, gout, args[2].detach()))
 
 
-def test_the_compiled_tanh_is_exact_to_float_precision_over_its_whole_range():
+def test_the_ops_refuse_what_they_cannot_compute(compiled):
+    with pytest.raises(RuntimeError, match="gi: expected a float32 CPU tensor"):
+        compiled.tanh_recurrence(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(4), torch.zeros(4, 4))
+    with pytest.raises(RuntimeError, match=r"bias \(H\) and w_hh \(H, H\)"):
+        compiled.tanh_recurrence(torch.zeros(2, 3, 4), torch.zeros(5), torch.zeros(4, 4))
+    with pytest.raises(RuntimeError, match="gout: expected"):
+        compiled.tanh_recurrence_backward(torch.zeros(3, 3, 4), torch.zeros(2, 2, 4), torch.zeros(4, 4))
+
+
+def test_the_compiled_tanh_is_exact_to_float_precision_over_its_whole_range(compiled):
     """One step from a zero state is tanh(gi): within 2 float32 ulps of 1 everywhere, signs kept, no NaN at the extremes."""
-    if not cpu_rnn.available():
-        pytest.skip("no C++ compiler")
     x = torch.cat([torch.linspace(-30, 30, 200_001), torch.tensor([0.0, -0.0, 1e-30, -1e-8, 88.0, -100.0, 1e30])])
     gi = x.view(1, -1, 1)  # T = 1, B = every value, H = 1
-    h = cpu_rnn.tanh_recurrence(gi, torch.zeros(1), torch.zeros(1, 1))[0][:, 0]
+    h = compiled.tanh_recurrence(gi, torch.zeros(1), torch.zeros(1, 1))[0][:, 0]
     torch.testing.assert_close(h, torch.tanh(x.double()).float(), atol=2.4e-7, rtol=0)
     assert torch.equal(torch.sign(h), torch.sign(x)) and torch.isfinite(h).all()
 
 
-def test_export_and_compile_see_the_compiled_loop_as_one_op():
-    """``auto`` on a CPU exports and compiles as it is: the loop is a registered op, not a C call."""
-    if not cpu_rnn.available():
-        pytest.skip("no C++ compiler")
+def test_export_and_compile_see_the_compiled_loop_as_one_op(compiled):
+    """``auto`` on a CPU exports and compiles as it is: the loop is a registered op, not a C call;
+    ``fused`` exports PyTorch's own kernel (what ``Predictor.export`` writes)."""
     torch.manual_seed(0)
     net = TextRNN(vocab_size=50, embed_dim=12, hidden_size=8).eval()
     tokens = torch.randint(1, 50, (4, 10))
@@ -440,6 +495,9 @@ def test_export_and_compile_see_the_compiled_loop_as_one_op():
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(tokens), net(tokens), atol=0, rtol=0)
         torch.testing.assert_close(torch.compile(net)(tokens), net(tokens), atol=1e-6, rtol=0)
+    net.implementation = "fused"
+    ops = [str(n.target) for n in torch.export.export(net, (tokens,)).graph.nodes if n.op == "call_function"]
+    assert ops.count("aten.rnn_tanh.input") == 2 and not [op for op in ops if op.startswith("rnn_lightning")]
 
 
 def test_without_a_compiler_pytorchs_kernel_runs_and_says_so(tmp_path, monkeypatch):
@@ -451,37 +509,61 @@ def test_without_a_compiler_pytorchs_kernel_runs_and_says_so(tmp_path, monkeypat
             assert not cpu_rnn.available()
         layer = RecurrentLayer("rnn", 6, 5)
         x = torch.randn(9, 4, 6)
-        torch.testing.assert_close(layer(x, "auto"), layer(x, "autograd"), atol=1e-6, rtol=0)
+        torch.testing.assert_close(layer(x, "auto"), reference_forward(layer, x), atol=1e-6, rtol=0)
         with pytest.raises(RuntimeError, match="implementation bptt"):
             layer(x, "bptt")
     finally:
         cpu_rnn.library.cache_clear()  # the next user builds it again from the session's directory
 
 
-def test_the_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, monkeypatch):
-    if not cpu_rnn.available():
-        pytest.skip("no C++ compiler")
-    monkeypatch.setenv(cpu_rnn.ENV_DIR, str(tmp_path))
+BUILD_TWICE = """
+import sys
+from pathlib import Path
+from rnn_lightning.network import cpu_rnn
+built = Path(cpu_rnn.library())
+assert built.parent.parent == Path(sys.argv[1]), built
+stamp = built.stat().st_mtime_ns
+cpu_rnn.library.cache_clear()
+assert cpu_rnn.library() == str(built) and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+print("BUILT", built.name)
+"""
+
+
+@pytest.mark.slow
+def test_the_compiled_loop_is_built_once_into_its_cache_directory(tmp_path, compiled):
+    """In a process of its own: a process loads one build of the ops (the session's is loaded here)."""
+    env = {**SUBPROCESS_ENV, cpu_rnn.ENV_DIR: str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", BUILD_TWICE, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and "BUILT rnnl_cpu_kernels_" in proc.stdout, proc.stderr[-2000:]
+    assert len(list(tmp_path.glob("*/*.so"))) == 1
+
+
+def test_the_build_folder_is_the_projects_then_torchs_then_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(cpu_rnn.ENV_DIR, raising=False)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert cpu_rnn.build_folder("x") == tmp_path / "home" / ".cache" / "torch_extensions" / "x"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch"))
+    assert cpu_rnn.build_folder("x") == tmp_path / "torch" / "x"
+    monkeypatch.setenv(cpu_rnn.ENV_DIR, str(tmp_path / "ours"))
+    assert cpu_rnn.build_folder("x") == tmp_path / "ours" / "x" and (tmp_path / "ours" / "x").is_dir()
+
+
+def test_switched_off_the_loop_is_not_loaded(monkeypatch):
+    monkeypatch.setenv(cpu_rnn.ENV_SWITCH, "0")
     cpu_rnn.library.cache_clear()
     try:
-        assert cpu_rnn.library() is not None
-        built = list(tmp_path.glob("*/*.so"))
-        assert len(built) == 1
-        stamp = built[0].stat().st_mtime_ns
-        cpu_rnn.library.cache_clear()
-        assert cpu_rnn.library() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
-        monkeypatch.setenv(cpu_rnn.ENV_SWITCH, "0")
-        cpu_rnn.library.cache_clear()
-        assert cpu_rnn.library() is None  # switched off
+        assert cpu_rnn.library() is None and not cpu_rnn.available()
     finally:
         cpu_rnn.library.cache_clear()
 
 
-def test_the_recurrence_ops_gradient_when_both_the_final_state_and_every_state_are_used(loop_kind):
+def test_the_recurrence_ops_gradient_when_both_the_final_state_and_every_state_are_used(compiled):
     torch.manual_seed(0)
     gi, b, w = (torch.randn(7, 3, 4, requires_grad=True), torch.randn(4, requires_grad=True),
                 torch.randn(4, 4, requires_grad=True))  # fmt: skip
-    last, hs = cpu_rnn.tanh_recurrence(gi, b, w)
+    last, hs = compiled.tanh_recurrence(gi, b, w)
     ours = torch.autograd.grad(last.sum() * 2 + hs.pow(2).sum(), (gi, b, w))
     states = [torch.zeros(3, 4)]
     for t in range(7):
@@ -490,6 +572,66 @@ def test_the_recurrence_ops_gradient_when_both_the_final_state_and_every_state_a
     ref = torch.autograd.grad(ref_hs[-1].sum() * 2 + ref_hs.pow(2).sum(), (gi, b, w))
     for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_a_layer_is_pytorchs_module_and_the_rnn_cell_keeps_one_bias(cell):
+    """The layer's module is nn.RNN/GRU/LSTM itself; the rnn cell's second bias is a zero buffer that is
+    not saved, gets no gradient and follows the module through .to(), .double(), deepcopy and load_state_dict."""
+    layer = RecurrentLayer(cell, 5, 4, bidirectional=True)
+    assert type(layer.rnn) is {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    names += [n + "_reverse" for n in names]
+    saved = [n for n in names if cell != "rnn" or not n.startswith("bias_hh")]
+    assert list(layer.state_dict()) == ["rnn." + n for n in saved]
+    assert [n for n, _ in layer.named_parameters()] == ["rnn." + n for n in saved]
+    x = torch.randn(6, 3, 5)
+    out = layer(x, "fused")
+    out.pow(2).sum().backward()
+    if cell == "rnn":
+        assert not layer.rnn.bias_hh_l0.requires_grad and layer.rnn.bias_hh_l0.grad is None
+    for other in (copy.deepcopy(layer), layer.double(), layer.float(), RecurrentLayer(cell, 5, 4, bidirectional=True)):
+        other.load_state_dict(layer.state_dict())
+        flat = other.rnn._flat_weights  # what PyTorch's kernel is given: every tensor of the module, the buffers too
+        assert all(w is getattr(other.rnn, n) for w, n in zip(flat, names, strict=True))
+        assert all(torch.all(getattr(other.rnn, n) == 0) for n in names if cell == "rnn" and n.startswith("bias_hh"))
+        torch.testing.assert_close(other(x, "fused"), out, atol=1e-6, rtol=0)
+    with torch.device("meta"):  # as TextRNN.from_checkpoint builds it, then given a checkpoint's tensors
+        mapped = RecurrentLayer(cell, 5, 4, bidirectional=True)
+    mapped.load_state_dict(layer.state_dict(), assign=True)
+    assert not any(t.is_meta for t in [*mapped.parameters(), *mapped.buffers()])
+    torch.testing.assert_close(mapped(x, "fused"), out, atol=0, rtol=0)
+
+
+def test_an_exported_layer_holds_pytorchs_kernel_and_its_zero_bias():
+    torch.manual_seed(0)
+    layer = RecurrentLayer("rnn", 5, 4, bidirectional=True).eval()
+    x = torch.randn(6, 3, 5)
+    program = torch.export.export(layer, (x,), kwargs={"implementation": "fused"})
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
+    torch.testing.assert_close(loaded(x, implementation="fused"), layer(x, "fused"), atol=0, rtol=0)
+
+
+def test_state_dicts_of_an_earlier_version_are_renamed_and_load():
+    torch.manual_seed(0)
+    net = TextRNN(vocab_size=30, embed_dim=6, hidden_size=5, num_layers=2, bidirectional=True)
+    today = {"net." + k: v for k, v in net.state_dict().items()}
+    former = {k.replace("rnn.", "").replace("_l0", ""): v for k, v in today.items()}
+    assert "net.layers.1.weight_hh_reverse" in former and "net.layers.0.bias_hh" not in former
+    former["optimizer_step"] = torch.zeros(())  # what does not start with the prefix is left alone
+    upgraded = upgrade_state_dict(former, "net.")
+    assert upgraded is former and list(upgraded) == [*today, "optimizer_step"]
+    assert all(upgraded[k] is today[k] for k in today)
+    assert list(upgrade_state_dict(dict(today), "net.")) == list(today)  # today's names pass unchanged
+    gru = TextRNN(vocab_size=30, embed_dim=6, cell="gru", hidden_size=5, num_layers=1)
+    old_gru = {k.replace("rnn.", "").replace("_l0", ""): v for k, v in gru.state_dict().items()}
+    assert "layers.0.bias_hh" in old_gru
+    TextRNN(vocab_size=30, embed_dim=6, cell="gru", hidden_size=5, num_layers=1).load_state_dict(
+        upgrade_state_dict(old_gru)
+    )
 
 
 @pytest.mark.parametrize("bigrams", [0, 97])

@@ -1,17 +1,24 @@
-// The time loop of a tanh RNN layer, forward and backward, in float32 for the CPU: the custom ops of
-// cpu_rnn.py, which builds this file once per machine with torch.utils.cpp_extension.
+// The time loop of a tanh RNN layer, forward and backward, in float32 for the CPU: the operators
+// rnn_lightning::tanh_recurrence and rnn_lightning::tanh_recurrence_backward, registered with PyTorch
+// below. cpu_rnn.py builds this file once per CPU kind with torch.utils.cpp_extension and registers
+// their autograd and fake (shape) kernels.
 //
 // The recurrence of each batch row depends on that row only, so each thread takes a block of ROWS rows
 // through all T steps: the block's state (ROWS x H) stays in L1 and W_hh in L2, there is one parallel
 // region per layer instead of a fork/join per op, and each step's product and tanh are one pass.
 // The input projections (one large GEMM before) and the weight gradients (large GEMMs after) stay in
-// PyTorch, where oneDNN/MKL run them near peak. Plain C ABI and OpenMP: no PyTorch headers, so the
-// build is quick.
+// PyTorch, where oneDNN/MKL run them near peak. The PyTorch headers are the registration's and the
+// Tensor's only (no <torch/extension.h>, no pybind11): the build takes about 12 s of CPU time once,
+// 10 of them for <torch/library.h>.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <omp.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -115,14 +122,10 @@ inline void add_product(float* __restrict acc, const float* __restrict h, const 
   }
 }
 
-}  // namespace
-
-extern "C" {
-
 // gi (T, B, H): the input projections without bias; bias (H): both biases summed; wt (H, H) = w_hh^T,
 // row-major. Writes hs (T + 1, B, H): hs[0] = 0, hs[t + 1] = tanh(gi[t] + bias + hs[t] @ wt).
-void rnnl_tanh_forward(const float* gi, const float* bias, const float* wt, float* hs, int64_t T, int64_t B,
-                       int64_t H, int threads) {
+void tanh_forward(const float* gi, const float* bias, const float* wt, float* hs, int64_t T, int64_t B, int64_t H,
+                  int threads) {
   std::memset(hs, 0, sizeof(float) * B * H);
   const int64_t blocks = (B + ROWS - 1) / ROWS;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -141,11 +144,11 @@ void rnnl_tanh_forward(const float* gi, const float* bias, const float* wt, floa
   }
 }
 
-// hs from rnnl_tanh_forward; gout: the outputs' gradient, (T, B, H), or (B, H) for the last state only
+// hs from tanh_forward; gout: the outputs' gradient, (T, B, H), or (B, H) for the last state only
 // (last_only); w (H, H) = w_hh, row-major. Writes dz (T, B, H), the gradient of each step's
 // pre-activation gi[t] + bias + hs[t] @ w_hh^T, and dbias (H), its sum over all steps and rows.
-void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const float* w, float* dz, float* dbias,
-                        int64_t T, int64_t B, int64_t H, int threads) {
+void tanh_backward(const float* hs, const float* gout, int last_only, const float* w, float* dz, float* dbias,
+                   int64_t T, int64_t B, int64_t H, int threads) {
   const int64_t blocks = (B + ROWS - 1) / ROWS;
   // One partial bias sum per thread, added in thread order: the same result on every run.
   std::vector<float> partial(static_cast<size_t>(threads) * H, 0.0f);
@@ -184,4 +187,51 @@ void rnnl_tanh_backward(const float* hs, const float* gout, int last_only, const
     for (int64_t j = 0; j < H; ++j) dbias[j] += partial[i * H + j];
 }
 
-}  // extern "C"
+at::Tensor contiguous_float(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, ": expected a float32 CPU tensor");
+  TORCH_CHECK(t.dim() == dim, name, ": expected ", dim, " dimensions, got ", t.dim());
+  return t.contiguous();
+}
+
+// gi (T, B, H), the input projections without bias; bias (H); w_hh (H, H) ->
+// (the final state (B, H), every state hs (T + 1, B, H) with hs[0] = 0).
+std::tuple<at::Tensor, at::Tensor> tanh_recurrence(const at::Tensor& gi_, const at::Tensor& bias_,
+                                                   const at::Tensor& w_hh) {
+  const at::Tensor gi = contiguous_float(gi_, "gi", 3), bias = contiguous_float(bias_, "bias", 1);
+  const at::Tensor wt = contiguous_float(w_hh, "w_hh", 2).t().contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = gi.size(2);
+  TORCH_CHECK(bias.size(0) == H && wt.size(0) == H && wt.size(1) == H, "bias (H) and w_hh (H, H) for gi (T, B, H)");
+  at::Tensor hs = gi.new_empty({T + 1, B, H});
+  tanh_forward(gi.data_ptr<float>(), bias.data_ptr<float>(), wt.data_ptr<float>(), hs.data_ptr<float>(), T, B, H,
+               at::get_num_threads());
+  return {hs[T].clone(), hs};
+}
+
+// hs from tanh_recurrence; gout the gradient of the outputs hs[1:] (T, B, H), or of the final state only
+// (B, H) -> (dz (T, B, H), the gradient of each step's pre-activation; its sum (H), the bias gradient).
+std::tuple<at::Tensor, at::Tensor> tanh_recurrence_backward(const at::Tensor& hs_, const at::Tensor& gout_,
+                                                            const at::Tensor& w_hh) {
+  const at::Tensor hs = contiguous_float(hs_, "hs", 3), w = contiguous_float(w_hh, "w_hh", 2);
+  const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+  const bool last_only = gout_.dim() == 2;
+  const at::Tensor gout = contiguous_float(gout_, "gout", last_only ? 2 : 3);
+  TORCH_CHECK(gout.size(-1) == H && gout.size(-2) == B && (last_only || gout.size(0) == T),
+              "gout: expected (T, B, H) or (B, H) for hs (T + 1, B, H)");
+  TORCH_CHECK(w.size(0) == H && w.size(1) == H, "w_hh: expected (H, H) for hs (T + 1, B, H)");
+  at::Tensor dz = hs.new_empty({T, B, H}), db = hs.new_empty({H});
+  tanh_backward(hs.data_ptr<float>(), gout.data_ptr<float>(), last_only, w.data_ptr<float>(), dz.data_ptr<float>(),
+                db.data_ptr<float>(), T, B, H, at::get_num_threads());
+  return {dz, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnn_lightning, m) {
+  m.def("tanh_recurrence(Tensor gi, Tensor bias, Tensor w_hh) -> (Tensor, Tensor)");
+  m.def("tanh_recurrence_backward(Tensor hs, Tensor gout, Tensor w_hh) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rnn_lightning, CPU, m) {
+  m.impl("tanh_recurrence", &tanh_recurrence);
+  m.impl("tanh_recurrence_backward", &tanh_recurrence_backward);
+}
