@@ -11,7 +11,7 @@ from torch import Tensor
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError, NonFiniteLossError
-from rnn_lightning.network.text_rnn import TextRNN
+from rnn_lightning.network.text_rnn import TextRNN, upgrade_state_dict
 
 NonFinite = Literal["stop", "skip"]
 
@@ -64,6 +64,7 @@ class RecurrentModule(LightningModule):
         # Lightning calls this first when it restores a checkpoint, before the weights and the data
         # module's state: an older checkpoint is brought to today's layout here.
         checkpoint.upgrade(ckpt)
+        upgrade_state_dict(ckpt[checkpoint.WEIGHTS_KEY], "net.")  # the network's tensors under today's names
         self._restored_rng = ckpt.get(checkpoint.DROPOUT_RNG_KEY)
 
     # ---------------------------------------------------------------- non-finite loss or gradient
