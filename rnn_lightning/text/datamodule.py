@@ -17,7 +17,7 @@ from rnn_lightning.checkpoint import TOKENIZER_KEY
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import CACHE_ROOT
 from rnn_lightning.signals import in_thread, stop_on_sigterm, stop_raises
-from rnn_lightning.text import sources, token_cache
+from rnn_lightning.text import identity, sources, token_cache
 from rnn_lightning.text.dataset import TokenizedReviews, encode_reviews
 from rnn_lightning.text.loading import make_loader
 from rnn_lightning.text.locations import (
@@ -171,7 +171,7 @@ class TextDataModule(LightningDataModule):
         return token_cache.folder(
             self.cache_dir,
             {
-                "source": sources.fingerprint(
+                "source": identity.fingerprint(
                     self.dataset,
                     sources.splits_wanted(self.split_names, self.unlabelled),
                     self.config_name,

@@ -52,3 +52,17 @@ def check_dataset(dataset: Dataset) -> None:
 
 def is_aclimdb(path: Path) -> bool:
     return all((path / "train" / name).is_dir() for name in ACLIMDB_CLASSES)
+
+
+def split_file(folder: Path, name: str) -> Path | None:
+    """The one file of split ``name`` in a folder with a file per split (``train.parquet``, ...), or None."""
+    for suffix in FILE_TYPES:
+        link = folder / f"{name}{suffix}"
+        if link.is_symlink() and not link.exists():
+            raise InputError(f"data.dataset: {str(link)!r} is a link to {os.readlink(link)!r}, which does not exist")
+    found = [folder / f"{name}{suffix}" for suffix in FILE_TYPES if (folder / f"{name}{suffix}").is_file()]
+    if len(found) > 1:
+        raise InputError(
+            f"data.dataset: {str(folder)!r} holds several files for split {name!r}: {[f.name for f in found]}"
+        )
+    return found[0] if found else None

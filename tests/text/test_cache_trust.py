@@ -18,14 +18,14 @@ import pytest
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_folder
 from rnn_lightning.network import cpu_rnn
-from rnn_lightning.text import sources, token_cache
+from rnn_lightning.text import identity, opening, sources, token_cache
 from tests.helpers import ROOT, SUBPROCESS_ENV, make_dm, make_reviews, one_line_error, write_splits
 
 WANTED = {"train": "train", "validation": "validation", "test": "test"}
 
 
 def key(dataset, wanted=WANTED, **kwargs) -> str:
-    return sources.fingerprint(str(dataset), wanted, **kwargs)
+    return identity.fingerprint(str(dataset), wanted, **kwargs)
 
 
 def hub_layout_gz(root: Path) -> tuple[Path, Path]:
@@ -168,7 +168,7 @@ def test_a_full_cache_folder_while_copying_the_data_blames_the_cache_not_the_dat
         raise OSError(errno.ENOSPC, "No space left on device")
         yield
 
-    monkeypatch.setattr(sources, "parquet_batches", full)
+    monkeypatch.setattr(opening, "parquet_batches", full)
     line = one_line_error(cli("fit", *tiny_args, check=False))
     assert line.startswith(f"error: data.cache_dir: No space left on device writing {tmp_path / 'cache' / 'arrow'}")
     assert "train.parquet" not in line and no_temporaries(tmp_path / "cache")

@@ -1,0 +1,99 @@
+"""A source's splits as ``datasets.Dataset`` (Arrow, memory-mapped from disk for files and hub data): a file
+per split, a folder ``datasets`` reads, a hub id, or an aclImdb folder. Local files are copied to Arrow once,
+into ``data.cache_dir`` under their content's digest."""
+
+import os
+from pathlib import Path
+
+from rnn_lightning.errors import InputError, unreadable_file
+from rnn_lightning.files import DISK_ERRORS, atomic_file, content_digests
+from rnn_lightning.text import aclimdb
+from rnn_lightning.text.formats import parquet_batches
+from rnn_lightning.text.hub import full_cache, load_dataset, load_hub, unreadable_folder
+from rnn_lightning.text.identity import fingerprint
+from rnn_lightning.text.locations import FILE_TYPES, Dataset, check_dataset, is_aclimdb, is_local, split_file
+from rnn_lightning.text.tokenizer import CHUNK
+
+ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
+PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folder under ARROW_DIR
+
+
+def open_splits(
+    dataset: Dataset, wanted: dict[str, str], config_name: str | None = None, cache_dir: Path | None = None
+) -> dict:
+    """The splits among ``wanted`` ({role: split name}) that the source has, as ``datasets.Dataset`` by role.
+
+    A folder with one file per wanted split (``train.parquet``, ``test.csv``, ...) or files given per
+    split are read file by file (only the splits asked for: IMDB's 50,000 unlabelled reviews are read
+    only when wanted); any other folder or a hub id goes through ``datasets.load_dataset``.
+
+    ``cache_dir``: its ``arrow/`` folder holds the Arrow copies of local files, one folder per content
+    digest (the digests are memoised in ``cache_dir``). ``datasets`` keys its own copies by path and
+    modification time, and would hand back the old rows of a file rewritten with its time put back;
+    keyed by content, it cannot.
+    """
+    check_dataset(dataset)
+    by_name = {name: role for role, name in wanted.items()}
+    if isinstance(dataset, dict):
+        unknown = sorted(set(dataset) - set(by_name))
+        if unknown:
+            raise InputError(
+                f"data.dataset: split(s) {unknown} are not among the splits used ({sorted(by_name)}); "
+                "rename them or set data.train_name / data.validation_name / data.test_name"
+            )
+        return {by_name[name]: _read_file(Path(os.path.expanduser(f)), cache_dir) for name, f in dataset.items()}
+    if not is_local(dataset):
+        return _pick(load_hub(dataset, config_name), by_name)
+    path = Path(dataset).expanduser()
+    if is_aclimdb(path):
+        return {role: aclimdb.read_split(path, name) for role, name in wanted.items() if aclimdb.has_split(path, name)}
+    files = {name: split_file(path, name) for name in by_name}
+    if files[wanted["train"]] is not None:
+        return {by_name[name]: _read_file(f, cache_dir) for name, f in files.items() if f is not None}
+    options = {}
+    if cache_dir is not None:
+        digest = fingerprint(dataset, wanted, config_name, exclude=cache_dir, memo_dir=cache_dir)
+        options["cache_dir"] = str(_arrow_copies(cache_dir, digest))
+    with unreadable_folder(dataset):
+        loaded = load_dataset(path=str(path), **options)
+    return _pick(loaded, by_name)
+
+
+def _read_file(path: Path, cache_dir: Path | None = None):
+    builder, options = FILE_TYPES[path.suffix]
+    if cache_dir is not None:
+        options = {**options, "cache_dir": str(_arrow_copies(cache_dir, content_digests([path], cache_dir)[0]))}
+    try:
+        if path.suffix == ".parquet" and cache_dir is not None:
+            return _parquet_to_arrow(path, Path(options["cache_dir"]) / PARQUET_COPY)
+        return load_dataset(builder, data_files={"split": str(path)}, split="split", **options)
+    except OSError as e:
+        if e.errno in DISK_ERRORS:  # the Arrow copy in the cache folder could not be written: not the data's fault
+            raise full_cache(e, e.filename or options.get("cache_dir")) from None
+        raise unreadable_file("data.dataset", path, e) from None
+    except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
+        raise unreadable_file("data.dataset", path, e) from None
+
+
+def _parquet_to_arrow(path: Path, target: Path):
+    """A parquet file as a memory-mapped ``datasets.Dataset``, through an Arrow copy at ``target``
+    written one row group at a time: ``datasets``' own conversion holds every row group read so far
+    until the end, so its memory grows with the file."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not target.is_file():
+        f = pq.ParquetFile(path)
+        with atomic_file(target, "wb") as out, pa.ipc.new_stream(out, f.schema_arrow) as writer:
+            for batch in parquet_batches(f, CHUNK):
+                writer.write_batch(batch)
+    return datasets.Dataset.from_file(str(target))  # the schema's metadata carries the features (ClassLabel)
+
+
+def _arrow_copies(cache_dir: Path, digest: str) -> Path:
+    return cache_dir / ARROW_DIR / digest
+
+
+def _pick(loaded, by_name: dict[str, str]) -> dict:
+    return {role: loaded[name] for name, role in by_name.items() if name in loaded}
