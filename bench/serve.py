@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from rnn_lightning.serving import prediction
+from rnn_lightning.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR_WORKER = """
@@ -47,13 +47,14 @@ class LinearModel:
         with open(path, "rb") as f:  # written by this benchmark just before, from the IMDB training split
             self.pipeline = pickle.load(f)
         self.name, self.class_names = "tfidf_logreg", ["neg", "pos"]
+        self.task = make_task(self.class_names)
 
     def info(self) -> dict:
         return {"model": self.name, "class_names": self.class_names, "explain": False}
 
     def predict(self, texts: list[str]) -> list[dict]:
         probs = self.pipeline.predict_proba(texts).tolist()
-        return [prediction(p, self.class_names) for p in probs]
+        return [self.task.decision(p) for p in probs]
 
 
 def fit_linear(data: Path, out: Path) -> None:

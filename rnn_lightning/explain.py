@@ -11,8 +11,9 @@ its words. So for every text
     sum(scores) = logit(text) - logit(baseline),  baseline = the embeddings at zero, no n-gram bag,
 
 up to the quadrature's error, returned as ``delta``: ``explain_ids`` doubles the nodes (``STEPS`` to
-``MAX_STEPS``) for the texts whose delta is past ``TOLERANCE``. A binary network's "logit of class 0" is minus its
-logit (the log-odds of class 0); with K > 2 classes it is the class's own logit.
+``MAX_STEPS``) for the texts whose delta is past ``TOLERANCE``. The logit of a class is the task's
+(``Task.class_logit``): a binary network's "logit of class 0" is minus its logit (the log-odds of class 0);
+with K > 2 classes it is the class's own logit.
 
 Plain PyTorch, no Lightning: the server and the prediction writer share it.
 """
@@ -21,8 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnn_lightning.network.text_rnn import probabilities
-from rnn_lightning.serving import prediction
+from rnn_lightning.tasks import Task
 
 METHOD = "integrated gradients on the word embeddings from the padding baseline (zero), Gauss-Legendre"
 STEPS = 32  # quadrature nodes to start with; doubled for the texts whose delta is past TOLERANCE ...
@@ -35,35 +35,27 @@ def within_tolerance(delta: Tensor, change: Tensor) -> Tensor:
     return delta.abs() <= TOLERANCE * change.abs().clamp(min=1.0)
 
 
-def class_logit(logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Logits (B,) of a binary network or (B, K), and classes (B,) -> each row's logit of its class (B,)."""
-    if num_classes == 2:
-        return torch.where(target == 1, logits, -logits)
-    return logits.gather(1, target.unsqueeze(1)).squeeze(1)
-
-
-def explain_ids(net, ids: Tensor, class_names: list[str], targets: list[int | None] | None = None) -> list[dict]:
-    """Token ids (B, T) -> per text the prediction (``serving.prediction``) and, for ``target`` (a class
-    name; the predicted class where ``targets`` gives None), ``positions`` (the read, unpadded steps),
-    ``scores`` (one per position), ``logit``, ``baseline_logit`` and ``delta`` (see ``integrated_gradients``)."""
+def explain_ids(net, ids: Tensor, task: Task, targets: list[int | None] | None = None) -> list[dict]:
+    """Token ids (B, T) -> per text the task's decision (``Task.decision``) and, for ``target`` (a class
+    name; ``Task.explained`` of the decision where ``targets`` gives None), ``positions`` (the read, unpadded
+    steps), ``scores`` (one per position), ``logit``, ``baseline_logit`` and ``delta`` (see ``integrated_gradients``)."""
     with torch.inference_mode(False):  # Lightning's predict loop runs in inference mode; this needs gradients
         ids = ids.clone()
         with torch.no_grad():
-            probs = probabilities(net.eval()(ids)).tolist()
-        found = [prediction(p, class_names) for p in probs]
+            probs = task.probabilities(net.eval()(ids)).tolist()
+        found = [task.decision(p) for p in probs]
         chosen = [
-            class_names.index(found[i]["label"]) if targets is None or targets[i] is None else targets[i]
-            for i in range(len(found))
+            task.explained(found[i]) if targets is None or targets[i] is None else targets[i] for i in range(len(found))
         ]
         target = torch.tensor(chosen)
-        out = integrated_gradients(net, ids, target)
+        out = integrated_gradients(net, task, ids, target)
         steps = STEPS
         while steps < MAX_STEPS:  # the quadrature's error shows in delta: more nodes for the texts past it
             redo = (~within_tolerance(out["delta"], out["logit"] - out["baseline_logit"])).nonzero().flatten()
             if not len(redo):
                 break
             steps *= 2
-            again = integrated_gradients(net, ids[redo], target[redo], steps)
+            again = integrated_gradients(net, task, ids[redo], target[redo], steps)
             for key in out:
                 out[key][redo] = again[key]
     rows = []
@@ -72,7 +64,7 @@ def explain_ids(net, ids: Tensor, class_names: list[str], targets: list[int | No
         rows.append(
             {
                 **pred,
-                "target": class_names[chosen[i]],
+                "target": task.class_names[chosen[i]],
                 "positions": positions,
                 "scores": out["scores"][i, positions].tolist(),
                 **{key: out[key][i].item() for key in ("logit", "baseline_logit", "delta")},
@@ -81,9 +73,10 @@ def explain_ids(net, ids: Tensor, class_names: list[str], targets: list[int | No
     return rows
 
 
-def integrated_gradients(net, tokens: Tensor, target: Tensor, steps: int = STEPS) -> dict[str, Tensor]:
-    """``net`` (a ``TextRNN``), tokens (B, T) and target classes (B,) -> ``scores`` (B, T), zero at padding;
-    ``logit`` and ``baseline_logit`` (B,) of the target class; ``delta`` (B,) = sum(scores) - their difference.
+def integrated_gradients(net, task: Task, tokens: Tensor, target: Tensor, steps: int = STEPS) -> dict[str, Tensor]:
+    """``net`` (a ``TextRNN``) of ``task``, tokens (B, T) and target classes (B,) -> ``scores`` (B, T), zero at
+    padding; ``logit`` and ``baseline_logit`` (B,) of the target class (``Task.class_logit``); ``delta`` (B,) =
+    sum(scores) - their difference.
 
     The n-gram bag does not depend on the embeddings: it cancels from the integral's end points and is
     added back as its exact per-word shares."""
@@ -93,8 +86,9 @@ def integrated_gradients(net, tokens: Tensor, target: Tensor, steps: int = STEPS
         b, t = tokens.shape
         with torch.no_grad():
             x = net.embed(tokens).float()  # (T, B, E)
-            logit = class_logit(net.classify(x, tokens), target, net.num_classes)
-            at_zero = class_logit(net.classify(torch.zeros_like(x), tokens), target, net.num_classes)
+            logits = net.classify(x, tokens)  # (B,) or (B, C)
+            logit = task.class_logit(logits, target)
+            at_zero = task.class_logit(net.classify(torch.zeros_like(x), tokens), target)
         nodes, weights = np.polynomial.legendre.leggauss(steps)  # on [-1, 1], mapped to [0, 1]
         alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype)
         weights = torch.tensor(weights / 2, dtype=x.dtype)
@@ -102,17 +96,15 @@ def integrated_gradients(net, tokens: Tensor, target: Tensor, steps: int = STEPS
             # every node's point on the path as one batch, node-major: (T, steps * B, E)
             path = (alphas.view(1, -1, 1, 1) * x.unsqueeze(1)).reshape(t, steps * b, -1)
             path.requires_grad_(True)
-            f = class_logit(net.classify(path, tokens.repeat(steps, 1)), target.repeat(steps), net.num_classes)
+            f = task.class_logit(net.classify(path, tokens.repeat(steps, 1)), target.repeat(steps))
             (grad,) = torch.autograd.grad((f * weights.repeat_interleave(b)).sum(), path)
         scores = (x * grad.view(t, steps, b, -1).sum(1)).sum(-1).t()  # (B, T)
         baseline = at_zero
         if net.ngrams is not None:
             with torch.no_grad():
-                shares = ngram_shares(net, tokens)  # (B, T, C)
-                if net.num_classes == 2:
-                    shares = torch.where(target.unsqueeze(1) == 1, shares[..., 0], -shares[..., 0])
-                else:
-                    shares = shares.gather(2, target.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
+                shares = ngram_shares(net, tokens)  # (B, T, C), C logits as the head has them
+                shares = shares.reshape(b, t, *logits.shape[1:])  # as the network gives logits: (B, T) for one
+                shares = task.class_logit(shares, target.unsqueeze(1).expand(b, t))  # (B, T)
             scores = scores + shares
             baseline = at_zero - shares.sum(1)  # the baseline has no bag
         return {

@@ -17,23 +17,24 @@ from tokenizers import Tokenizer
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
-from rnn_lightning.network.text_rnn import TextRNN, network_arguments
+from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.serving import predictions
+from rnn_lightning.tasks import Task, make_task
 
 
 class Probabilities(torch.nn.Module):
-    """A network as what is exported: ids (B, T) -> probabilities (B, K) of the classes, for any K."""
+    """A network as what is exported: ids (B, T) -> probabilities (B, K) of the classes (``Task.probabilities``)."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, task: Task) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.task = net, task
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net.probabilities(tokens)
+        return self.task.probabilities(self.net(tokens))
 
 
 class Predictor:
-    """A network, its tokenizer and class names: texts -> predicted class and probabilities (see
+    """A network, its tokenizer and class names: texts -> the task's decision for each (see
     ``serving.predictions``). Empty or whitespace-only texts get None (the CLI's prediction file
     gives them an error field)."""
 
@@ -41,38 +42,22 @@ class Predictor:
         self, net: torch.nn.Module, tokenizer: Tokenizer, class_names: list[str], batch_size: int = 1024
     ) -> None:
         self.net, self.tokenizer, self.class_names, self.batch_size = net.eval(), tokenizer, class_names, batch_size
+        self.task = make_task(class_names)
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "Predictor":
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
         ckpt = checkpoint.load_checkpoint(path, mmap=True)
-        hparams = ckpt[checkpoint.HPARAMS_KEY]
-        names = list(hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
-        prefix = "net."
-        try:
-            if "cutoffs" in hparams:
-                raise InputError("a language model, which predicts words, not classes")
-            # built without memory and given the file's mapped tensors: no initialisation, no copy of the weights
-            with torch.device("meta"):
-                net = TextRNN(**network_arguments(hparams), num_classes=len(names))
-            weights = ckpt[checkpoint.WEIGHTS_KEY]
-            own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            net.load_state_dict(own, assign=True)
-            for layer in net.layers:  # the one buffer not saved (persistent=False): zeros by definition
-                if getattr(layer, "zero_bias", None) is not None:
-                    layer.zero_bias = torch.zeros_like(layer.zero_bias, device="cpu")
-        except (InputError, TypeError, RuntimeError) as e:
-            raise InputError(
-                f"ckpt_path: {path!r} does not hold an rnn-lightning classifier ({type(e).__name__}: {str(e)[:200]})"
-            ) from None
+        names = list(ckpt[checkpoint.HPARAMS_KEY].get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
+        net = TextRNN.from_checkpoint(path, map_location, ckpt=ckpt)
         tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
-        return cls(net.to(map_location), tokenizer, names)
+        return cls(net, tokenizer, names)
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[dict]:
         device = next(self.net.parameters()).device
-        forward = lambda ids: self.net.probabilities(ids.to(device))  # noqa: E731
-        return predictions(texts, self.tokenizer, forward, self.class_names, self.batch_size)
+        forward = lambda ids: self.task.probabilities(self.net(ids.to(device)))  # noqa: E731
+        return predictions(texts, self.tokenizer, forward, self.task, self.batch_size)
 
     def export(self, out_dir: str) -> Path:
         """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.
@@ -88,7 +73,7 @@ class Predictor:
         max_len = self.tokenizer.truncation["max_length"]
         example = torch.ones(2, max_len, dtype=torch.long, device=next(self.net.parameters()).device)
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        program = torch.export.export(Probabilities(self.net), (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(Probabilities(self.net, self.task), (example,), dynamic_shapes=({0: batch},))
         with atomic_file(out / "model.pt2", "wb") as f:
             torch.export.save(program, f)
         with atomic_file(out / "tokenizer.json") as f:

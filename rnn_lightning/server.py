@@ -97,7 +97,7 @@ class ServedModel:
         enc = self.tokenizer.encode(tail)
         ids = torch.tensor([enc.ids], dtype=torch.long)
         targets = None if target is None else [self.class_names.index(target)]
-        (row,) = explain_ids(self.net, ids, self.class_names, targets)
+        (row,) = explain_ids(self.net, ids, self.predictor.task, targets)
         words = [
             {"token": enc.tokens[p], "start": enc.offsets[p][0] + shift, "end": enc.offsets[p][1] + shift, "score": s}
             for p, s in zip(row.pop("positions"), row.pop("scores"), strict=True)

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError, said
 from rnn_lightning.network import cpu_rnn  # noqa: F401  (registers the rnn cell's op, which an exported graph may hold)
+from rnn_lightning.tasks import Task, make_task
 from rnn_lightning.text.tokenizer import encode
 
 # torch.export.load (torch 2.13) runs code from the file it reads: it unpickles pickled weights, constants and
@@ -38,26 +39,19 @@ SIZE_SYMBOL = re.compile(r"[a-z]\d+")  # s0, s52, u3: torch's size symbols
 
 
 def predictions(
-    texts: list[str], tokenizer: Tokenizer, probabilities, names: list[str], batch_size: int = 1024
+    texts: list[str], tokenizer: Tokenizer, probabilities, task: Task, batch_size: int = 1024
 ) -> list[dict]:
-    """One dict per text: the predicted class (``label``), its probability (``prob``) and every class's
-    (``probs``, by name), via ``probabilities`` (ids (B, T) -> (B, K)). An empty or whitespace-only text
-    gets ``None`` for all three."""
-    out: list[dict] = [{"label": None, "prob": None, "probs": None} for _ in texts]
+    """One ``task.decision`` per text (for a single-label task: the predicted class ``label``, its probability
+    ``prob`` and every class's ``probs`` by name), from ``probabilities`` (ids (B, T) -> (B, K)). An empty or
+    whitespace-only text gets ``None`` for each of the decision's fields."""
+    out: list[dict] = [task.no_decision() for _ in texts]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     for start in range(0, len(keep), batch_size):
         rows = keep[start : start + batch_size]
         ids = torch.from_numpy(encode(tokenizer, [texts[i] for i in rows])).long()
         for i, p in zip(rows, probabilities(ids).tolist(), strict=True):
-            out[i] = prediction(p, names)
+            out[i] = task.decision(p)
     return out
-
-
-def prediction(probs: list[float], names: list[str]) -> dict:
-    """One text's class probabilities (in ``names`` order) -> the predicted class (``label``), its
-    probability (``prob``) and every class's (``probs``, by name)."""
-    best = max(range(len(probs)), key=probs.__getitem__)
-    return {"label": names[best], "prob": probs[best], "probs": dict(zip(names, probs, strict=True))}
 
 
 class ExportedPredictor:
@@ -81,7 +75,7 @@ class ExportedPredictor:
             isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names) > 1
         ):
             raise InputError(f"{meta}: class_names is {str(names)[:100]}; expected two or more distinct strings")
-        self.class_names = names
+        self.class_names, self.task = names, make_task(names)
         check_archive(model)
         try:
             self.module = torch.export.load(model).module()
@@ -98,7 +92,7 @@ class ExportedPredictor:
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[dict]:
         """See ``predictions``."""
-        return predictions(texts, self.tokenizer, self.module, self.class_names)
+        return predictions(texts, self.tokenizer, self.module, self.task)
 
 
 def check_archive(path: Path) -> None:

@@ -1,31 +1,11 @@
-"""Networks from other checkpoints: a teacher's, and pretrained weights to start from (``model.init_from``)."""
+"""Pretrained weights to start a classifier from (``model.init_from``)."""
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
-from rnn_lightning.inference import Predictor
-
-
-def load_teacher(path: str, class_names: list[str], data) -> torch.nn.Module:
-    """The network of classifier checkpoint ``path``, fixed and in eval mode, checked to predict
-    ``class_names`` from the same tokens as ``data``'s tokenizer makes."""
-    try:
-        teacher = Predictor.from_checkpoint(path)
-    except InputError as e:
-        raise InputError(f"model.teacher: {str(e).split(': ', 1)[1]}") from None
-    if teacher.class_names != class_names:
-        raise InputError(
-            f"model.teacher: {path!r} predicts the classes {teacher.class_names}, the data has {class_names}"
-        )
-    tokenizer = getattr(data, "tokenizer", None)
-    if tokenizer is not None and tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
-        raise InputError(
-            f"model.teacher: the vocabulary of {path!r} is not the data's; leave data.tokenizer_from to the link "
-            "(the teacher's, or model.init_from's when the teacher was trained from that)"
-        )
-    return teacher.net.requires_grad_(False)
+from rnn_lightning.network.text_rnn import upgrade_state_dict
 
 
 def copy_network(path: str, model: torch.nn.Module) -> list[str]:
@@ -41,7 +21,8 @@ def copy_network(path: str, model: torch.nn.Module) -> list[str]:
         ckpt = checkpoint.load_checkpoint(path)
     except InputError as e:
         raise InputError(f"model.init_from: {str(e).split(': ', 1)[1]}") from None
-    source = {k[len("net.") :]: v for k, v in ckpt[checkpoint.WEIGHTS_KEY].items() if k.startswith("net.")}
+    weights = upgrade_state_dict(dict(ckpt[checkpoint.WEIGHTS_KEY]), "net.")  # names of an earlier version too
+    source = {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
     target = model.net.state_dict()
     wanted = [k for k in target if not k.startswith(("head.", "ngrams.", "ngram_scale"))]
     required = [k for k in wanted if k.startswith(("embedding.", "layers."))]

@@ -252,6 +252,34 @@ class TextRNN(nn.Module):
             pooled.append((x * real).sum(dim=0) / real.sum(dim=0).clamp(min=1))
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
 
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str = "cpu", ckpt: dict | None = None) -> "TextRNN":
+        """The network of classifier checkpoint ``path``, in eval mode on ``map_location``.
+
+        Read with ``checkpoint.load_checkpoint`` (``weights_only``, memory-mapped), unless ``ckpt`` is what
+        that read already; built on the meta device and given the file's tensors (renamed by
+        ``upgrade_state_dict`` where an earlier version saved them), so nothing is initialised or copied.
+        Anything but a classifier's checkpoint is one ``InputError`` naming the file.
+        """
+        from rnn_lightning import checkpoint
+
+        ckpt = checkpoint.load_checkpoint(path, mmap=True) if ckpt is None else ckpt
+        hparams = ckpt[checkpoint.HPARAMS_KEY]
+        names = hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES
+        prefix = "net."
+        try:
+            if "cutoffs" in hparams:
+                raise InputError("a language model, which predicts words, not classes")
+            with torch.device("meta"):
+                net = cls(**network_arguments(hparams), num_classes=len(names))
+            weights = upgrade_state_dict(dict(ckpt[checkpoint.WEIGHTS_KEY]), prefix)
+            net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, assign=True)
+        except (InputError, TypeError, RuntimeError) as e:
+            raise InputError(
+                f"ckpt_path: {str(path)!r} does not hold an rnn-lightning classifier ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
+        return net.to(map_location).eval()
+
 
 class _RowsAdded(torch.autograd.Function):
     """``F.embedding`` whose weight gradient is ``index_add_`` of the output gradient into the used rows.

@@ -9,7 +9,6 @@ before any work. Beside it in ``training/``: the callbacks (``callbacks.py``, ``
 checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
-import inspect
 import logging
 import sys
 import warnings
@@ -30,7 +29,7 @@ from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.files import check_writable
 from rnn_lightning.limits import limit_yaml
-from rnn_lightning.models import TextClassifier
+from rnn_lightning.models import SemiSupervisedClassifier
 from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
 from rnn_lightning.text import TextDataModule
@@ -80,9 +79,14 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 class RNNLightningCLI(LightningCLI):
-    """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat."""
+    """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat.
 
-    def __init__(self, model_class: type[RecurrentModule] = TextClassifier, *args, **kwargs) -> None:
+    The model is ``SemiSupervisedClassifier``: ``TextClassifier`` with the semi-supervised switches, each off
+    at 0, so a plain config trains exactly the supervised classifier, and every config and checkpoint saved
+    so far (their ``model:`` names those switches) still parses.
+    """
+
+    def __init__(self, model_class: type[RecurrentModule] = SemiSupervisedClassifier, *args, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", OneLineErrorParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
@@ -97,12 +101,12 @@ class RNNLightningCLI(LightningCLI):
         # The vocabulary cap is known at parse time; the padding id only once the data module exists.
         parser.link_arguments("data.vocab_size", "model.vocab_size")
         parser.link_arguments("data.pad_id", "model.pad_id", apply_on="instantiate")
-        if "class_names" in inspect.signature(self.model_class).parameters:
+        if takes(parser, "model.class_names"):
             # The classes come from the training labels, or, when a checkpoint is given, from it (predicting
             # raw text reads no dataset; testing checks that the data's classes are the checkpoint's).
             for key in ("class_names", "class_counts"):
                 parser.link_arguments("data", f"model.{key}", compute_fn=self._class_fact(key), apply_on="instantiate")
-        starts = [f"model.{k}" for k in ("init_from", "teacher") if k in inspect.signature(self.model_class).parameters]
+        starts = [f"model.{k}" for k in ("init_from", "teacher") if takes(parser, f"model.{k}")]
         if starts:
             # A pretrained network comes with its tokenizer: one vocabulary from pretraining to prediction;
             # a teacher without one brings its own, so that it reads the same tokens as the model.
@@ -321,6 +325,15 @@ def bf16_hint(trainer: Trainer, model: LightningModule) -> str | None:
     )
 
 
+def takes(parser: LightningArgumentParser, key: str) -> bool:
+    """Whether ``parser`` has the argument ``key``; a model's include those its ``**kwargs`` hand on."""
+    try:
+        parser.get_default(key)
+    except KeyError:
+        return False
+    return True
+
+
 def first_path(*paths: str | list[str] | None) -> str | None:
     """The first checkpoint given (a list counts by its first), for the tokenizer that comes along."""
     for path in paths:
@@ -347,7 +360,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
-def main(args=None, model_class: type[RecurrentModule] = TextClassifier) -> None:
+def main(args=None, model_class: type[RecurrentModule] = SemiSupervisedClassifier) -> None:
     """Entry point; bad input from a person ends in one line on stderr (``failures.one_line``), not a traceback."""
     tune_cpu_runtime(training=False)  # the training settings come in before_fit
     try:

@@ -16,12 +16,13 @@ from rnn_lightning import page
 from rnn_lightning.errors import InputError
 from rnn_lightning.explain import explain_ids
 from rnn_lightning.files import atomic_file, check_writable
-from rnn_lightning.serving import prediction
+from rnn_lightning.tasks import Task
 
 
-def prediction_fields(class_names: list[str]) -> list[str]:
-    """The columns of a prediction file: id, predicted class, its probability, each class's, error."""
-    return ["id", "label", "prob", *(f"prob_{name}" for name in class_names), "error"]
+def prediction_fields(task: Task) -> list[str]:
+    """The columns of a prediction file: the id, the task's decision (``Task.columns``; single-label: the
+    predicted class, its probability, each class's), the error."""
+    return ["id", *task.columns, "error"]
 
 
 PREDICTIONS_NAME = "predictions.csv"  # under trainer.default_root_dir unless prediction_writer.output says
@@ -131,7 +132,7 @@ class PredictionWriter(BasePredictionWriter):
         # Lightning skips the loop, and its epoch hooks, when no row has text to classify (an empty
         # input, only blank lines): the file still gets one row per input row. Not called after an error.
         if stage == "predict" and not self._written and trainer.is_global_zero:
-            self._write(trainer, pl_module.class_names, [])
+            self._write(trainer, pl_module.task, [])
         for part in (self._part, self._explained):
             if part is not None:
                 part.close()
@@ -150,7 +151,7 @@ class PredictionWriter(BasePredictionWriter):
         """Each text's attribution to its predicted class, as a JSON line in ``self._explained``."""
         tokens, rows = batch[0], batch[1].tolist()
         vocabulary = trainer.datamodule.tokenizer
-        found_rows = explain_ids(pl_module.net, tokens, pl_module.class_names)
+        found_rows = explain_ids(pl_module.net, tokens, pl_module.task)
         for row, ids, found in zip(rows, tokens.tolist(), found_rows, strict=True):
             words = [
                 {"token": vocabulary.id_to_token(ids[p]), "score": round(score, 6)}
@@ -167,7 +168,8 @@ class PredictionWriter(BasePredictionWriter):
         return json.loads(self._explained.read(size))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(trainer, pl_module.class_names, self._merged(trainer, len(pl_module.class_names)))
+        task = pl_module.task
+        self._write(trainer, task, self._merged(trainer, len(task.class_names)))
         self._written = True
 
     def _merged(self, trainer: Trainer, k: int):
@@ -193,7 +195,7 @@ class PredictionWriter(BasePredictionWriter):
             if trainer.is_global_zero:
                 yield chunk
 
-    def _write(self, trainer: Trainer, names: list[str], chunks) -> None:
+    def _write(self, trainer: Trainer, task: Task, chunks) -> None:
         """The file from ``chunks`` of prediction records in input order and the input's ids and errors."""
         if not trainer.is_global_zero:
             for _ in chunks:  # hand this process's predictions on
@@ -203,7 +205,7 @@ class PredictionWriter(BasePredictionWriter):
         n = len(inputs) if inputs is not None else len(trainer.datamodule.splits["predict"])
         rows = inputs.rows() if inputs is not None else ((str(i), "") for i in range(n))
         out = self.path(trainer)
-        fields = prediction_fields(names)
+        fields = prediction_fields(task)
         with atomic_file(out, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fields) if out.suffix == ".csv" else None
             if writer:
@@ -213,9 +215,8 @@ class PredictionWriter(BasePredictionWriter):
                 row = dict.fromkeys(fields)
                 row["id"], row["error"] = next(rows)
                 if probs is not None:
-                    pred = prediction(probs.tolist(), names)
-                    row.update({"label": pred["label"], "prob": round(pred["prob"], 6)})
-                    row.update({f"prob_{name}": round(q, 6) for name, q in pred["probs"].items()})
+                    cells = task.cells(task.decision(probs.tolist()))
+                    row.update({key: round(v, 6) if isinstance(v, float) else v for key, v in cells.items()})
                 if self.explain:
                     if probs is not None:
                         row.update(self._explanation(source_row))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnn_lightning import checkpoint
-from rnn_lightning.models import LanguageModel, TextClassifier
+from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier, TextClassifier
 from rnn_lightning.training import cli as rnn_cli
 from rnn_lightning.training.cli import RNNLightningCLI, main
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
@@ -106,7 +106,7 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     args = [a for path in stack for a in ("--config", path)]
     if any("ddp.yaml" in s for s in stack):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
-    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else TextClassifier  # pretrain.py's
+    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SemiSupervisedClassifier  # pretrain.py's
     data = parquet_dir
     if stack[-1].endswith("student.yaml"):  # reads the unlabelled split; the teacher is loaded by fit
         data = write_splits(tmp_path / "data", make_reviews(96, seed=1), make_reviews(48, seed=2))

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from rnn_lightning.models import LanguageModel, TextClassifier
+from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier
 from rnn_lightning.training.cli import main
 from rnn_lightning.training.schedules import CosineOverFit
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
@@ -28,7 +28,7 @@ def load(name: str) -> dict:
     return yaml.safe_load((CONFIGS / name).read_text()) or {}
 
 
-def resolve(capsys, *args: str, model_class=TextClassifier) -> dict:
+def resolve(capsys, *args: str, model_class=SemiSupervisedClassifier) -> dict:
     """``fit ... --print_config`` in this process: the configuration the run would use."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
@@ -70,7 +70,7 @@ def test_configs_are_recipes_and_trainer_fragments():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_resolves_alone(name, capsys):
-    model_class = LanguageModel if program(name) == "pretrain" else TextClassifier
+    model_class = LanguageModel if program(name) == "pretrain" else SemiSupervisedClassifier  # cli.py's
     first = (CONFIGS / name).read_text().splitlines()[0]
     assert re.search(rf"--config configs/{re.escape(name)}(\s|$)", first) and first.count("--config") == 1
     stated = load(name)

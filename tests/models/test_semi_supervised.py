@@ -6,8 +6,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
 from rnn_lightning import checkpoint
-from rnn_lightning.models import LanguageModel, TextClassifier
-from rnn_lightning.models.classifier import categorical_kl, perturbation
+from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier, TextClassifier
+from rnn_lightning.models.objectives import categorical_kl, perturbation, soft_label_loss
+from rnn_lightning.models.transfer import copy_network
 from rnn_lightning.training.cli import main
 from tests.helpers import ckpt_dir, make_reviews, one_line_error, tiny_cli_args, write_splits
 
@@ -86,7 +87,7 @@ def test_a_checkpoint_of_another_vocabulary_or_shape_is_refused_in_one_line(pret
     line = one_line_error(cli("fit", *base, "--data.vocab_size", "100", check=False))
     assert line.startswith("error: model.init_from: embedding.weight is (64, 16)") and "(100, 16) here" in line
     line = one_line_error(cli("fit", *base, "--model.hidden_size", "10", check=False))
-    assert "model.init_from: layers.0.weight_ih is" in line
+    assert "model.init_from: layers.0.rnn.weight_ih_l0 is" in line  # the layer keeps an nn.RNN
     line = one_line_error(cli("fit", *base, "--data.vocab_size", "20", check=False))
     assert line.startswith("error: data.vocab_size: 20, but the tokenizer of")
 
@@ -103,7 +104,7 @@ def test_perturbations_have_the_configured_norm_and_skip_padding():
 @pytest.mark.parametrize("objective", ["adversarial", "virtual_adversarial", "entropy"])
 def test_each_objective_adds_a_finite_loss_with_finite_gradients(objective):
     torch.manual_seed(0)
-    model = TextClassifier(**NET, pooling="max", **{objective: 1.0, "epsilon": 0.5})
+    model = SemiSupervisedClassifier(**NET, pooling="max", **{objective: 1.0, "epsilon": 0.5})
     model.train()
     tokens, labels = torch.randint(1, 64, (6, 10)), torch.tensor([0, 1, 0, 1, 1, 0])
     unlabelled = torch.randint(1, 64, (9, 10))
@@ -135,8 +136,6 @@ def test_a_bidirectional_language_model_refuses_what_would_let_it_see_its_target
 
 
 def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_named(pretrained, caplog):
-    from rnn_lightning.models.classifier import copy_network
-
     _, last = pretrained
     model = TextClassifier(**{**NET, "bidirectional": True}, bigram_buckets=50)
     before = model.net.bigrams.weight.clone()
@@ -149,8 +148,6 @@ def test_tensors_the_language_model_lacks_keep_their_initialisation_and_are_name
 def test_the_class_logits_weights_start_afresh_for_another_number_of_classes(tmp_path):
     """A binary classifier with an n-gram bag starts a 5-class one: embedding and layers copied, the
     head and the bag (one weight per class each) left as initialised."""
-    from rnn_lightning.models.classifier import copy_network
-
     net = {**NET, "pooling": "max", "ngram_buckets": 50}
     source = TextClassifier(**net)
     torch.nn.init.normal_(source.net.ngrams.weight)
@@ -170,7 +167,6 @@ def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_sav
     a classifier started from that checkpoint counts its own."""
     import yaml
 
-    from rnn_lightning.models.classifier import copy_network
     from rnn_lightning.text import TextDataModule
 
     args = [*tiny_cli_args(data_with_unlabelled, tmp_path), "--model.ngram_buckets", "4099", "--model.ngram_nb", "true",
@@ -189,10 +185,8 @@ def test_fit_counts_the_ngram_nb_ratios_on_the_labelled_training_reviews_and_sav
 
 
 def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_teacher_alone():
-    from rnn_lightning.models.classifier import soft_label_loss
-
     torch.manual_seed(0)
-    model = TextClassifier(**NET, pooling="max", distillation=1.0, teacher="unused.ckpt")
+    model = SemiSupervisedClassifier(**NET, pooling="max", distillation=1.0, teacher="unused.ckpt")
     teacher = TextClassifier(**NET, pooling="max").net.eval().requires_grad_(False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     model._teacher = (teacher,)
@@ -208,10 +202,10 @@ def test_the_teacher_objective_learns_the_teachers_probabilities_and_leaves_the_
     assert not any(k.startswith("_teacher") for k in model.state_dict())  # never in a checkpoint
     model._teacher = (teacher, teacher)  # an ensemble averages its probabilities: two alike are one
     torch.manual_seed(3)
-    single = model._semi_supervised(tokens, labels, model.net.embed(tokens), loss.detach())
+    single = model.extra_loss(tokens, labels, model.net.embed(tokens), loss.detach())
     model._teacher = (teacher,)
     torch.manual_seed(3)
-    assert torch.allclose(single, model._semi_supervised(tokens, labels, model.net.embed(tokens), loss.detach()))
+    assert torch.allclose(single, model.extra_loss(tokens, labels, model.net.embed(tokens), loss.detach()))
     # the soft-label loss is smallest at the teacher's own probabilities, binary and K-class alike
     target = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
     at_target = soft_label_loss(torch.logit(target[:, 1]), target)

@@ -5,6 +5,7 @@ import torch
 
 from rnn_lightning.explain import explain_ids, integrated_gradients, ngram_shares, within_tolerance
 from rnn_lightning.network.text_rnn import TextRNN
+from rnn_lightning.tasks import make_task
 
 KINDS = {
     "rnn, last state": {},
@@ -29,6 +30,10 @@ def tiny_net(seed: int = 0, **kwargs) -> TextRNN:
     return net
 
 
+def task(k: int):
+    return make_task([str(i) for i in range(k)])
+
+
 def tokens() -> torch.Tensor:
     ids = torch.randint(2, 50, (3, 12), generator=torch.Generator().manual_seed(1))
     ids[0, :4] = 0  # front padding
@@ -41,7 +46,7 @@ def test_scores_sum_to_the_logit_change_and_padding_scores_zero(kind):
     net = tiny_net(**KINDS[kind])
     ids = tokens()
     k = KINDS[kind].get("num_classes", 2)
-    out = integrated_gradients(net, ids, torch.tensor([0, 1, k - 1]))
+    out = integrated_gradients(net, task(k), ids, torch.tensor([0, 1, k - 1]))
     change = out["logit"] - out["baseline_logit"]
     assert change.abs().max() > 0.01  # a real change to account for
     assert (
@@ -57,8 +62,8 @@ def test_scores_sum_to_the_logit_change_and_padding_scores_zero(kind):
 
 def test_a_binary_network_explains_class_0_as_the_opposite_of_class_1():
     net, ids = tiny_net(), tokens()
-    zero = integrated_gradients(net, ids, torch.zeros(3, dtype=torch.long))
-    one = integrated_gradients(net, ids, torch.ones(3, dtype=torch.long))
+    zero = integrated_gradients(net, task(2), ids, torch.zeros(3, dtype=torch.long))
+    one = integrated_gradients(net, task(2), ids, torch.ones(3, dtype=torch.long))
     assert torch.allclose(zero["scores"], -one["scores"], atol=1e-6)
 
 
@@ -72,16 +77,16 @@ def test_the_ngram_bag_is_shared_out_exactly(kind):
 def test_explain_ids_predicts_and_explains_the_predicted_class_unless_told():
     net, ids = tiny_net(num_classes=3, cell="gru"), tokens()
     names = ["a", "b", "c"]
-    found = explain_ids(net, ids, names)
+    found = explain_ids(net, ids, make_task(names))
     probs = torch.softmax(net.eval()(ids), -1)
     for row, p in zip(found, probs, strict=True):
         assert row["label"] == names[int(p.argmax())] == row["target"]
         assert row["probs"] == pytest.approx(dict(zip(names, p.tolist(), strict=True)))
     assert found[0]["positions"] == list(range(4, 12)) and len(found[0]["scores"]) == 8
-    chosen = explain_ids(net, ids, names, targets=[2, None, 0])
+    chosen = explain_ids(net, ids, make_task(names), targets=[2, None, 0])
     assert [r["target"] for r in chosen] == ["c", found[1]["target"], "a"]
     with torch.inference_mode():  # as under Lightning's predict loop
-        again = explain_ids(net, ids, names)
+        again = explain_ids(net, ids, make_task(names))
     assert again[0]["scores"] == pytest.approx(found[0]["scores"], abs=1e-6)
 
 
@@ -92,11 +97,11 @@ def test_texts_past_the_tolerance_are_integrated_again_with_more_nodes(monkeypat
     calls = []
     real = explain.integrated_gradients
 
-    def spy(net, ids, target, steps=explain.STEPS):
+    def spy(net, task, ids, target, steps=explain.STEPS):
         calls.append((len(ids), steps))
-        return real(net, ids, target, steps)
+        return real(net, task, ids, target, steps)
 
     monkeypatch.setattr(explain, "integrated_gradients", spy)
     monkeypatch.setattr(explain, "TOLERANCE", -1.0)  # nothing is within it, not even a delta of exactly 0
-    found = explain_ids(net, ids, ["0", "1"])
+    found = explain_ids(net, ids, task(2))
     assert calls == [(3, 32), (3, 64), (3, 128), (3, 256)] and len(found) == 3
