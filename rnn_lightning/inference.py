@@ -62,9 +62,8 @@ class Predictor:
     def export(self, out_dir: str) -> Path:
         """Write ``model.pt2`` (``torch.export``, batch size dynamic) and ``tokenizer.json`` to ``out_dir``.
 
-        The graph holds the network's own ops: PyTorch's recurrent kernels, or for the rnn cell on a CPU
-        the registered ``rnn_lightning::tanh_recurrence`` op, which ``rnn_lightning.serving.ExportedPredictor``
-        registers by importing ``rnn_lightning.network`` (no Lightning).
+        The graph holds PyTorch's own ops only: the recurrent layers are traced with their ``fused``
+        implementation, never the compiled CPU loop, so an exported model runs where nothing was compiled.
         """
         out = Path(out_dir)
         param_bytes = sum(t.numel() * t.element_size() for t in self.net.parameters())
@@ -73,7 +72,11 @@ class Predictor:
         max_len = self.tokenizer.truncation["max_length"]
         example = torch.ones(2, max_len, dtype=torch.long, device=next(self.net.parameters()).device)
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        program = torch.export.export(Probabilities(self.net, self.task), (example,), dynamic_shapes=({0: batch},))
+        implementation, self.net.implementation = self.net.implementation, "fused"
+        try:
+            program = torch.export.export(Probabilities(self.net, self.task), (example,), dynamic_shapes=({0: batch},))
+        finally:
+            self.net.implementation = implementation
         with atomic_file(out / "model.pt2", "wb") as f:
             torch.export.save(program, f)
         with atomic_file(out / "tokenizer.json") as f:
