@@ -15,6 +15,7 @@ import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rnn_lightning.errors import InputError
@@ -64,15 +65,22 @@ def parquet_records(p: Path, chunk_rows: int, text_field: str) -> Iterator[Recor
 # ---------------------------------------------------------------- CSV and JSON lines
 
 
+@contextmanager
+def open_csv(p: Path, delimiter: str = ",", errors: str = "surrogateescape", field: str = PREDICT_FIELD):
+    """A ``csv.DictReader`` over a CSV file with a header (``delimiter``: a tab for TSV). UTF-8 bytes that
+    do not decode are handled by ``errors``: ``surrogateescape`` keeps them (a value's ``.encode("utf-8",
+    "surrogateescape")`` gives them back), ``replace`` puts U+FFFD in their place."""
+    csv.field_size_limit(sys.maxsize)  # a review may be longer than the csv module's 128 KB default
+    f = decoded(open(p, "rb"), repr(str(p)), newline="", field=field)
+    if not isinstance(f, io.TextIOBase):
+        f = io.TextIOWrapper(f, encoding="utf-8", errors=errors, newline="")
+    with f:
+        yield csv.DictReader(f, delimiter=delimiter)
+
+
 def csv_records(p: Path, text_field: str) -> Iterator[Record]:
     """(id, text) of each row of a CSV file with a header; text that is not UTF-8 is kept as bytes."""
-    csv.field_size_limit(sys.maxsize)  # a review may be longer than the csv module's 128 KB default
-    f = decoded(open(p, "rb"), repr(str(p)), newline="")
-    if not isinstance(f, io.TextIOBase):
-        # surrogateescape keeps bytes that are not UTF-8, so each field is decoded (and flagged) like a line
-        f = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
-    with f:
-        reader = csv.DictReader(f)
+    with open_csv(p) as reader:
         column = text_column(p, reader.fieldnames, text_field)
         for number, record in enumerate(reader, start=1):
             text = record[column]
@@ -80,26 +88,31 @@ def csv_records(p: Path, text_field: str) -> Iterator[Record]:
             yield _record(number, raw, record.get("id"))
 
 
-def jsonl_records(p: Path, text_field: str) -> Iterator[Record]:
-    """(id, text) of each JSON object of a JSON-lines file (blank lines skipped)."""
-    with decoded(open(p, "rb"), repr(str(p))) as f:
-        number = 0
+def json_lines(p: Path, field: str = PREDICT_FIELD) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each line of a JSON-lines file that is not blank."""
+    with decoded(open(p, "rb"), repr(str(p)), field=field) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_number, json.loads(line)
             except ValueError as e:  # not JSON, or not UTF-8
                 why = getattr(e, "msg", None) or type(e).__name__
-                raise InputError(f"{PREDICT_FIELD}: line {line_number} of {str(p)!r} is not JSON ({why})") from None
-            column = text_field if isinstance(record, dict) and text_field in record else TEXT_FIELD
-            if not isinstance(record, dict) or column not in record:
-                what = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
-                raise InputError(
-                    f"{PREDICT_FIELD}: line {line_number} of {str(p)!r} has no {text_field!r} (data.text_field; {what})"
-                )
-            number += 1
-            yield _record(number, record.get(column), record.get("id"))
+                raise InputError(f"{field}: line {line_number} of {str(p)!r} is not JSON ({why})") from None
+
+
+def jsonl_records(p: Path, text_field: str) -> Iterator[Record]:
+    """(id, text) of each JSON object of a JSON-lines file (blank lines skipped)."""
+    number = 0
+    for line_number, record in json_lines(p):
+        column = text_field if isinstance(record, dict) and text_field in record else TEXT_FIELD
+        if not isinstance(record, dict) or column not in record:
+            what = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
+            raise InputError(
+                f"{PREDICT_FIELD}: line {line_number} of {str(p)!r} has no {text_field!r} (data.text_field; {what})"
+            )
+        number += 1
+        yield _record(number, record.get(column), record.get("id"))
 
 
 def text_column(p: Path, columns: Iterable[str] | None, text_field: str) -> str:
@@ -164,7 +177,7 @@ def _read_tail(read, limit: int):
     return data
 
 
-def decoded(stream, name: str, newline: str | None = None):
+def decoded(stream, name: str, newline: str | None = None, field: str = PREDICT_FIELD):
     """Binary ``stream`` past its byte-order mark: itself for UTF-8, a text stream for UTF-16/32.
     Text with NUL bytes and no mark (UTF-16 without one, or not text) is refused."""
     if not hasattr(stream, "peek"):
@@ -179,7 +192,7 @@ def decoded(stream, name: str, newline: str | None = None):
     if b"\0" in head:
         stream.close()
         raise InputError(
-            f"{PREDICT_FIELD}: {name} holds NUL bytes and no byte-order mark; expected UTF-8 text, "
+            f"{field}: {name} holds NUL bytes and no byte-order mark; expected UTF-8 text, "
             "or UTF-16/32 that starts with a byte-order mark"
         )
     return stream

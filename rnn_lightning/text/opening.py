@@ -12,10 +12,13 @@ from rnn_lightning.text.formats import parquet_batches
 from rnn_lightning.text.hub import full_cache, load_dataset, load_hub, unreadable_folder
 from rnn_lightning.text.identity import fingerprint
 from rnn_lightning.text.locations import FILE_TYPES, Dataset, check_dataset, is_aclimdb, is_local, split_file
+from rnn_lightning.text.table_types import record_batches
 from rnn_lightning.text.tokenizer import CHUNK
 
 ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
 PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folder under ARROW_DIR
+TABLE_COPY = "table.arrow"  # and of a CSV, TSV or JSON-lines file
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None}  # the files read row by row here (None: JSON lines)
 
 
 def open_splits(
@@ -60,19 +63,45 @@ def open_splits(
 
 
 def _read_file(path: Path, cache_dir: Path | None = None):
+    """A file of one split as a ``datasets.Dataset``: Parquet, CSV, TSV and JSON lines through the format
+    readers (``formats``) into an Arrow copy in ``cache_dir`` (in memory without one); other types
+    (``.json``, ``.arrow``) through ``datasets``."""
     builder, options = FILE_TYPES[path.suffix]
     if cache_dir is not None:
         options = {**options, "cache_dir": str(_arrow_copies(cache_dir, content_digests([path], cache_dir)[0]))}
     try:
         if path.suffix == ".parquet" and cache_dir is not None:
             return _parquet_to_arrow(path, Path(options["cache_dir"]) / PARQUET_COPY)
+        if path.suffix in DELIMITERS:
+            copy = Path(options["cache_dir"]) / TABLE_COPY if cache_dir is not None else None
+            return _table_to_arrow(path, DELIMITERS[path.suffix], copy)
         return load_dataset(builder, data_files={"split": str(path)}, split="split", **options)
+    except InputError:  # said by a format reader, naming the file
+        raise
     except OSError as e:
         if e.errno in DISK_ERRORS:  # the Arrow copy in the cache folder could not be written: not the data's fault
             raise full_cache(e, e.filename or options.get("cache_dir")) from None
         raise unreadable_file("data.dataset", path, e) from None
     except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
         raise unreadable_file("data.dataset", path, e) from None
+
+
+def _table_to_arrow(path: Path, delimiter: str | None, target: Path | None):
+    """A CSV/TSV (``delimiter``) or JSON-lines (None) file as a ``datasets.Dataset``: memory-mapped from an Arrow
+    copy at ``target`` written a batch of rows at a time, or without a target held in memory."""
+    import datasets
+    import pyarrow as pa
+
+    if target is None or not target.is_file():
+        schema, batches = record_batches(path, delimiter, CHUNK)
+        if target is None:
+            from datasets.table import InMemoryTable
+
+            return datasets.Dataset(InMemoryTable(pa.Table.from_batches(list(batches), schema)))
+        with atomic_file(target, "wb") as out, pa.ipc.new_stream(out, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+    return datasets.Dataset.from_file(str(target))
 
 
 def _parquet_to_arrow(path: Path, target: Path):

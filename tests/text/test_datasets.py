@@ -112,6 +112,24 @@ def test_the_same_table_reads_alike_from_every_file_type(tmp_path):
         assert got == reference, suffix
 
 
+def test_csv_and_json_lines_go_through_the_format_readers_into_one_arrow_copy(tmp_path, monkeypatch):
+    """Training reads CSV and JSON lines with the readers predict uses (a byte-order mark is skipped, bytes
+    that are not UTF-8 are replaced), into an Arrow copy per file that a second read takes as it is."""
+    from rnn_lightning.text import opening
+
+    frame = three_classes(30, 5)
+    frame.to_csv(tmp_path / "train.csv", index=False, encoding="utf-8-sig")  # a byte-order mark, as Excel writes
+    frame.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    (tmp_path / "validation.csv").write_bytes(b"review,stars\nbad \xff movie,bad\ngood film,good\nok,ok\n")
+    for _ in range(2):
+        raw = load_labelled(str(tmp_path), text_field="review", label_field="stars", cache_dir=tmp_path / "cache")
+        assert raw.splits["train"].texts.to_list() == frame.review.tolist()
+        assert raw.splits["test"].labels.tolist() == raw.splits["train"].labels.tolist()
+        assert raw.splits["validation"].texts.to_list() == ["bad \ufffd movie", "good film", "ok"]
+        monkeypatch.setattr(opening, "record_batches", lambda *a: pytest.fail("a file read again"))
+    assert len(list((tmp_path / "cache").rglob(opening.TABLE_COPY))) == 3  # one copy per file
+
+
 def test_a_folder_with_its_own_split_names(tmp_path):
     frame = three_classes(30, 4)
     frame.to_json(tmp_path / "training.jsonl", orient="records", lines=True)
