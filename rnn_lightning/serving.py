@@ -9,6 +9,7 @@ import json
 import pickle
 import re
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -24,14 +25,16 @@ from rnn_lightning.text.tokenizer import encode
 # weights_only, evaluates shape expressions with sympy.sympify (Python's eval) and lets a graph node call any
 # callable reachable as torch.<attribute>. So ``check_archive`` first admits only what ``Predictor.export``
 # writes: tensors stored raw, sample inputs readable with weights_only=True, registered operators, and shape
-# expressions of sympy's arithmetic on integers and size symbols.
+# expressions of sympy's arithmetic on integers and size symbols. No public torch API reads an archive without
+# running it, so the check knows the inner layout torch.export.save writes (torch 2.13); a change of layout
+# refuses the project's own exports, which tests/e2e/test_trust.py exports and loads.
 ARCHIVE_FILES = re.compile(
     r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json"
     r"|data/weights/model_weights_config\.json|data/weights/weight_\d+"
     r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+|data/sample_inputs/model\.pt)"
 )
 RAW_TENSOR = re.compile(r"(weight|tensor)_\d+")  # a payload stored as bytes, not pickled
-OPERATOR = re.compile(r"torch\.ops\.(aten|rnn_lightning)\.(\w+)\.(\w+)")  # and an OpOverload (_is_operator)
+OPERATOR = re.compile(r"torch\.ops\.(aten|rnn_lightning)\.(\w+)\.(\w+)")  # and registered (_is_operator)
 SHAPE_EXPRESSION = re.compile(r"[\w(),'= *+-]*")  # no '.', '[' or quotes other than a symbol's: no attribute access
 SHAPE_NAMES = {"Symbol", "Integer", "Add", "Mul", "Min", "Max", "Pow", "Mod", "FloorDiv", "CeilDiv", "PythonMod"}
 SHAPE_NAMES |= {"positive", "integer", "True", "False"}
@@ -105,6 +108,9 @@ def check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            twice = [n for n, count in Counter(names).items() if count > 1]
+            if twice:  # zipfile reads the last of two same-named entries, torch.export.load the first
+                raise refuse(f"holds two entries named {twice[0]!r}")
             other = [n for n in names if not ARCHIVE_FILES.fullmatch(n)]
             if other or len({n.split("/", 1)[0] for n in names}) != 1:
                 raise refuse(f"holds {(other or names)[0]!r}")
@@ -150,10 +156,9 @@ def _is_operator(target: str) -> bool:
         return False
     namespace, op, overload = match.groups()
     try:
-        found = getattr(getattr(getattr(torch.ops, namespace), op), overload)
-    except (AttributeError, RuntimeError):
+        return overload in getattr(getattr(torch.ops, namespace), op).overloads()
+    except (AttributeError, RuntimeError):  # no such operator
         return False
-    return isinstance(found, torch._ops.OpOverload)  # private: the type of torch.ops.ns.op.overload (torch 2.13)
 
 
 def _is_shape_expression(text: str) -> bool:

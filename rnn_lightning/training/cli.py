@@ -78,6 +78,23 @@ class OneLineErrorParser(LightningArgumentParser):
         sys.exit(2)
 
 
+class RunTrainer(Trainer):
+    """Lightning's Trainer, without the CLI's own callbacks that a switched-off feature refuses: a
+    ``ModelCheckpoint`` under ``enable_checkpointing: false``, ``LearningRateMonitor`` and
+    ``HParamsWithMetrics`` under ``logger: false`` (each is always added, as a ``checkpoint``, ``lr_monitor``
+    ... group of the command line)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        callbacks = kwargs.get("callbacks")
+        if isinstance(callbacks, list):
+            if kwargs.get("enable_checkpointing") is False:
+                callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            if kwargs.get("logger") is False:
+                callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
+            kwargs["callbacks"] = callbacks
+        super().__init__(**kwargs)
+
+
 class RNNLightningCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` with the wiring no config has to repeat.
 
@@ -91,6 +108,7 @@ class RNNLightningCLI(LightningCLI):
         kwargs.setdefault("parser_class", OneLineErrorParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("trainer_class", RunTrainer)
         self._resumed: dict | None = None  # the checkpoint given to --ckpt_path, once checked
         quiet_lightning()
         limit_yaml()  # a --config file is input: its aliases may not expand without bound (limits.py)
@@ -276,14 +294,6 @@ class RNNLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
-
-    # Kept (lightning 2.6.6): no public hook drops the add_lightning_class_args callbacks a switched-off feature refuses
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
-        if config.get("enable_checkpointing") is False:  # Trainer refuses a ModelCheckpoint then
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if config.get("logger") is False:  # LearningRateMonitor refuses to run then
-            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
-        return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         tune_cpu_runtime()

@@ -51,10 +51,12 @@ class CosineOverFit(CosineAnnealingLR):
         done = min(self.last_epoch, self.total_steps) / self.total_steps
         return [self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * done)) / 2 for base in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:  # step(epoch), deprecated in PyTorch
-        if self.interval == "step" or not self.T_max:
-            return self.get_lr()
-        return super()._get_closed_form_lr()
+    def step(self, epoch: int | None = None) -> None:
+        if epoch is not None and (self.interval == "step" or not self.T_max):
+            # step(epoch) (deprecated in PyTorch) would take CosineAnnealingLR's own closed form, which knows
+            # neither total_steps nor an unset T_max; get_lr above is already closed-form in last_epoch
+            self.last_epoch, epoch = epoch - 1, None
+        super().step(epoch)
 
     def state_dict(self) -> dict:
         return {k: v for k, v in super().state_dict().items() if k not in RUN_SIZED}

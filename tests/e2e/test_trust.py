@@ -157,6 +157,7 @@ def member(members: dict, suffix: str) -> str:
 
 
 def test_own_export_loads_and_predicts_as_the_checkpoint(trained):
+    # check_archive admits torch.export.save's inner layout only: a torch that writes another refuses this export
     _, _, last, export = trained
     texts = ["A wonderful film.", "Dull, and far too long.", ""]
     exported, direct = ExportedPredictor(str(export))(texts), Predictor.from_checkpoint(str(last))(texts)
@@ -208,6 +209,22 @@ def test_tampered_export_is_refused_before_torch_reads_it(trained, tmp_path):
             ExportedPredictor(str(folder))
         assert expected in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists()
+
+
+def test_an_archive_with_two_entries_of_one_name_is_refused(trained, tmp_path):
+    """zipfile reads the last of two same-named entries, torch.export.load the first: a checked program could
+    hide another one that is loaded instead."""
+    *_, export = trained
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    with zipfile.ZipFile(export / "model.pt2") as archive:
+        name = member(archive.namelist(), "models/model.json")
+        program = archive.read(name)
+    with zipfile.ZipFile(folder / "model.pt2", "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr(name, program)
+    with pytest.raises(InputError, match="not an rnn-lightning export") as refused:
+        ExportedPredictor(str(folder))
+    assert f"holds two entries named {name!r}" in str(refused.value) and "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
