@@ -1,17 +1,10 @@
-"""rnn-lightning's command line: python cli.py {fit,validate,test,predict,serve,tune} --config configs/base.yaml"""
+"""rnn-lightning's command in a checkout, without installing it: the same program as ``rnn-lightning``.
 
-import sys
+python cli.py fit --config configs/base.yaml --data.dataset ../shared/imdb
+python cli.py --help        # the eight commands: fit validate test predict pretrain export serve tune
+"""
+
+from rnn_lightning.command import main
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve"]:  # the server imports no Lightning: start-up is torch and tokenizers
-        from rnn_lightning.server import main as serve
-
-        serve(sys.argv[2:])
-    elif sys.argv[1:2] == ["tune"]:  # an Optuna study of fits (the tune extra)
-        from rnn_lightning.training.tuning import main as tune
-
-        tune(sys.argv[2:])
-    else:
-        from rnn_lightning.training.cli import main
-
-        main()
+    main(prog="python cli.py")

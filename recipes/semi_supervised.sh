@@ -22,7 +22,7 @@
 # script): pretrain bigru.yaml's network on the labelled and unlabelled reviews, then start the
 # classifier from its last checkpoint (--model.init_from also brings its tokenizer along):
 #
-#   python pretrain.py fit --config configs/lm.yaml --data.dataset DATA_DIR --trainer.default_root_dir OUT_DIR/lm
+#   python cli.py pretrain --config configs/lm.yaml --data.dataset DATA_DIR --trainer.default_root_dir OUT_DIR/lm
 #   python cli.py fit --config configs/lm_finetune.yaml --data.dataset DATA_DIR --trainer.default_root_dir OUT_DIR/finetune \
 #       --model.init_from OUT_DIR/lm/lightning_logs/version_0/checkpoints/last.ckpt
 #   python cli.py test --config OUT_DIR/finetune/lightning_logs/version_0/config.yaml --ckpt_path best

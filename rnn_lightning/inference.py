@@ -4,7 +4,7 @@ from rnn_lightning.inference import Predictor
 predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
 predictor(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}]
 
-python -m rnn_lightning.inference export CKPT OUT_DIR        # model.pt2 + tokenizer.json
+rnn-lightning export CKPT OUT_DIR        # model.pt2 + tokenizer.json + meta.json
 """
 
 import argparse
@@ -91,21 +91,19 @@ class Predictor:
         return out
 
 
-def main() -> None:
+def main(argv: list[str], prog: str = "rnn-lightning export") -> None:
+    """``rnn-lightning export CKPT OUT_DIR``."""
     p = argparse.ArgumentParser(
-        prog="python -m rnn_lightning.inference", description="Export a checkpoint for serving."
+        prog=prog,
+        allow_abbrev=False,
+        description="Write a checkpoint as OUT_DIR/model.pt2 (torch.export), tokenizer.json and meta.json, "
+        "for rnn-lightning serve or rnn_lightning.serving.ExportedPredictor (no Lightning).",
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="write model.pt2 + tokenizer.json")
-    ex.add_argument("ckpt_path")
-    ex.add_argument("out_dir")
-    args = p.parse_args()
+    p.add_argument("ckpt_path", help="a classifier checkpoint (.ckpt)")
+    p.add_argument("out_dir", help="the export folder (created)")
+    args = p.parse_args(argv)
     try:
         out = Predictor.from_checkpoint(args.ckpt_path).export(args.out_dir)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"exported to {out}")
-
-
-if __name__ == "__main__":
-    main()

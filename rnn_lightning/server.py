@@ -311,7 +311,7 @@ def _check_text(text, where: str, max_chars: int) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python cli.py serve", allow_abbrev=False, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="rnn-lightning serve", allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--ckpt_path", required=True, help="a checkpoint, an export folder, or last/best of --runs_dir")
     p.add_argument("--runs_dir", default="lightning_logs", help="where last/best are looked for")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: every interface")

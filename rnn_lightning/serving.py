@@ -1,4 +1,4 @@
-"""Run an exported model (``python -m rnn_lightning.inference export``) with torch and tokenizers only.
+"""Run an exported model (``rnn-lightning export``) with torch and tokenizers only.
 
 from rnn_lightning.serving import ExportedPredictor
 ExportedPredictor("exported/")(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {...}}]

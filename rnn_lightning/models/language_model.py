@@ -1,6 +1,6 @@
 """Language-model pretraining of the classifier's network on unlabelled text: next-word prediction.
 
-    python pretrain.py fit --config configs/lm.yaml --data.dataset ../shared/imdb
+    python cli.py pretrain --config configs/lm.yaml --data.dataset ../shared/imdb
 
 The network is ``TextRNN`` itself, so its embedding and recurrent layers move to a classifier
 unchanged (``--model.init_from`` of ``cli.py``). The last layer's output at step t predicts the next

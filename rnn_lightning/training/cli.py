@@ -370,11 +370,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
-def main(args=None, model_class: type[RecurrentModule] = SemiSupervisedClassifier) -> None:
-    """Entry point; bad input from a person ends in one line on stderr (``failures.one_line``), not a traceback."""
+def main(args=None, model_class: type[RecurrentModule] = SemiSupervisedClassifier, prog: str | None = None) -> None:
+    """``fit``/``validate``/``test``/``predict`` (``args[0]``); bad input from a person ends in one line on
+    stderr (``failures.one_line``), not a traceback. ``prog``: the command's name in its help and errors."""
     tune_cpu_runtime(training=False)  # the training settings come in before_fit
     try:
-        RNNLightningCLI(model_class, args=args)
+        RNNLightningCLI(model_class, args=args, parser_kwargs={"prog": prog} if prog else None)
     except Exception as e:
         line = one_line(e)
         if line is None:

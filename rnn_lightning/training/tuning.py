@@ -258,7 +258,7 @@ def write_outputs(study, root: Path, search: dict) -> None:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python cli.py tune", allow_abbrev=False, add_help=True,
+    p = argparse.ArgumentParser(prog="rnn-lightning tune", allow_abbrev=False, add_help=True,
                                 description=__doc__.splitlines()[0])  # fmt: skip
     p.add_argument("--search", required=True, help="the search file (configs/search/*.yaml)")
     p.add_argument("--trials", type=int, required=True, help="complete + pruned trials the study should hold")

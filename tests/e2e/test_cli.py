@@ -1,12 +1,18 @@
 """The command line, end to end on tiny data: fit -> test -> predict, configs, outputs, one-line errors."""
 
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from rnn_lightning import checkpoint
+from rnn_lightning import command as rnn_command
 from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier, TextClassifier
+from rnn_lightning.serving import ExportedPredictor
 from rnn_lightning.training import cli as rnn_cli
 from rnn_lightning.training.cli import RNNLightningCLI, main
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
@@ -18,6 +24,7 @@ WARNINGS_NOBODY_CAN_ACT_ON = (
     "won't be reloaded",
     "exists and is not empty",
     "callbacks used to create the checkpoint need to be provided",
+    "LightningCLI's args parameter",  # the command hands each subcommand the rest of its line
 )
 
 
@@ -106,7 +113,7 @@ def test_every_config_parses_and_builds(stack, parquet_dir, tmp_path):
     args = [a for path in stack for a in ("--config", path)]
     if any("ddp.yaml" in s for s in stack):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
-    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SemiSupervisedClassifier  # pretrain.py's
+    model_class = LanguageModel if stack[-1].endswith("lm.yaml") else SemiSupervisedClassifier  # the pretrain command's
     data = parquet_dir
     if stack[-1].endswith("student.yaml"):  # reads the unlabelled split; the teacher is loaded by fit
         data = write_splits(tmp_path / "data", make_reviews(96, seed=1), make_reviews(48, seed=2))
@@ -254,3 +261,84 @@ def test_console_of_real_commands_shows_no_warning_nobody_can_act_on(tiny_args, 
         for warning in WARNINGS_NOBODY_CAN_ACT_ON:
             assert warning not in proc.stdout + proc.stderr, warning
     assert "Wrote 1 predictions to" in outputs[-1].stdout + outputs[-1].stderr
+
+
+# ---------------------------------------------------------------- the one command (rnn_lightning/command.py)
+
+
+def command(capsys, *args: str) -> tuple[int, str]:
+    """``rnn-lightning *args`` in this process: (exit code, stdout + stderr + the exit message)."""
+    capsys.readouterr()
+    code, message = 0, ""
+    try:
+        rnn_command.main(list(args))
+    except SystemExit as e:
+        code, message = (1, e.code) if isinstance(e.code, str) else (e.code or 0, "")
+    out, err = capsys.readouterr()
+    return code, out + err + message
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), ([], 2)])
+def test_the_command_lists_its_eight_subcommands(capsys, args, code):
+    exit_code, output = command(capsys, *args)
+    assert exit_code == code
+    listed = re.findall(r"^  (\w+)  +\S", output, flags=re.MULTILINE)
+    assert listed == ["fit", "validate", "test", "predict", "pretrain", "export", "serve", "tune"]
+
+
+@pytest.mark.parametrize(
+    "name, shows",
+    [
+        ("fit", "--model.cell"),
+        ("test", "--ckpt_path"),
+        ("pretrain", "--model.cutoffs"),  # LanguageModel's own setting
+        ("export", "ckpt_path"),
+        ("serve", "--max_chars"),
+        ("tune", "--search"),
+    ],
+)
+def test_each_subcommand_has_its_own_help(capsys, name, shows):
+    code, output = command(capsys, name, "--help")
+    assert code == 0 and shows in output
+    assert f"rnn-lightning {name}" in output or f"rnn-lightning [options] {name}" in output
+
+
+def test_an_unknown_subcommand_is_one_line(capsys):
+    code, output = command(capsys, "fitt", "--config", "x.yaml")
+    assert code == 1 and output.strip().count("\n") == 0
+    assert output.startswith("error: 'fitt' is not a command; choose from fit, validate, test, predict, pretrain")
+
+
+def test_fit_export_and_pretrain_through_the_command(capsys, tiny_args, tmp_path):
+    code, output = command(capsys, "fit", *tiny_args, "--trainer.max_epochs", "1")
+    assert code == 0, output[-2000:]
+    last = ckpt_dir(tmp_path) / "last.ckpt"
+    code, output = command(capsys, "export", str(last), str(tmp_path / "exported"))
+    assert code == 0 and f"exported to {tmp_path / 'exported'}" in output
+    assert ExportedPredictor(str(tmp_path / "exported"))(["a fine film"])[0]["label"] is not None
+    code, output = command(capsys, "export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out"))
+    assert code == 1 and output.startswith("error: ") and output.strip().count("\n") == 0
+    lm_root = tmp_path / "lm"
+    lm_args = [a if a != str(tmp_path) else str(lm_root) for a in tiny_args]
+    code, output = command(capsys, "pretrain", *lm_args, "--trainer.max_epochs", "1", "--model.cutoffs", "[50]")
+    assert code == 0, output[-2000:]
+    saved = checkpoint.load_checkpoint(str(ckpt_dir(lm_root) / "last.ckpt"))
+    assert "cutoffs" in saved[checkpoint.HPARAMS_KEY]  # a language model
+
+
+@pytest.mark.slow
+def test_the_installed_script_and_cli_py_are_one_program_and_serve_starts_without_lightning():
+    script = shutil.which("rnn-lightning", path=str(Path(sys.executable).parent))
+    assert script, "pip install -e . installs the rnn-lightning script"
+    installed = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    checkout = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True)
+    assert installed.returncode == checkout.returncode == 0
+    assert installed.stdout.replace("rnn-lightning", "python cli.py") == checkout.stdout
+    code = (
+        "import sys; from rnn_lightning.command import main\n"
+        "try: main(['serve', '--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'torchmetrics'}))"
+    )
+    started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert started.stdout.strip().splitlines()[-1] == "[]", started.stderr[-2000:]

@@ -25,7 +25,12 @@ RECIPES = [name for name in ALL if name not in FRAGMENTS]
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / name).read_text()) or {}
+    """The file's settings, with each group given as a nested file (``optimizer: optimizer/adamw.yaml``) read in."""
+    stated = yaml.safe_load((CONFIGS / name).read_text()) or {}
+    for key, value in stated.items():
+        if isinstance(value, str) and value.endswith(".yaml"):
+            stated[key] = yaml.safe_load((CONFIGS / value).read_text())
+    return stated
 
 
 def resolve(capsys, *args: str, model_class=SemiSupervisedClassifier) -> dict:
@@ -39,9 +44,9 @@ def resolve(capsys, *args: str, model_class=SemiSupervisedClassifier) -> dict:
 
 
 def program(name: str) -> str:
-    """The program the file's first line runs: ``cli.py`` or ``pretrain.py``."""
+    """The command the file's first line runs: ``fit`` or ``pretrain``."""
     first = (CONFIGS / name).read_text().splitlines()[0]
-    match = re.match(r"# python (cli|pretrain)\.py fit +--config configs/(\S+)", first)
+    match = re.match(r"# python cli\.py (fit|pretrain) +--config configs/(\S+)", first)
     assert match, f"{name} must open with the command that runs it, not {first!r}"
     return match.group(1)
 
