@@ -1,12 +1,13 @@
-"""The table formats, one reader each, read a bounded piece at a time: Parquet a row group at a time, CSV
-and JSON lines a row at a time, plain text a line at a time. Training data reads Parquet through
-``parquet_batches`` (into its Arrow copy, ``opening``); the texts to classify read every format here
-(``readers``). A reader checks the file's columns before handing on its first row.
+"""The table formats, one reader each, that read a bounded piece at a time: Parquet a row group at a time
+(``parquet_batches``), CSV and TSV a row at a time (``open_csv``), JSON lines a line at a time
+(``json_lines``), plain text a line at a time (``line_records``). Training data reads its files through
+them (``opening``; ``table_types`` types the columns of CSV and JSON lines), and so do the texts to
+classify (``readers``, through the ``*_records`` here, which check the text column before the first row).
 
 Text is UTF-8 (a byte-order mark is skipped) or UTF-16/32 with a byte-order mark; other text with NUL
-bytes (UTF-16 without a mark) is refused in one line. A text keeps only its last ``max_chars``
-characters, and a line longer than that is read a piece at a time, so a 2 GB line without a space costs
-what its end does.
+bytes (UTF-16 without a mark) is refused in one line. A text to classify keeps only its last
+``max_chars`` characters, and a line longer than that is read a piece at a time, so a 2 GB line without a
+space costs what its end does.
 """
 
 import codecs

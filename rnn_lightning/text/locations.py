@@ -1,5 +1,5 @@
 """What ``data.dataset`` names (a hub id, a folder, files per split, an unpacked ``aclImdb/``), checked
-before any work starts (its identity for the token cache is ``sources.fingerprint``)."""
+before any work starts (its identity for the token cache is ``identity.fingerprint``)."""
 
 import os
 from pathlib import Path
@@ -12,15 +12,7 @@ SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}  # 
 UNLABELLED_SPLIT = "unsupervised"  # the hub's name for IMDB's 50,000 unlabelled reviews
 ACLIMDB_CLASSES = ("neg", "pos")  # aclImdb's label folders, in class-id order
 ACLIMDB_UNLABELLED = "unsup"  # aclImdb's folder of unlabelled reviews, under train/
-# What datasets reads each file type with (builder, options); the one list of accepted file types.
-FILE_TYPES = {
-    ".parquet": ("parquet", {}),
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
-    ".jsonl": ("json", {}),
-    ".json": ("json", {}),
-    ".arrow": ("arrow", {}),
-}
+FILE_TYPES = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".arrow")  # the one list of accepted file types
 EXPECTED_SOURCE = (
     f"a hub id ({DEFAULT_DATASET}), a folder with a file per split (train.parquet, test.csv, ...), "
     "files per split ({train: FILE, test: FILE}), or an unpacked aclImdb/ folder"

@@ -11,14 +11,15 @@ from rnn_lightning.text import aclimdb
 from rnn_lightning.text.formats import parquet_batches
 from rnn_lightning.text.hub import full_cache, load_dataset, load_hub, unreadable_folder
 from rnn_lightning.text.identity import fingerprint
-from rnn_lightning.text.locations import FILE_TYPES, Dataset, check_dataset, is_aclimdb, is_local, split_file
+from rnn_lightning.text.locations import Dataset, check_dataset, is_aclimdb, is_local, split_file
 from rnn_lightning.text.table_types import record_batches
 from rnn_lightning.text.tokenizer import CHUNK
 
 ARROW_DIR = "arrow"  # under the token cache folder: the Arrow copies datasets makes of local files
 PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folder under ARROW_DIR
 TABLE_COPY = "table.arrow"  # and of a CSV, TSV or JSON-lines file
-DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None}  # the files read row by row here (None: JSON lines)
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None}  # the tables read row by row (None: JSON lines)
+DATASETS_BUILDERS = {".json": "json", ".arrow": "arrow"}  # the file types datasets reads instead
 
 
 def open_splits(
@@ -64,18 +65,17 @@ def open_splits(
 
 def _read_file(path: Path, cache_dir: Path | None = None):
     """A file of one split as a ``datasets.Dataset``: Parquet, CSV, TSV and JSON lines through the format
-    readers (``formats``) into an Arrow copy in ``cache_dir`` (in memory without one); other types
-    (``.json``, ``.arrow``) through ``datasets``."""
-    builder, options = FILE_TYPES[path.suffix]
-    if cache_dir is not None:
-        options = {**options, "cache_dir": str(_arrow_copies(cache_dir, content_digests([path], cache_dir)[0]))}
+    readers (``formats``) into an Arrow copy in ``cache_dir`` (in memory without one); ``.json`` and
+    ``.arrow`` through ``datasets``."""
+    copies = None if cache_dir is None else _arrow_copies(cache_dir, content_digests([path], cache_dir)[0])
+    options = {} if copies is None else {"cache_dir": str(copies)}
     try:
-        if path.suffix == ".parquet" and cache_dir is not None:
-            return _parquet_to_arrow(path, Path(options["cache_dir"]) / PARQUET_COPY)
+        if path.suffix == ".parquet":
+            return _to_arrow(lambda: _parquet(path), copies and copies / PARQUET_COPY)
         if path.suffix in DELIMITERS:
-            copy = Path(options["cache_dir"]) / TABLE_COPY if cache_dir is not None else None
-            return _table_to_arrow(path, DELIMITERS[path.suffix], copy)
-        return load_dataset(builder, data_files={"split": str(path)}, split="split", **options)
+            read = lambda: record_batches(path, DELIMITERS[path.suffix], CHUNK)  # noqa: E731
+            return _to_arrow(read, copies and copies / TABLE_COPY)
+        return load_dataset(DATASETS_BUILDERS[path.suffix], data_files={"split": str(path)}, split="split", **options)
     except InputError:  # said by a format reader, naming the file
         raise
     except OSError as e:
@@ -86,38 +86,35 @@ def _read_file(path: Path, cache_dir: Path | None = None):
         raise unreadable_file("data.dataset", path, e) from None
 
 
-def _table_to_arrow(path: Path, delimiter: str | None, target: Path | None):
-    """A CSV/TSV (``delimiter``) or JSON-lines (None) file as a ``datasets.Dataset``: memory-mapped from an Arrow
-    copy at ``target`` written a batch of rows at a time, or without a target held in memory."""
+def _parquet(path: Path):
+    """(schema, record batches) of a parquet file, a row group at a time: ``datasets``' own conversion holds
+    every row group read so far until the end, so its memory grows with the file. The schema's metadata
+    carries the ``datasets`` features (a ``ClassLabel``'s names)."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    if f.metadata.num_rows == 0:
+        raise ValueError("no rows")  # as a CSV or JSON-lines file without rows
+    return f.schema_arrow, parquet_batches(f, CHUNK)
+
+
+def _to_arrow(read, target: Path | None):
+    """The record batches of ``read()`` (schema, batches) as a ``datasets.Dataset``: memory-mapped from an Arrow
+    copy at ``target``, written a batch at a time unless it is there already; without a target, in memory."""
     import datasets
     import pyarrow as pa
 
-    if target is None or not target.is_file():
-        schema, batches = record_batches(path, delimiter, CHUNK)
-        if target is None:
-            from datasets.table import InMemoryTable
+    if target is None:
+        from datasets.table import InMemoryTable
 
-            return datasets.Dataset(InMemoryTable(pa.Table.from_batches(list(batches), schema)))
+        schema, batches = read()
+        return datasets.Dataset(InMemoryTable(pa.Table.from_batches(list(batches), schema)))
+    if not target.is_file():
+        schema, batches = read()
         with atomic_file(target, "wb") as out, pa.ipc.new_stream(out, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
     return datasets.Dataset.from_file(str(target))
-
-
-def _parquet_to_arrow(path: Path, target: Path):
-    """A parquet file as a memory-mapped ``datasets.Dataset``, through an Arrow copy at ``target``
-    written one row group at a time: ``datasets``' own conversion holds every row group read so far
-    until the end, so its memory grows with the file."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not target.is_file():
-        f = pq.ParquetFile(path)
-        with atomic_file(target, "wb") as out, pa.ipc.new_stream(out, f.schema_arrow) as writer:
-            for batch in parquet_batches(f, CHUNK):
-                writer.write_batch(batch)
-    return datasets.Dataset.from_file(str(target))  # the schema's metadata carries the features (ClassLabel)
 
 
 def _arrow_copies(cache_dir: Path, digest: str) -> Path:
