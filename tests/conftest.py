@@ -32,7 +32,11 @@ def native_build_dir(tmp_path_factory) -> Path:
     """The compiled CPU loop (network/cpu_rnn.py) is built here, not in the user's cache; subprocesses inherit it."""
     from rnn_lightning.network import cpu_rnn
 
-    path = tmp_path_factory.mktemp("native")
+    # One folder for all pytest-xdist workers (their base folders share a parent): the first builds the
+    # extension and the others wait on cpp_extension's lock in that folder, instead of building it again.
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "native"
+    path.mkdir(exist_ok=True)
     os.environ[cpu_rnn.ENV_DIR] = str(path)
     SUBPROCESS_ENV[cpu_rnn.ENV_DIR] = str(path)  # copied from os.environ at import, before this fixture ran
     cpu_rnn.library.cache_clear()
