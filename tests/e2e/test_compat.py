@@ -76,6 +76,6 @@ def test_an_old_language_model_resumes(fixture_data, tmp_path):
     from rnn_lightning.training.cli import main
 
     args = _resume_args(V1 / "language_model.config.yaml", V1 / "language_model.ckpt", fixture_data, tmp_path)
-    main(["fit", *args], model_class=LanguageModel)  # pretrain.py's command line
+    main(["fit", *args], model_class=LanguageModel)  # what `rnn-lightning pretrain` runs
     resumed = checkpoint.load_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")
     assert resumed["epoch"] == 1 and not [k for k in resumed[checkpoint.WEIGHTS_KEY] if k.startswith("net.head.")]
