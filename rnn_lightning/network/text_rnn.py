@@ -121,10 +121,6 @@ class TextRNN(nn.Module):
         """tokens (B, T) int ids, padded at the front -> logits (B,) or (B, K)."""
         return self.classify(self.embed(tokens), tokens)
 
-    def probabilities(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) -> probabilities (B, K) of each class, in class order, for any K."""
-        return probabilities(self(tokens))
-
     def embed(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> the first layer's input (T, B, E), time-major so each step is one contiguous
         block; while training with word dropout and the first input dropout mask applied.
@@ -313,14 +309,6 @@ def _lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
     if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
         return _RowsAdded.apply(ids, weight, table.padding_idx)
     return table(ids)
-
-
-def probabilities(logits: Tensor) -> Tensor:
-    """Logits (B,) of a binary network or (B, K) -> probabilities (B, K), in class order."""
-    if logits.dim() == 1:
-        p = torch.sigmoid(logits.float())
-        return torch.stack([1 - p, p], dim=-1)
-    return torch.softmax(logits.float(), dim=-1)
 
 
 # A layer's parameters before they lived in an nn.RNN/GRU/LSTM: ``layers.0.weight_ih_reverse`` is now
