@@ -24,6 +24,7 @@ HPARAMS_KEY = "hyper_parameters"
 DATAMODULE_HPARAMS_KEY = "datamodule_hyper_parameters"  # Lightning's key for the data module's
 WEIGHTS_KEY = "state_dict"
 DROPOUT_RNG_KEY = "dropout_rng_state"
+TASK_KEY = "task"  # tasks.Task.state: a multi-label model's thresholds
 RUN_VERSION_KEY = "run_version"  # the TensorBoard run (version_N) that wrote it
 OPTIMIZERS_KEY = "optimizer_states"
 DEFAULT_CLASS_NAMES = ("neg", "pos")  # the classes of a model whose checkpoint names none: IMDB's

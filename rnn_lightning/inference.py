@@ -3,6 +3,7 @@
 from rnn_lightning.inference import Predictor
 predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
 predictor(["A wonderful film."])   # -> [{"label": "pos", "prob": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}]
+# a multi-label model's: [{"labels": ["admiration", "joy"], "probs": {"admiration": 0.81, ...}}]
 
 rnn-lightning export CKPT OUT_DIR        # model.pt2 + tokenizer.json + meta.json
 """
@@ -19,7 +20,7 @@ from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
 from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.serving import predictions
-from rnn_lightning.tasks import Task, make_task
+from rnn_lightning.tasks import Task, make_task, task_from_state
 
 
 class Probabilities(torch.nn.Module):
@@ -36,22 +37,30 @@ class Probabilities(torch.nn.Module):
 class Predictor:
     """A network, its tokenizer and class names: texts -> the task's decision for each (see
     ``serving.predictions``). Empty or whitespace-only texts get None (the CLI's prediction file
-    gives them an error field)."""
+    gives them an error field). ``task``: what the classes are to each other (default: single-label)."""
 
     def __init__(
-        self, net: torch.nn.Module, tokenizer: Tokenizer, class_names: list[str], batch_size: int = 1024
+        self,
+        net: torch.nn.Module,
+        tokenizer: Tokenizer,
+        class_names: list[str],
+        batch_size: int = 1024,
+        task: Task | None = None,
     ) -> None:
         self.net, self.tokenizer, self.class_names, self.batch_size = net.eval(), tokenizer, class_names, batch_size
-        self.task = make_task(class_names)
+        self.task = task if task is not None else make_task(class_names)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "Predictor":
-        """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs."""
+    def from_checkpoint(cls, path: str, map_location: str = "cpu", thresholds=None) -> "Predictor":
+        """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs.
+        ``thresholds`` (multi-label) override the checkpoint's."""
         ckpt = checkpoint.load_checkpoint(path, mmap=True)
-        names = list(ckpt[checkpoint.HPARAMS_KEY].get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
+        hparams = ckpt[checkpoint.HPARAMS_KEY]
+        names = list(hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
         net = TextRNN.from_checkpoint(path, map_location, ckpt=ckpt)
         tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
-        return cls(net, tokenizer, names)
+        state = {"multi_label": bool(hparams.get("multi_label")), **(ckpt.get(checkpoint.TASK_KEY) or {})}
+        return cls(net, tokenizer, names, task=task_from_state(names, state, f"{path}: task", thresholds))
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[dict]:
@@ -85,6 +94,7 @@ class Predictor:
             meta = {
                 "output": "probabilities (B, K) of class_names",
                 "class_names": self.class_names,
+                "task": self.task.state(),
                 "max_len": max_len,
             }
             json.dump(meta, f)

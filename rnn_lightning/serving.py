@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError, said
 from rnn_lightning.network import cpu_rnn  # noqa: F401  (registers the rnn cell's op, which an exported graph may hold)
-from rnn_lightning.tasks import Task, make_task
+from rnn_lightning.tasks import Task, task_from_state
 from rnn_lightning.text.tokenizer import encode
 
 # torch.export.load (torch 2.13) runs code from the file it reads: it unpickles pickled weights, constants and
@@ -71,14 +71,19 @@ class ExportedPredictor:
         except Exception as e:  # tokenizers raises a bare Exception for JSON it cannot read
             raise InputError(f"{tokenizer}: not a tokenizers JSON ({said(e)})") from None
         try:
-            names = json.loads(meta.read_text(encoding="utf-8"))["class_names"]
-        except (ValueError, KeyError, TypeError) as e:
+            facts = json.loads(meta.read_text(encoding="utf-8"))
+            names, task_state = facts["class_names"], facts.get("task")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{meta}: expected JSON with class_names ({type(e).__name__}: {e})") from None
         if not (
             isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names) > 1
         ):
             raise InputError(f"{meta}: class_names is {str(names)[:100]}; expected two or more distinct strings")
-        self.class_names, self.task = names, make_task(names)
+        if task_state is not None and not isinstance(task_state, dict):
+            raise InputError(
+                f'{meta}: task is {str(task_state)[:100]}; expected an object such as {{"multi_label": true}}'
+            )
+        self.class_names, self.task = names, task_from_state(names, task_state, f"{meta}: task.thresholds")
         check_archive(model)
         try:
             self.module = torch.export.load(model).module()

@@ -4,24 +4,33 @@ A task turns the network's logits into everything the rest of the project needs:
 probabilities, the decision per text (what ``predict``, the server and the explainer answer), the
 metrics of each stage, the test figures and the checkpoint's default monitor. The model, the prediction
 writer, the predictors, the server and the explainer ask it and never look at the number of classes
-themselves. Today the classes exclude each other (single-label):
+themselves:
 
-- ``Binary``: two classes, one logit (of class 1), binary cross-entropy on logits, binary metrics;
-- ``Multiclass``: K > 2 classes, K logits, cross-entropy, multiclass metrics with an F1 per class.
+- ``Binary``: two classes that exclude each other, one logit (of class 1), binary cross-entropy on
+  logits, binary metrics;
+- ``Multiclass``: K > 2 classes that exclude each other, K logits, cross-entropy, multiclass metrics
+  with an F1 per class;
+- ``MultiLabel``: K labels, any number of them per text: K logits, a sigmoid and binary cross-entropy
+  per label, one threshold per label (chosen on the validation split during ``fit``), F1s, mean
+  average precision and exact-match accuracy.
 
-``make_task`` is the one place that chooses. A new kind (labels that do not exclude each other: a
-sigmoid per label, binary cross-entropy, a threshold per label) is a new ``Task`` subclass and a new
-choice there.
+``make_task`` is the one place that chooses; ``Task.state`` is what a checkpoint or an export keeps of a
+task beside its class names, and ``task_from_state`` builds it again.
 
 Plain torch at import (the server imports this without Lightning or torchmetrics); the metrics are
 built by ``metrics`` and ``test_curves``, which import torchmetrics.
 """
+
+import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rnn_lightning.errors import InputError
+
+THRESHOLD = 0.5  # a label's threshold until one is chosen on validation
 
 
 class Task:
@@ -36,14 +45,26 @@ class Task:
     def __init__(self, class_names: list[str]) -> None:
         self.class_names = list(class_names)
 
+    def state(self) -> dict:
+        """What a checkpoint (``checkpoint.TASK_KEY``) and an export's ``meta.json`` keep of the task beside
+        its class names: JSON types only; ``task_from_state`` reads it back."""
+        return {"multi_label": False}
+
+    def load_state(self, state: dict, field: str) -> None:
+        """Take the decision settings of ``state`` (``state``'s form); ``field`` names its origin in errors."""
+
+    def with_thresholds(self, thresholds, field: str) -> "Task":
+        """This task deciding with ``thresholds`` instead (a request's or a config's override)."""
+        raise InputError(f"{field}: thresholds are for multi-label models; this one's classes exclude each other")
+
     @property
     def num_outputs(self) -> int:
         """Logits per text."""
         raise NotImplementedError
 
-    def class_weight(self, how, counts: list[int] | None) -> Tensor | None:
+    def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
         """(K,) weights of the classes in the loss from ``model.class_weights`` (none, ``balanced`` or K
-        numbers) and the training texts per class, or None (all 1)."""
+        numbers), the training texts per class and all training ``texts``, or None (all 1)."""
         raise NotImplementedError
 
     def loss(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -101,7 +122,7 @@ class SingleLabel(Task):
     """Each text has exactly one class. The decision is the most probable class: ``label``, its
     probability ``prob`` and every class's ``probs`` by name."""
 
-    def class_weight(self, how, counts: list[int] | None) -> Tensor | None:
+    def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
         """``balanced``: N / (K * count of the class), so every class weighs the same in total."""
         names, k = self.class_names, len(self.class_names)
         if how is None or how == "none":
@@ -240,12 +261,14 @@ class Multiclass(SingleLabel):
         from torchmetrics import ClasswiseWrapper
         from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
+        from rnn_lightning.task_metrics import tags
+
         k, names = len(self.class_names), self.class_names
         return {
             "acc": MulticlassAccuracy(k, average="micro"),
             "f1": MulticlassF1Score(k, average="macro"),
             "auroc": MulticlassAUROC(k, average="macro"),  # one class against the rest, averaged
-            "f1_class": ClasswiseWrapper(MulticlassF1Score(k, average=None), labels=names, prefix="f1_"),
+            "f1_class": ClasswiseWrapper(MulticlassF1Score(k, average=None), labels=tags(names), prefix="f1_"),
             "balanced_acc": MulticlassAccuracy(k, average="macro"),  # mean recall over the classes
         }
 
@@ -256,6 +279,171 @@ class Multiclass(SingleLabel):
         return MetricCollection({"confusion_matrix": MulticlassConfusionMatrix(len(self.class_names))})
 
 
-def make_task(class_names: list[str]) -> Task:
-    """The task of a classifier of ``class_names`` (two or more): the one place the kind is chosen."""
+class MultiLabel(Task):
+    """K labels, each present or not, any number per text: K logits (B, K), a sigmoid and binary
+    cross-entropy per label. A label is decided present when its probability reaches its threshold
+    (``thresholds``, (K,)); the decision is the list of those ``labels`` and every label's ``probs``.
+
+    Metrics (``MultiLabelScores``): ``macro_f1`` (the mean of the labels' F1s), ``micro_f1`` (F1 of all
+    decisions pooled), ``f1_<label>``, and at validation and test ``map`` (the labels' mean average
+    precision, which needs no threshold) and ``subset_acc`` (texts whose every label is decided right).
+    While ``fit`` runs, each validation pass chooses every label's threshold for its own F1 on the
+    validation split (unless ``fixed``), so each checkpoint carries the thresholds of its own weights, and
+    the validation figures are those at the chosen thresholds.
+
+    Args:
+        thresholds: one number, or one per label, in [0, 1]; given, they are ``fixed``: never chosen on
+            validation, and a checkpoint's are not read over them.
+    """
+
+    MONITOR = "val/macro_f1"
+
+    def __init__(self, class_names: list[str], thresholds=None, field: str = "model.thresholds") -> None:
+        super().__init__(class_names)
+        self.fixed = thresholds is not None
+        self.thresholds = check_thresholds(THRESHOLD if thresholds is None else thresholds, class_names, field)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.class_names)
+
+    def state(self) -> dict:
+        return {"multi_label": True, "thresholds": [round(t, 6) for t in self.thresholds.tolist()]}
+
+    def load_state(self, state: dict, field: str) -> None:
+        if not self.fixed and state.get("thresholds") is not None:
+            self.thresholds = check_thresholds(state["thresholds"], self.class_names, field)
+
+    def with_thresholds(self, thresholds, field: str) -> "MultiLabel":
+        task = copy.copy(self)
+        task.thresholds, task.fixed = check_thresholds(thresholds, self.class_names, field), True
+        return task
+
+    def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
+        """(K,) ``pos_weight``s: ``balanced`` weighs a label's present texts by (texts without it) / (texts
+        with it), so its positives and negatives weigh the same in total."""
+        names, k = self.class_names, len(self.class_names)
+        if how is None or how == "none":
+            return None
+        if how == "balanced":
+            if counts is None or len(counts) != k or min(counts) <= 0 or not texts or max(counts) >= texts:
+                raise InputError(
+                    f"model.class_weights: balanced needs each label on some but not all of the training texts, "
+                    f"got {counts} of {texts} for {names}"
+                )
+            counts_t = torch.tensor(counts, dtype=torch.float32)
+            return (texts - counts_t) / counts_t
+        if isinstance(how, str) or len(how) != k or not all(w >= 0 for w in how) or not any(w > 0 for w in how):
+            raise InputError(
+                f"model.class_weights: expected none, balanced or {k} numbers >= 0 (the weight of each label's "
+                f"present texts, {names}), got {how}"
+            )
+        return torch.tensor([float(w) for w in how])
+
+    def loss(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Binary cross-entropy per label, averaged over texts and labels; ``weight`` is ``pos_weight``."""
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weight)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits.float())
+
+    def decision(self, probs: list[float]) -> dict:
+        names, t = self.class_names, self.thresholds.tolist()
+        return {
+            "labels": [n for n, p, at in zip(names, probs, t, strict=True) if p >= at],
+            "probs": dict(zip(names, probs, strict=True)),
+        }
+
+    def no_decision(self) -> dict:
+        return {"labels": None, "probs": None}
+
+    @property
+    def columns(self) -> list[str]:
+        return ["labels", *(f"prob_{name}" for name in self.class_names)]
+
+    def cells(self, decision: dict) -> dict:
+        """``labels`` stays a list (a JSON lines file's); a CSV writer joins it with ``LABEL_SEPARATOR``."""
+        return {"labels": decision["labels"], **{f"prob_{name}": p for name, p in decision["probs"].items()}}
+
+    def explained(self, decision: dict) -> int:
+        """The most probable label (present or not)."""
+        probs = list(decision["probs"].values())
+        return max(range(len(probs)), key=probs.__getitem__)
+
+    def class_logit(self, logits: Tensor, target: Tensor) -> Tensor:
+        """A label's logit, its log-odds of being present."""
+        return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+    def metric_input(self, logits: Tensor) -> Tensor:
+        """The probabilities (B, K)."""
+        return logits.float().sigmoid()
+
+    def metrics(self, stage: str):
+        from rnn_lightning.task_metrics import MultiLabelScores
+
+        return MultiLabelScores(self, stage, keep_scores=stage != "train", choose=stage == "val")
+
+    def test_curves(self):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelPrecisionRecallCurve
+
+        from rnn_lightning.task_metrics import THRESHOLD_GRID, MultiLabelScores
+
+        return MetricCollection(
+            {
+                "f1": MultiLabelScores(self, "test", keep_scores=False, choose=False),
+                "pr": MultilabelPrecisionRecallCurve(len(self.class_names), thresholds=THRESHOLD_GRID),
+            },
+            compute_groups=False,
+        )
+
+    def figures(self, curves) -> dict:
+        import matplotlib.pyplot as plt
+
+        from rnn_lightning.task_metrics import tags
+
+        names = self.class_names
+        f1 = curves["f1"].compute()
+        fig, ax = plt.subplots(figsize=(8, 0.22 * len(names) + 1), layout="constrained")
+        ax.barh(names[::-1], [f1[f"test/f1_{tag}"].item() for tag in tags(names)][::-1])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("F1 at the label's threshold")
+        precision, recall, _ = curves["pr"].compute()
+        fig_pr, ax_pr = plt.subplots(figsize=(7, 6), layout="constrained")
+        for name, p, r in zip(names, precision, recall, strict=True):
+            ax_pr.plot(r.cpu(), p.cpu(), lw=1, label=name)
+        ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax_pr.legend(fontsize=6, ncol=2, loc="upper right")
+        return {"test/f1_per_label": fig, "test/precision_recall": fig_pr}
+
+
+def check_thresholds(thresholds, class_names: list[str], field: str) -> Tensor:
+    """One number or one per label, each in [0, 1] -> (K,) float32; else one line naming ``field``."""
+    k = len(class_names)
+    values = [thresholds] if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool) else thresholds
+    numbers = isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1 for v in values
+    )
+    if not numbers or len(values) not in (1, k):
+        raise InputError(
+            f"{field}: expected one number or {k} numbers (one per label) in [0, 1], got {str(thresholds)[:200]}"
+        )
+    return torch.tensor(values * k if len(values) == 1 else values, dtype=torch.float32)
+
+
+def make_task(class_names: list[str], multi_label: bool = False, thresholds=None) -> Task:
+    """The task of a classifier of ``class_names`` (two or more): the one place the kind is chosen.
+    ``thresholds`` (multi-label only) override the chosen ones."""
+    if multi_label:
+        return MultiLabel(class_names, thresholds)
+    if thresholds is not None:
+        raise InputError("model.thresholds: thresholds are for multi-label models; these classes exclude each other")
     return Binary(class_names) if len(class_names) == 2 else Multiclass(class_names)
+
+
+def task_from_state(class_names: list[str], state: dict | None, field: str, thresholds=None) -> Task:
+    """The task a checkpoint or an export (``Task.state``) describes; ``thresholds`` override its own."""
+    state = state if isinstance(state, dict) else {}
+    task = make_task(class_names, bool(state.get("multi_label")), thresholds)
+    task.load_state(state, field)
+    return task

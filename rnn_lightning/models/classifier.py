@@ -27,9 +27,19 @@ class TextClassifier(RecurrentModule):
     Args:
         class_names: the classes in id order; the CLI links them from the data (``data.class_names``), or
             from the checkpoint given to ``--ckpt_path``, which stores them.
-        class_counts: training texts per class, linked from the data; used by ``class_weights: balanced``.
+        class_counts: training texts per class (multi-label: texts carrying each label), linked from the
+            data; used by ``class_weights: balanced``.
         class_weights: weights of the classes in the loss: none, ``balanced`` (N / (K * count of the
-            class), so every class weighs the same in total), or one number per class.
+            class), so every class weighs the same in total; multi-label: each label's ``pos_weight``,
+            (texts without it) / (texts with it)), or one number per class.
+        multi_label: the labels of a text do not exclude each other (any number per text), linked from
+            the data (``data.multi_label``) or the checkpoint (``rnn_lightning.tasks.MultiLabel``).
+        thresholds: multi-label only: one probability, or one per label, at or above which a label is
+            decided present. Unset, each label's is chosen on the validation split during ``fit`` (for
+            that label's F1) and kept in the checkpoint; set, it is used instead (``fit``, ``test``,
+            ``predict``).
+        train_texts: training texts (the validation part excluded), linked from the data; used by
+            multi-label ``class_weights: balanced``.
         on_nonfinite: a NaN/inf training loss or gradient ``stop``s training with a message naming the
             step (nothing is saved from that state), or ``skip``s that batch's update with a warning.
         init_from: a checkpoint (a ``pretrain`` language model, or a classifier) whose network
@@ -47,6 +57,9 @@ class TextClassifier(RecurrentModule):
         class_names: list[str] | None = None,
         class_counts: list[int] | None = None,
         class_weights: ClassWeights = None,
+        multi_label: bool = False,
+        thresholds: float | list[float] | None = None,
+        train_texts: int | None = None,
         on_nonfinite: NonFinite = "stop",
         init_from: str | None = None,
         **net: Any,
@@ -57,10 +70,11 @@ class TextClassifier(RecurrentModule):
             raise InputError(f"model.class_names: expected two or more distinct names, got {names}")
         self.save_hyperparameters()
         self.hparams.class_names = self.class_names = names
-        self.task = make_task(names)
-        self.build_network(on_nonfinite, num_classes=len(names), **net)
-        del self.hparams["num_classes"]  # it is len(class_names), not an argument of its own
-        self.register_buffer("class_weight", self.task.class_weight(class_weights, class_counts), persistent=False)
+        self.task = make_task(names, bool(multi_label), thresholds)
+        self.build_network(on_nonfinite, num_outputs=self.task.num_outputs, **net)
+        del self.hparams["num_outputs"]  # the task's, not an argument of its own
+        weight = self.task.class_weight(class_weights, class_counts, train_texts)
+        self.register_buffer("class_weight", weight, persistent=False)
         # One collection per stage: their states must never mix (e.g. validation inside a training epoch).
         self.train_metrics, self.val_metrics, self.test_metrics = (
             self.task.metrics(s) for s in ("train", "val", "test")
@@ -72,16 +86,34 @@ class TextClassifier(RecurrentModule):
         self.test_curves = self.task.test_curves()
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Mean loss of logits against class ids (B,), with ``model.class_weights`` (``Task.loss``)."""
+        """Mean loss of logits against the labels (class ids (B,), or (B, K) 0/1 of a multi-label task),
+        with ``model.class_weights`` (``Task.loss``)."""
         return self.task.loss(logits, labels, self.class_weight)
+
+    def on_save_checkpoint(self, ckpt: dict) -> None:
+        super().on_save_checkpoint(ckpt)
+        ckpt[checkpoint.TASK_KEY] = self.task.state()  # e.g. the thresholds chosen on validation
+
+    def on_load_checkpoint(self, ckpt: dict) -> None:
+        super().on_load_checkpoint(ckpt)
+        self.task.load_state(ckpt.get(checkpoint.TASK_KEY) or {}, "ckpt_path")
 
     # ---------------------------------------------------------------- starting from a pretrained network
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
         raw_text = stage == "predict" and getattr(data, "predict_path", None) is not None  # no dataset read
-        if data is not None and not raw_text and hasattr(data, "class_names") and data.class_names != self.class_names:
-            raise InputError(f"ckpt_path: the model's classes {self.class_names} are not the data's {data.class_names}")
+        if data is not None and not raw_text and hasattr(data, "class_names"):
+            if data.class_names != self.class_names:
+                raise InputError(
+                    f"ckpt_path: the model's classes {self.class_names} are not the data's {data.class_names}"
+                )
+            if bool(data.multi_label) != bool(self.hparams.multi_label):
+                kinds = {True: "multi-label", False: "single-label"}
+                raise InputError(
+                    f"ckpt_path: the model is {kinds[bool(self.hparams.multi_label)]} but the data's labels are "
+                    f"{kinds[data.multi_label]} (data.multi_label)"
+                )
         if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
             names = copy_network(self.hparams.init_from, self)
             rank_zero_info(f"model.init_from: {len(names)} tensors from {self.hparams.init_from}: {', '.join(names)}")
@@ -108,7 +140,7 @@ class TextClassifier(RecurrentModule):
         return self.net(tokens)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        tokens, labels = batch  # (B, T), (B,)
+        tokens, labels = batch  # (B, T), (B,) class ids or (B, K) 0/1 labels
         embedded = self.net.embed(tokens)  # (T, B, E)
         logits = self.net.classify(embedded, tokens)
         loss = self.loss(logits, labels)
@@ -135,13 +167,16 @@ class TextClassifier(RecurrentModule):
         Logged once per epoch from the epoch-end hooks, not from every step with ``on_epoch=True``:
         the result is the same, and each ``self.log`` of a metric costs Python work in every step of a
         small model. Computed here rather than by
-        Lightning because the F1 per class is one metric giving K values.
+        Lightning because the F1 per class is one metric giving K values. The progress bar shows the
+        loss and the figures over all classes, not one per class (K of them would not fit a line).
         """
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage != "train")
         metrics = getattr(self, f"{stage}_metrics")
         values = metrics.compute()
         metrics.reset()
-        self.log_dict(values, prog_bar=stage != "train")
+        per_class = {key for key in values if key.startswith(f"{stage}/f1_")}
+        self.log_dict({k: v for k, v in values.items() if k not in per_class}, prog_bar=stage != "train")
+        self.log_dict({k: v for k, v in values.items() if k in per_class})
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

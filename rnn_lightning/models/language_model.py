@@ -46,9 +46,9 @@ class LanguageModel(RecurrentModule):
         **net: Any,
     ) -> None:
         super().__init__()
-        net.pop("num_classes", None)  # in the hyperparameters of checkpoints from before: no head here
+        net.pop("num_classes", None)  # in the hyperparameters of older checkpoints: no head here
         self.save_hyperparameters()
-        self.build_network(on_nonfinite, num_classes=0, **net)
+        self.build_network(on_nonfinite, num_outputs=0, **net)
         config = self.net.config
         if config["bidirectional"] and config["num_layers"] > 1:
             raise InputError(
@@ -64,7 +64,7 @@ class LanguageModel(RecurrentModule):
             raise InputError(
                 "model.ngram_buckets: a language model predicts words, it has no class logits to add to; set it to 0"
             )
-        del self.hparams["num_classes"]  # always 0: the network's body only
+        del self.hparams["num_outputs"]  # always 0: the network's body only
         vocab = config["vocab_size"]
         if list(cutoffs) != sorted(set(cutoffs)) or not cutoffs or cutoffs[0] < 2 or cutoffs[-1] >= vocab - 1:
             raise InputError(

@@ -64,6 +64,10 @@ class SemiSupervisedClassifier(TextClassifier):
             if not value >= 0:
                 raise InputError(f"model.{name}: expected a number >= 0, got {value}")
         super().__init__(**classifier)
+        if self.hparams.multi_label:  # their losses compare distributions over classes that exclude each other
+            for name, value in (("virtual_adversarial", virtual_adversarial), ("entropy", entropy), ("distillation", distillation)):  # fmt: skip
+                if value > 0:
+                    raise InputError(f"model.{name}: is for single-label models; these labels are multi-label")
         if distillation > 0 and not teacher:
             raise InputError("model.distillation: needs model.teacher, the checkpoint of a trained classifier")
         # Kept out of the module tree (a tuple, not an attribute nn.Module registers): the teacher is

@@ -10,13 +10,14 @@ from torch import Tensor, nn
 
 from rnn_lightning.errors import InputError
 from rnn_lightning.network.recurrent import Cell, Implementation, RecurrentLayer
+from rnn_lightning.tasks import make_task
 
 Pooling = Literal["last", "max", "mean", "max_mean"]
 
 
 class TextRNN(nn.Module):
-    """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits, (B,) for two
-    classes (the logit of class 1), (B, K) for K > 2.
+    """Embedding -> stacked recurrent layers -> linear head: token ids (B, T) -> logits, (B,) for one
+    output (e.g. the logit of class 1 of two), (B, K) for K.
 
     This signature is the one place the network's hyperparameters, their defaults and their checks
     live; the LightningModule and the command line (``model.*``) take them from here. The defaults
@@ -24,8 +25,9 @@ class TextRNN(nn.Module):
 
     Args:
         vocab_size: rows of the embedding; the CLI links it from ``data.vocab_size``.
-        num_classes: K; two classes have one logit (binary), more have one each. The classifier sets it
-            from its class names; 0 builds no head (a language model's body: ``embed`` and ``encode`` only).
+        num_outputs: logits per text; the classifier sets it from its task (``Task.num_outputs``: one for
+            two classes that exclude each other, else one per class); 0 builds no head (a language
+            model's body: ``embed`` and ``encode`` only).
         pad_id: id of ``<pad>``; its embedding row stays zero. The CLI links it from the data module.
         embed_dim: embedding width.
         cell: ``rnn`` (Keras SimpleRNN, one bias), ``gru`` or ``lstm`` (PyTorch's formulas).
@@ -64,7 +66,7 @@ class TextRNN(nn.Module):
     def __init__(
         self,
         vocab_size: int = 10_000,
-        num_classes: int = 2,
+        num_outputs: int = 1,
         pad_id: int = 0,
         embed_dim: int = 100,
         cell: Cell = "rnn",
@@ -90,14 +92,13 @@ class TextRNN(nn.Module):
         self.bigrams = nn.Embedding(bigram_buckets, embed_dim, padding_idx=0) if bigram_buckets else None
         sizes = [embed_dim] + [hidden_size * (2 if bidirectional else 1)] * num_layers
         self.layers = nn.ModuleList(RecurrentLayer(cell, n_in, hidden_size, bidirectional) for n_in in sizes[:-1])
-        self.num_classes = num_classes
-        n_logits = 1 if num_classes == 2 else num_classes
+        self.num_outputs = num_outputs
         pooled = sizes[-1] * (2 if pooling == "max_mean" else 1)
-        self.head = nn.Linear(pooled, n_logits) if num_classes else None
-        self.ngrams = nn.Embedding(ngram_buckets, n_logits, padding_idx=0) if ngram_buckets and num_classes else None
+        self.head = nn.Linear(pooled, num_outputs) if num_outputs else None
+        self.ngrams = nn.Embedding(ngram_buckets, num_outputs, padding_idx=0) if ngram_buckets and num_outputs else None
         self.ngram_gain, self.ngram_nb = ngram_gain, ngram_nb
         if ngram_nb:  # (buckets, C) log-count ratios; ones until fit_ngram_scale counts the training split
-            self.register_buffer("ngram_scale", torch.ones(ngram_buckets, n_logits))
+            self.register_buffer("ngram_scale", torch.ones(ngram_buckets, num_outputs))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,7 +147,7 @@ class TextRNN(nn.Module):
         logits = self.head(x if last_only else self._pool(x, tokens))
         if self.ngrams is not None:
             logits = logits + self._ngram_logits(tokens)
-        return logits.squeeze(-1) if self.num_classes == 2 else logits
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
     def encode(self, x: Tensor, last_only: bool = False) -> Tensor:
         """Embedded input x (T, B, E) -> the last layer's outputs at every step (T, B, D*H), or with
@@ -189,20 +190,24 @@ class TextRNN(nn.Module):
 
     @torch.no_grad()
     def fit_ngram_scale(self, batches, alpha: float = 1.0) -> None:
-        """Set ``ngram_scale`` from (tokens (B, T), labels (B,)) batches of the training split: for each
-        class c, log(f_c / f_rest), with f the smoothed (``alpha``) share of a class's n-gram presences
-        that fall in the row; two classes have one column, of class 1 against class 0. Rows no review has
-        keep scale 0 (an n-gram unseen in training carries no evidence)."""
+        """Set ``ngram_scale`` from (tokens (B, T), labels) batches of the training split, labels class ids
+        (B,) or, multi-label, (B, K) of 0/1: for each class c, log(f_c / f_rest), with f the smoothed
+        (``alpha``) share of the n-gram presences of the texts of c (f_rest: of the texts without c) that
+        fall in the row; one column (two classes) is class 1 against class 0. Rows no review has keep
+        scale 0 (an n-gram unseen in training carries no evidence)."""
         buckets, n_logits = self.ngram_scale.shape
         k = max(2, n_logits)
         counts = torch.zeros(k, buckets, dtype=torch.float64)
+        total = torch.zeros(buckets, dtype=torch.float64)
         for tokens, labels in batches:
             rows = self._review_ngrams(tokens.to(self.ngram_scale.device)).cpu()  # (B, 3T)
+            total += torch.bincount(rows.flatten(), minlength=buckets)
             for c in range(k):
-                counts[c] += torch.bincount(rows[labels == c].flatten(), minlength=buckets)
-        counts[:, 0] = 0  # row 0: "no n-gram"
-        seen = counts.sum(0) > 0
-        rest = counts.sum(0, keepdim=True) - counts
+                members = labels[:, c].bool() if labels.dim() == 2 else labels == c
+                counts[c] += torch.bincount(rows[members].flatten(), minlength=buckets)
+        counts[:, 0], total[0] = 0, 0  # row 0: "no n-gram"
+        seen = total > 0
+        rest = total - counts
         f_class, f_rest = counts + alpha, rest + alpha
         ratio = (f_class / f_class.sum(1, keepdim=True)).log() - (f_rest / f_rest.sum(1, keepdim=True)).log()
         ratio = (ratio[1:] if n_logits == 1 else ratio).t() * seen.unsqueeze(-1)  # (buckets, C)
@@ -262,12 +267,13 @@ class TextRNN(nn.Module):
         ckpt = checkpoint.load_checkpoint(path, mmap=True) if ckpt is None else ckpt
         hparams = ckpt[checkpoint.HPARAMS_KEY]
         names = hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES
+        outputs = make_task(names, bool(hparams.get("multi_label"))).num_outputs
         prefix = "net."
         try:
             if "cutoffs" in hparams:
                 raise InputError("a language model, which predicts words, not classes")
             with torch.device("meta"):
-                net = cls(**network_arguments(hparams), num_classes=len(names))
+                net = cls(**network_arguments(hparams), num_outputs=outputs)
             weights = upgrade_state_dict(dict(ckpt[checkpoint.WEIGHTS_KEY]), prefix)
             net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, assign=True)
         except (InputError, TypeError, RuntimeError) as e:
@@ -335,7 +341,7 @@ def upgrade_state_dict(weights: dict[str, Tensor], prefix: str = "") -> dict[str
 
 def network_arguments(hparams: dict) -> dict:
     """The arguments of ``TextRNN`` among a model's saved hyperparameters (which hold others too)."""
-    names = inspect.signature(TextRNN).parameters.keys() - {"num_classes"}
+    names = inspect.signature(TextRNN).parameters.keys() - {"num_outputs"}
     return {k: v for k, v in hparams.items() if k in names}
 
 
@@ -347,8 +353,8 @@ def check_hyperparameters(config: dict) -> None:
     for name, low in (("vocab_size", 3), ("embed_dim", 1), ("hidden_size", 1), ("num_layers", 1)):
         if not isinstance(config[name], int) or config[name] < low:
             raise InputError(f"{name}: expected an integer >= {low}, got {config[name]!r}")
-    if not isinstance(config["num_classes"], int) or config["num_classes"] in (1,) or config["num_classes"] < 0:
-        raise InputError(f"num_classes: expected 0 (no head) or an integer >= 2, got {config['num_classes']!r}")
+    if not isinstance(config["num_outputs"], int) or config["num_outputs"] < 0:
+        raise InputError(f"num_outputs: expected 0 (no head) or an integer >= 1, got {config['num_outputs']!r}")
     for name in ("bigram_buckets", "ngram_buckets"):
         if not isinstance(config[name], int) or config[name] == 1 or config[name] < 0:
             raise InputError(f"{name}: expected 0 (none) or an integer >= 2, got {config[name]!r}")

@@ -19,6 +19,7 @@ from rnn_lightning.files import CACHE_ROOT
 from rnn_lightning.signals import in_thread, stop_on_sigterm, stop_raises
 from rnn_lightning.text import identity, sources, token_cache
 from rnn_lightning.text.dataset import TokenizedReviews, encode_reviews
+from rnn_lightning.text.labels import label_counts, strata
 from rnn_lightning.text.loading import make_loader
 from rnn_lightning.text.locations import (
     DEFAULT_DATASET,
@@ -48,7 +49,13 @@ class TextDataModule(LightningDataModule):
         config_name: the hub dataset's configuration, if it has several.
         text_field: the column holding the text.
         label_field: the column holding the label: class ids 0..K-1, class names (strings), or a
-            ``ClassLabel``; K and the class names come from the training split.
+            ``ClassLabel``; K and the class names come from the training split. Multi-label: a column
+            of lists (of names, of ids, or a ``Sequence`` of ``ClassLabel``), or with ``multi_label``
+            true, CSV cells of names joined by ``|`` (``labels.LABEL_SEPARATOR``); an empty list or
+            cell is a text with none of the labels.
+        multi_label: whether a text may have any number of the labels: None lets the training labels
+            decide (lists are multi-label), false refuses lists (a single-label preset), true reads
+            ``|``-joined cells and single labels as label sets too.
         train_name / validation_name / test_name: the source's split names. A validation split is used
             when the source has one; otherwise ``val_fraction`` of train is held out.
         vocab_size: words kept, ``<pad>`` and ``<unk>`` included.
@@ -77,6 +84,7 @@ class TextDataModule(LightningDataModule):
         config_name: str | None = None,
         text_field: str = TEXT_FIELD,
         label_field: str = LABEL_FIELD,
+        multi_label: bool | None = None,
         train_name: str = SPLIT_NAMES["train"],
         validation_name: str = SPLIT_NAMES["validation"],
         test_name: str = SPLIT_NAMES["test"],
@@ -115,7 +123,7 @@ class TextDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.config_name, self.split_names = config_name, names
-        self.text_field, self.label_field = text_field, label_field
+        self.text_field, self.label_field, self._multi_label = text_field, label_field, multi_label
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.val_split = val_split
         self.predict_path = predict_path
@@ -139,30 +147,45 @@ class TextDataModule(LightningDataModule):
 
     @property
     def class_counts(self) -> list[int]:
-        """Training texts per class (the validation part excluded)."""
+        """Training texts per class (the validation part excluded; multi-label: texts with each label)."""
         return self._class_facts["class_counts"]
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the labels are multi-label (``multi_label``, else the training labels decided)."""
+        return self._class_facts["multi_label"]
+
+    @property
+    def train_texts(self) -> int:
+        """Training texts (the validation part excluded)."""
+        return self._class_facts["train_texts"]
 
     @cached_property
     def _class_facts(self) -> dict:
-        """Class names and counts: from the cache's meta, or before the cache exists from the source."""
+        """Class names and counts, the kind of labels and the training texts: from the cache's meta, or
+        before the cache exists from the source."""
         meta = token_cache.read_meta(self.cache_path)
-        if meta is not None:
-            return {key: meta[key] for key in ("class_names", "class_counts")}
+        if meta is not None and "train_texts" in meta:
+            return {key: meta[key] for key in ("class_names", "class_counts", "multi_label", "train_texts")}
         source = self._source
         labels = source.splits["train"].labels
         fit = self._fit_val_rows(labels)[0] if "validation" not in source.splits else slice(None)
-        counts = np.bincount(labels[fit], minlength=len(source.class_names))
-        return {"class_names": source.class_names, "class_counts": counts.tolist()}
+        return {
+            "class_names": source.class_names,
+            "class_counts": label_counts(labels[fit], len(source.class_names)),
+            "multi_label": source.multi_label,
+            "train_texts": len(labels[fit]),
+        }
 
     @cached_property
     def _source(self) -> sources.Labelled:
         return sources.load_labelled(
             self.dataset, self.split_names, self.text_field, self.label_field, self.config_name, self.unlabelled,
-            cache_dir=self.cache_dir,
+            cache_dir=self.cache_dir, multi_label=self._multi_label,
         )  # fmt: skip
 
     def _fit_val_rows(self, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return fit_val_rows(train_labels, self.val_fraction, self.split_seed, self.val_split)
+        return fit_val_rows(strata(train_labels), self.val_fraction, self.split_seed, self.val_split)
 
     # ---------------------------------------------------------------- cache
 
@@ -180,6 +203,7 @@ class TextDataModule(LightningDataModule):
                 ),
                 "config_name": self.config_name,
                 "fields": [self.text_field, self.label_field],
+                **({"multi_label": self._multi_label} if self._multi_label is not None else {}),
                 "splits": self.split_names,
                 "vocab_size": self.vocab_size,
                 "max_len": self.max_len,

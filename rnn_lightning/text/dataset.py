@@ -37,7 +37,8 @@ class FileRows:
 
 
 class TokenizedReviews(Dataset):
-    """Token ids (N, T) and labels (N,), optionally a view of the rows ``rows``; a batch is one indexing.
+    """Token ids (N, T) and labels ((N,) class ids or (N, K) label sets), optionally a view of the rows
+    ``rows``; a batch is one indexing.
 
     ``ids`` may be a memory-mapped array (the token cache on disk) or ``FileRows``: beyond
     ``IN_MEMORY_BYTES`` a batch reads only its rows, so a dataset of millions of reviews never has to fit

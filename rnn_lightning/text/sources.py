@@ -1,8 +1,9 @@
-"""Labelled text (from any source ``locations`` accepts) as splits of texts and class ids, checked.
+"""Labelled text (from any source ``locations`` accepts) as splits of texts and labels, checked.
 
 Every source is opened as ``datasets.Dataset`` splits (``opening``: Arrow, memory-mapped from disk for
 files and hub data), so millions of rows are read in chunks and never held as Python objects all at once.
-A split is then a ``Split``: its text column (``Texts``, read in chunks) and its labels as class ids.
+A split is then a ``Split``: its text column (``Texts``, read in chunks) and its labels: class ids, or
+for multi-label data the 0/1 label sets (``labels``).
 """
 
 from collections.abc import Iterator
@@ -12,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from rnn_lightning.errors import InputError
-from rnn_lightning.text.labels import class_ids, class_names, is_text
+from rnn_lightning.text.labels import (
+    as_lists,
+    class_ids,
+    class_names,
+    is_text,
+    label_counts,
+    label_sets,
+    multi_label_kind,
+)
 from rnn_lightning.text.locations import (
     ACLIMDB_UNLABELLED,
     EXPECTED_SOURCE,
@@ -82,16 +91,17 @@ class Texts:
 @dataclass
 class Split:
     texts: Texts
-    labels: np.ndarray | None  # (N,) int64 class ids; None for unlabelled text
+    labels: np.ndarray | None  # (N,) int64 class ids, or (N, K) uint8 label sets; None for unlabelled text
 
 
 @dataclass
 class Labelled:
     """A source read and checked: its splits by role (``train`` and those of ``validation``, ``test``,
-    ``unlabelled`` it has) and the class names from the training labels."""
+    ``unlabelled`` it has), the class names from the training labels and whether they are multi-label."""
 
     splits: dict[str, Split]
     class_names: list[str]
+    multi_label: bool = False
 
 
 def load_labelled(
@@ -102,8 +112,10 @@ def load_labelled(
     config_name: str | None = None,
     unlabelled: bool = False,
     cache_dir: Path | None = None,
+    multi_label: bool | None = None,
 ) -> Labelled:
-    """Read ``dataset``'s splits (``names``: {role: split name}; train/validation/test by default)."""
+    """Read ``dataset``'s splits (``names``: {role: split name}; train/validation/test by default);
+    ``multi_label``: see ``labels.multi_label_kind`` (None: the training labels decide)."""
     names = splits_wanted(names, unlabelled)
     loaded = open_splits(dataset, names, config_name, cache_dir)
     if "train" not in loaded:
@@ -117,24 +129,37 @@ def load_labelled(
     for role, ds in loaded.items():
         if len(ds) == 0:
             raise InputError(f"data.dataset: split {names[role]!r} of {dataset!r} has no rows")
+    import pyarrow.compute as pc
+
+    where = lambda name: f"data.label_field: split {name!r} column {label_field!r}"  # noqa: E731
     column, feature = label_column(loaded["train"], label_field, names["train"])
-    classes = class_names(column, feature, f"data.label_field: split {names['train']!r} column {label_field!r}")
+    multi = multi_label_kind(column, multi_label, where(names["train"]))
+    if multi:
+        column, feature = as_lists(column, feature, where(names["train"]))
+        classes = class_names(pc.list_flatten(column), feature, where(names["train"]))
+    else:
+        classes = class_names(column, feature, where(names["train"]))
     splits = {}
     for role, ds in loaded.items():
         name = names[role]
         labels = None
         if role != "unlabelled":
             column, feature = label_column(ds, label_field, name)
-            labels = class_ids(column, feature, classes, f"data.label_field: split {name!r} column {label_field!r}")
+            if multi:
+                multi_label_kind(column, True, where(name))  # a text column mixing lists and labels is refused
+                labels = label_sets(*as_lists(column, feature, where(name)), classes, where(name))
+            else:
+                multi_label_kind(column, False, where(name))  # lists here, single labels in training: refused
+                labels = class_ids(column, feature, classes, where(name))
         splits[role] = Split(text_split(ds, text_field, name), labels)
-    counts = np.bincount(splits["train"].labels, minlength=len(classes))
+    counts = np.array(label_counts(splits["train"].labels, len(classes)))
     if (counts == 0).any():
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         raise InputError(
             f"data.label_field: class(es) {empty} of {classes} have no text in split {names['train']!r}; "
             "a classifier needs examples of every class"
         )
-    return Labelled(splits, classes)
+    return Labelled(splits, classes, multi)
 
 
 def splits_wanted(names: dict[str, str] | None, unlabelled: bool) -> dict[str, str]:

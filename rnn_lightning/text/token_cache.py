@@ -2,11 +2,12 @@
 
 A cache folder appears whole or not at all (``files.atomic_folder``) and holds:
 
-- ``<split>_ids.npy`` (N, max_len) int32 token ids and ``<split>_labels.npy`` (N,) int64 class ids
-  (``NO_LABEL`` for unlabelled text), per source split (train, validation, test, unlabelled);
+- ``<split>_ids.npy`` (N, max_len) int32 token ids and ``<split>_labels.npy``, (N,) int64 class ids
+  (``NO_LABEL`` for unlabelled text) or (N, K) uint8 multi-label sets, per source split (train,
+  validation, test, unlabelled);
 - ``fit_rows.npy`` and ``val_rows.npy``, the rows of train for fit and val, when validation is carved out of train;
 - ``tokenizer.json``, the tokenizer that encoded them;
-- ``meta.json``: the class names and counts, the dataset, ``views`` (for each of fit/val/test/unlabelled:
+- ``meta.json``: the class names and counts, whether the labels are multi-label, the dataset, ``views`` (for each of fit/val/test/unlabelled:
   its split and, if a part of it, its rows file), the split ``sizes``, the ``digests`` of every
   other file and its own digest (``SELF``), all checked on each read, so a damaged cache is rebuilt
   rather than trained on.
@@ -105,7 +106,8 @@ def encode_to_file(path: Path, tokenizer: Tokenizer, texts: Texts, rows: np.ndar
 def bytes_needed(source: Labelled, tokenizer: Tokenizer) -> int:
     """About the size of the cache of ``source``: ids, labels and rows of every split, and the tokenizer."""
     rows = sum(len(split.texts) for split in source.splits.values())
-    return rows * (4 * length(tokenizer) + 8) + len(source.splits["train"].texts) * 8 + 2**20
+    label_bytes = max(8, len(source.class_names))  # an int64 id, or a byte per label
+    return rows * (4 * length(tokenizer) + label_bytes) + len(source.splits["train"].texts) * 8 + 2**20
 
 
 def write(

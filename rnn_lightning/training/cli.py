@@ -122,7 +122,7 @@ class RNNLightningCLI(LightningCLI):
         if takes(parser, "model.class_names"):
             # The classes come from the training labels, or, when a checkpoint is given, from it (predicting
             # raw text reads no dataset; testing checks that the data's classes are the checkpoint's).
-            for key in ("class_names", "class_counts"):
+            for key in ("class_names", "class_counts", "multi_label", "train_texts"):
                 parser.link_arguments("data", f"model.{key}", compute_fn=self._class_fact(key), apply_on="instantiate")
         starts = [f"model.{k}" for k in ("init_from", "teacher") if takes(parser, f"model.{k}")]
         if starts:
@@ -142,7 +142,7 @@ class RNNLightningCLI(LightningCLI):
             {
                 "checkpoint.monitor": monitor,
                 "checkpoint.mode": mode,
-                "checkpoint.filename": f"best-epoch{{epoch:02d}}-{monitor.split('/')[-1]}{{{monitor}:.4f}}",
+                "checkpoint.filename": best_filename(monitor),
                 "checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.filename": checkpoint.LAST_NAME,
                 "last_checkpoint.enable_version_counter": False,
@@ -293,7 +293,20 @@ class RNNLightningCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
+        self._monitor_the_task()
         return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
+
+    def _monitor_the_task(self) -> None:
+        """``checkpoint.monitor`` left at its default follows the model's task (``Task.MONITOR``: the
+        monitor is set when the arguments are parsed, the task is known once the data has been read)."""
+        task = getattr(self.model, "task", None)
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        callback = config.get("checkpoint")
+        default = self.model_class.CHECKPOINT_MONITOR
+        if task is None or not isinstance(callback, ModelCheckpoint) or callback.monitor != default:
+            return
+        if task.MONITOR != default and task.MONITOR_MODE == callback.mode:
+            callback.monitor, callback.filename = task.MONITOR, best_filename(task.MONITOR)
 
     def before_fit(self) -> None:
         tune_cpu_runtime()
@@ -322,6 +335,11 @@ class RNNLightningCLI(LightningCLI):
                 f"The checkpoint already finished epoch {epochs_done(self._resumed)} of trainer.max_epochs="
                 f"{trainer.max_epochs}: nothing left to train. To train further, raise --trainer.max_epochs."
             )
+
+
+def best_filename(monitor: str) -> str:
+    """The best checkpoint's file name, e.g. ``best-epoch03-acc0.8256`` (``checkpoint.find_checkpoint`` reads ``best-*``)."""
+    return f"best-epoch{{epoch:02d}}-{monitor.split('/')[-1]}{{{monitor}:.4f}}"
 
 
 def bf16_hint(trainer: Trainer, model: LightningModule) -> str | None:

@@ -17,6 +17,7 @@ from rnn_lightning.errors import InputError
 from rnn_lightning.explain import explain_ids
 from rnn_lightning.files import atomic_file, check_writable
 from rnn_lightning.tasks import Task
+from rnn_lightning.text.labels import LABEL_SEPARATOR
 
 
 def prediction_fields(task: Task) -> list[str]:
@@ -222,8 +223,9 @@ class PredictionWriter(BasePredictionWriter):
                         row.update(self._explanation(source_row))
                     if len(shown) < REPORT_ROWS:
                         shown.append(row)
-                if writer:
-                    writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
+                if writer:  # a multi-label row's labels joined into one cell, as training data reads them
+                    joined = {k: LABEL_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in row.items()}
+                    writer.writerow({key: spreadsheet_safe(value) for key, value in joined.items()})
                 else:
                     f.write(json.dumps(row) + "\n")
 

@@ -342,7 +342,7 @@ def test_ngram_nb_counts_each_ngram_once_and_scales_it_by_its_naive_bayes_ratio(
 
 def test_ngram_nb_scale_has_one_column_per_class_for_more_than_two():
     net = TextRNN(
-        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_classes=3, ngram_buckets=1000, ngram_nb=True
+        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=1, num_outputs=3, ngram_buckets=1000, ngram_nb=True
     )
     tokens = torch.tensor([[0, 5, 7], [0, 9, 11], [0, 13, 15]])
     net.fit_ngram_scale([(tokens, torch.tensor([0, 1, 2]))])
@@ -399,8 +399,8 @@ def test_the_network_signature_is_the_one_source_of_its_hyperparameters():
     defaults = {k: p.default for k, p in inspect.signature(TextRNN).parameters.items()}
     assert model.net.config == {**defaults, "cell": "gru", "hidden_size": 5, "vocab_size": 50}
     # The checkpoint holds every one; the number of classes as the class names it counts.
-    assert {k: model.hparams[k] for k in defaults if k != "num_classes"} | {"num_classes": 2} == model.net.config
-    assert model.hparams.class_names == ["neg", "pos"] and "num_classes" not in model.hparams
+    assert {k: model.hparams[k] for k in defaults if k != "num_outputs"} | {"num_outputs": 1} == model.net.config
+    assert model.hparams.class_names == ["neg", "pos"] and "num_outputs" not in model.hparams
     assert model.net.layers[0].cell == "gru" and model.net.layers[0].hidden_size == 5
     for bad, field in (({"hidden_size": 0}, "model.hidden_size"), ({"pooling": "sum"}, "model.pooling"),
                        ({"dropout": 1.0}, "model.dropout"), ({"pad_id": 99, "vocab_size": 10}, "model.pad_id")):  # fmt: skip

@@ -10,9 +10,9 @@ from rnn_lightning.tasks import make_task
 KINDS = {
     "rnn, last state": {},
     "bigru, max_mean, word pairs": dict(cell="gru", bidirectional=True, pooling="max_mean", bigram_buckets=101),
-    "lstm, mean, 3 classes": dict(cell="lstm", pooling="mean", num_classes=3),
+    "lstm, mean, 3 classes": dict(cell="lstm", pooling="mean", num_outputs=3),
     "rnn + NBSVM n-gram bag": dict(ngram_buckets=4099, ngram_nb=True),
-    "gru + n-gram bag, 4 classes": dict(cell="gru", ngram_buckets=4099, num_classes=4),
+    "gru + n-gram bag, 4 classes": dict(cell="gru", ngram_buckets=4099, num_outputs=4),
 }
 
 
@@ -45,7 +45,7 @@ def tokens() -> torch.Tensor:
 def test_scores_sum_to_the_logit_change_and_padding_scores_zero(kind):
     net = tiny_net(**KINDS[kind])
     ids = tokens()
-    k = KINDS[kind].get("num_classes", 2)
+    k = KINDS[kind].get("num_outputs", 2)  # classes: one output stands for two
     out = integrated_gradients(net, task(k), ids, torch.tensor([0, 1, k - 1]))
     change = out["logit"] - out["baseline_logit"]
     assert change.abs().max() > 0.01  # a real change to account for
@@ -75,7 +75,7 @@ def test_the_ngram_bag_is_shared_out_exactly(kind):
 
 
 def test_explain_ids_predicts_and_explains_the_predicted_class_unless_told():
-    net, ids = tiny_net(num_classes=3, cell="gru"), tokens()
+    net, ids = tiny_net(num_outputs=3, cell="gru"), tokens()
     names = ["a", "b", "c"]
     found = explain_ids(net, ids, make_task(names))
     probs = torch.softmax(net.eval()(ids), -1)
