@@ -123,7 +123,7 @@ class PredictionWriter(BasePredictionWriter):
         if out.is_dir():
             raise InputError(f"prediction_writer.output: {str(out)!r} is a folder; expected a .csv or .jsonl file path")
         source = getattr(trainer.datamodule, "predict_path", None)
-        if source not in (None, "-") and out.exists() and os.path.exists(source) and os.path.samefile(out, source):
+        if source not in (None, "-") and _same_file(out, Path(source)):
             raise InputError(
                 f"prediction_writer.output: {str(out)!r} is the input (data.predict_path {source!r}); "
                 "expected another file, so that the input is kept"
