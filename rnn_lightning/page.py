@@ -16,8 +16,11 @@ SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)  # the page's one inline sc
 
 
 def render(auth: bool = False, records: list[dict] | None = None) -> tuple[str, str]:
-    """The page (``records`` None; ``auth``: it asks for an API key) or a report of ``records`` (each a
-    prediction, with ``words`` [{"token", "score"}] where explained, and ``id``), and its script's CSP hash."""
+    """The page (``records`` None; ``auth``: it asks for an API key) or a report of ``records``, and its
+    script's CSP hash. A record is an input row's ``id`` and ``error``, its decision (``Task.decision``:
+    ``probs`` by class and the chosen ``label`` or ``labels``; ``Task.no_decision`` for a row without text)
+    and, where explained, ``target`` (a class name), ``words`` [{"token", "score"}], ``logit``,
+    ``baseline_logit`` and ``delta`` (``explain.explain_ids``)."""
     config = {"mode": "page" if records is None else "report", "auth": auth, "records": records or []}
     block = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     html = TEMPLATE.read_text(encoding="utf-8").replace("{{CONFIG}}", block)

@@ -43,6 +43,13 @@ def spreadsheet_safe(cell):
     return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path, or one file through links."""
+    if a.absolute() == b.absolute():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
 def prediction_records(k: int) -> np.dtype:
     """One prediction as it waits on disk: its input row and the K probabilities."""
     return np.dtype([("row", np.int64), ("probs", np.float32, (k,))])
@@ -65,10 +72,12 @@ class PredictionWriter(BasePredictionWriter):
     With ``explain``, each row of the ``.jsonl`` output also has the attribution of its predicted class
     (``rnn_lightning.explain``): ``target``, ``words`` ([{"token", "score"}] over the words read), ``logit``,
     ``baseline_logit`` and ``delta``; and ``report`` (default: the output with ``.html``) shows the first
-    ``REPORT_ROWS`` of them with each word coloured by its score, in one self-contained HTML file.
+    ``REPORT_ROWS`` of them, each with its decision (``Task.decision``) and each word coloured by its
+    score, in one self-contained HTML file (``page.report``).
 
-    Before any input is read or any batch runs (``setup``), an output that is a folder, or that is the
-    input itself (``data.predict_path``, also through a link), is refused in one line.
+    Before any batch runs (``setup``), an output that is a folder, or that is the input itself
+    (``data.predict_path``, also through a link), is refused in one line; so is, with ``explain``, a
+    report that is a folder, the input or the output, or whose folder cannot be written.
 
     ``output`` unset: ``predictions.csv`` in ``trainer.default_root_dir``. The file appears only
     complete (``files.atomic_file``); its folder is checked before the first batch. Memory does not
@@ -107,20 +116,35 @@ class PredictionWriter(BasePredictionWriter):
             self._check_output(trainer)
             if self.explain and trainer.world_size > 1:
                 raise InputError("prediction_writer.explain: runs in one process; predict with trainer.devices=1")
-            if self.explain and self.report_path(trainer).is_dir():
-                raise InputError(f"prediction_writer.report: {str(self.report_path(trainer))!r} is a folder")
+            if self.explain:
+                self._check_report(trainer)
 
     def _check_output(self, trainer: Trainer) -> None:
         out = self.path(trainer)
         if out.is_dir():
             raise InputError(f"prediction_writer.output: {str(out)!r} is a folder; expected a .csv or .jsonl file path")
         source = getattr(trainer.datamodule, "predict_path", None)
-        if source not in (None, "-") and out.exists() and os.path.exists(source) and os.path.samefile(out, source):
+        if source not in (None, "-") and _same_file(out, Path(source)):
             raise InputError(
                 f"prediction_writer.output: {str(out)!r} is the input (data.predict_path {source!r}); "
                 "expected another file, so that the input is kept"
             )
         check_writable([out.parent], need_bytes=0, field="prediction_writer.output")
+
+    def _check_report(self, trainer: Trainer) -> None:
+        """The report neither replaces the input or the output nor fails after the inference: a writable
+        file path of its own."""
+        report = self.report_path(trainer)
+        if report.is_dir():
+            raise InputError(f"prediction_writer.report: {str(report)!r} is a folder; expected an .html file path")
+        source = getattr(trainer.datamodule, "predict_path", None)
+        for field, other in (("data.predict_path", source), ("prediction_writer.output", self.path(trainer))):
+            if other not in (None, "-") and _same_file(report, Path(other)):
+                raise InputError(
+                    f"prediction_writer.report: {str(report)!r} is the {field} {str(other)!r}; "
+                    "expected another .html path, so that it is kept"
+                )
+        check_writable([report.parent], need_bytes=0, field="prediction_writer.report")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = self.path(trainer).parent
@@ -215,14 +239,15 @@ class PredictionWriter(BasePredictionWriter):
             def emit(probs=None, source_row: int = -1) -> None:
                 row = dict.fromkeys(fields)
                 row["id"], row["error"] = next(rows)
+                decision = task.no_decision() if probs is None else task.decision(probs.tolist())
                 if probs is not None:
-                    cells = task.cells(task.decision(probs.tolist()))
+                    cells = task.cells(decision)
                     row.update({key: round(v, 6) if isinstance(v, float) else v for key, v in cells.items()})
                 if self.explain:
-                    if probs is not None:
-                        row.update(self._explanation(source_row))
-                    if len(shown) < REPORT_ROWS:
-                        shown.append(row)
+                    explanation = self._explanation(source_row) if probs is not None else {}
+                    row.update(explanation)
+                    if len(shown) < REPORT_ROWS:  # the page shows the decision itself, not the file's cells
+                        shown.append({"id": row["id"], "error": row["error"], **decision, **explanation})
                 if writer:  # a multi-label row's labels joined into one cell, as training data reads them
                     joined = {k: LABEL_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in row.items()}
                     writer.writerow({key: spreadsheet_safe(value) for key, value in joined.items()})

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 import sys
 
 import pandas as pd
@@ -262,11 +263,63 @@ def test_explain_writes_each_rows_attributions_and_an_html_report(cli, trained, 
     report = (tmp_path / "out.html").read_text()
     assert "<img src=x" not in report and '"mode": "report"' in report and "wonderful" in report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.html", "out.jsonl", "plain.jsonl"]
+    # the page draws each record's decision: every class's probs by name, the chosen label (tests/serving/test_page_browser.py)
+    records = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', report, re.S)[1])
+    records = records["records"]
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    for record, row in zip(records, rows, strict=True):
+        assert record["error"] == row["error"] and record["label"] == row["label"]
+        if row["label"] is None:
+            assert record["probs"] is None and "words" not in record
+        else:
+            assert record["probs"] == pytest.approx({name: row[f"prob_{name}"] for name in ("0", "1")}, abs=1e-6)
+            assert record["target"] == row["target"] and record["words"] == row["words"]
+
+
+def _explain(cli, trained, predict_path, output, *args: str):
+    run_dir, _, best = trained
+    return cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
+               "--data.predict_path", str(predict_path), "--prediction_writer.output", str(output),
+               "--prediction_writer.explain", "true", *args, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("report", [None, "sub/../reviews.html"])
+def test_a_report_that_would_replace_the_input_is_refused_before_predicting(cli, trained, tmp_path, report):
+    """Default report: the output's name with .html, here the input's name."""
+    (tmp_path / "reviews.html").write_text("great\n")
+    (tmp_path / "sub").mkdir()
+    args = [] if report is None else ["--prediction_writer.report", str(tmp_path / report)]
+    result = _explain(cli, trained, tmp_path / "reviews.html", tmp_path / "reviews.jsonl", *args)
+    line = one_line_error(result)
+    assert "prediction_writer.report" in line and "data.predict_path" in line and "reviews.html" in line
+    assert "Predicting" not in result.output
+    assert (tmp_path / "reviews.html").read_text() == "great\n" and not (tmp_path / "reviews.jsonl").exists()
+
+
+def test_a_report_that_is_the_output_is_refused_before_predicting(cli, trained, tmp_path):
+    """Only through a link: their suffixes differ."""
+    (tmp_path / "in.txt").write_text("great\n")
+    (tmp_path / "out.jsonl").write_text("kept\n")
+    (tmp_path / "out.html").symlink_to(tmp_path / "out.jsonl")
+    result = _explain(cli, trained, tmp_path / "in.txt", tmp_path / "out.jsonl")
+    line = one_line_error(result)
+    assert "prediction_writer.report" in line and "prediction_writer.output" in line
+    assert "Predicting" not in result.output and (tmp_path / "out.jsonl").read_text() == "kept\n"
+
+
+def test_a_report_in_a_folder_that_is_a_file_is_refused_before_predicting(cli, trained, tmp_path):
+    (tmp_path / "in.txt").write_text("great\n")
+    (tmp_path / "a_file").write_text("x")
+    result = _explain(cli, trained, tmp_path / "in.txt", tmp_path / "out.jsonl",
+                      "--prediction_writer.report", str(tmp_path / "a_file" / "r.html"))  # fmt: skip
+    line = one_line_error(result)
+    assert "prediction_writer.report" in line and "a_file" in line and "is a file" in line
+    assert "Predicting" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in.txt"]
 
 
 def test_explain_needs_a_jsonl_output(cli, trained, tmp_path):
-    run_dir, _, best = trained
-    result = cli("predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(best),
-                 "--prediction_writer.output", str(tmp_path / "out.csv"), "--prediction_writer.explain", "true",
-                 check=False)  # fmt: skip
-    assert result.code != 0 and "explain writes the scores as JSON, to a .jsonl path" in result.last_line
+    (tmp_path / "in.txt").write_text("great\n")
+    result = _explain(cli, trained, tmp_path / "in.txt", tmp_path / "out.csv")
+    assert "explain writes the scores as JSON, to a .jsonl path" in one_line_error(result)
+    assert "Predicting" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

@@ -1,11 +1,16 @@
-"""Checkpoints for the server's tests: the tracked v1 classifier (two classes) and a three-class one made from it."""
+"""For the server's tests: the tracked v1 classifier (two classes), a three-class one made from it, and a
+headless Chromium."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import SUBPROCESS_ENV
+
 V1 = Path(__file__).parents[1] / "fixtures" / "v1"
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +31,32 @@ def three_class_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("three") / "three.ckpt"
     torch.save(ckpt, path)
     return path
+
+
+@pytest.fixture()
+def chrome(tmp_path):
+    """Headless Chromium driven by chromedriver (selenium), keeping its console for ``browser.get_log("browser")``;
+    its profile, settings and caches under ``tmp_path``."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium/chromedriver (apt install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="no selenium (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Chromium's GLib settings and caches default to the home folder: they go under tmp_path instead
+    home = {"GSETTINGS_BACKEND": "memory", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config")}  # fmt: skip
+    browser = webdriver.Chrome(service=Service(DRIVER, env={**SUBPROCESS_ENV, **home}), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()

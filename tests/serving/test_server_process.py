@@ -3,7 +3,6 @@ real browser (headless Chromium) on the page."""
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -105,57 +104,36 @@ def test_an_export_folder_predicts_and_says_it_cannot_explain(binary_ckpt, tmp_p
         assert status == 501 and "serve the checkpoint to explain" in body["error"]
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/chromedriver (apt install chromium chromium-driver)")
-def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class_ckpt, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class_ckpt, tmp_path, chrome):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
+    browser = chrome
     with serving(three_class_ckpt) as (url, _):
-        # Chromium's GLib settings and caches default to the home folder: they go under tmp_path instead
-        home = {"GSETTINGS_BACKEND": "memory", "XDG_CACHE_HOME": str(tmp_path / "cache"),
-                "XDG_CONFIG_HOME": str(tmp_path / "config")}  # fmt: skip
-        browser = webdriver.Chrome(service=Service(DRIVER, env={**SUBPROCESS_ENV, **home}), options=options)
-        try:
-            browser.get(url)
-            wait = WebDriverWait(browser, 30)
-            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#target option")) == 4)
-            review = 'A great <script>window.hacked=1</script> <img src=x onerror="window.hacked=2"> great film awful'
-            browser.find_element(By.ID, "text").send_keys(review)
-            Select(browser.find_element(By.ID, "target")).select_by_visible_text("mixed")
-            browser.find_element(By.ID, "submit").click()
-            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w"))
-            probs = {
-                row.get_attribute("data-class"): float(row.find_element(By.CLASS_NAME, "prob").text)
-                for row in browser.find_elements(By.CSS_SELECTOR, "table.probs tr")
-            }
-            assert set(probs) == {"neg", "mixed", "<b>pos</b>"} and sum(probs.values()) == pytest.approx(1, abs=1e-3)
-            label = browser.find_element(By.CSS_SELECTOR, "[data-testid=label]").text
-            assert label == max(probs, key=probs.get)  # the class name with markup is shown as text
-            shown = browser.find_element(By.CSS_SELECTOR, "[data-testid=review]").text
-            assert shown == review  # every character, markup included, displayed as text
-            words = browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w")
-            assert [w.text for w in words][-3:] == ["great", "film", "awful"]  # the model reads the last 12 tokens
-            assert browser.find_element(By.CSS_SELECTOR, "[data-testid=review] .unread").text.startswith("A great")
-            scores = [float(w.get_attribute("data-score")) for w in words]
-            assert any(s != 0 for s in scores) and all(w.get_attribute("title").count(":") == 1 for w in words)
-            assert "mixed" in browser.find_element(By.CSS_SELECTOR, ".legend").find_element(By.XPATH, "..").text
-            assert browser.execute_script("return window.hacked === undefined")
-            assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] img, [data-testid=review] script")
-            browser.save_screenshot(str(tmp_path / "page.png"))
-            assert (tmp_path / "page.png").stat().st_size > 1000
-        finally:
-            browser.quit()
+        browser.get(url)
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#target option")) == 4)
+        review = 'A great <script>window.hacked=1</script> <img src=x onerror="window.hacked=2"> great film awful'
+        browser.find_element(By.ID, "text").send_keys(review)
+        Select(browser.find_element(By.ID, "target")).select_by_visible_text("mixed")
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w"))
+        probs = {
+            row.get_attribute("data-class"): float(row.find_element(By.CLASS_NAME, "prob").text)
+            for row in browser.find_elements(By.CSS_SELECTOR, "table.probs tr")
+        }
+        assert set(probs) == {"neg", "mixed", "<b>pos</b>"} and sum(probs.values()) == pytest.approx(1, abs=1e-3)
+        label = browser.find_element(By.CSS_SELECTOR, "[data-testid=label]").text
+        assert label == max(probs, key=probs.get)  # the class name with markup is shown as text
+        shown = browser.find_element(By.CSS_SELECTOR, "[data-testid=review]").text
+        assert shown == review  # every character, markup included, displayed as text
+        words = browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] .w")
+        assert [w.text for w in words][-3:] == ["great", "film", "awful"]  # the model reads the last 12 tokens
+        assert browser.find_element(By.CSS_SELECTOR, "[data-testid=review] .unread").text.startswith("A great")
+        scores = [float(w.get_attribute("data-score")) for w in words]
+        assert any(s != 0 for s in scores) and all(w.get_attribute("title").count(":") == 1 for w in words)
+        assert "mixed" in browser.find_element(By.CSS_SELECTOR, ".legend").find_element(By.XPATH, "..").text
+        assert browser.execute_script("return window.hacked === undefined")
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] img, [data-testid=review] script")
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 1000
