@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -159,3 +160,44 @@ def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class
             assert (tmp_path / "page.png").stat().st_size > 1000
         finally:
             browser.quit()
+
+
+def connect(url: str) -> socket.socket:
+    """A raw connection to the server at ``url`` (a test's guard of 30 s on every read)."""
+    host, port = re.match(r"http://([\d.]+):(\d+)/", url).groups()
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_slow_clients_are_cut_off_at_the_timeout_while_others_are_served(binary_ckpt):
+    with serving(binary_ckpt, "--timeout_s", "1") as (url, proc):
+        body_drip, header_drip = connect(url), connect(url)
+        body_drip.sendall(b'POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"texts": ["a')
+        header_drip.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # and no more
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+        answer = read_all(body_drip)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"].startswith("body: 13 bytes received within")
+        assert read_all(header_drip) == b""  # closed: no request ever arrived
+        assert post(url + "predict", {"texts": ["still serving"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_connections_past_max_connections_get_503_until_idle_ones_are_closed(binary_ckpt):
+    with serving(binary_ckpt, "--max_connections", "3", "--timeout_s", "1") as (url, proc):
+        idle = [connect(url) for _ in range(3)]
+        refused = read_all(connect(url))
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(refused.split(b"\r\n\r\n", 1)[1]) == {
+            "error": "the server has max_connections=3 connections open; retry later"
+        }
+        assert [read_all(s) for s in idle] == [b""] * 3  # no request within timeout_s: closed
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
