@@ -208,9 +208,10 @@ class Connection(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the two bounds on slow clients its Config has no option for
     (uvicorn 0.55; the subclass relies on H11Protocol's ``connections``, ``cycle`` and ``transport``).
 
-    - A connection beyond ``limit_concurrency`` is answered 503 and closed as it is accepted: uvicorn
-      counts it only once its headers have arrived, so connections that never send them would hold every
-      file the process may open, and each accept() past that logs a traceback.
+    - A connection that uvicorn's ``limit_concurrency`` would refuse (the same count: the open connections,
+      itself included) is answered 503 and closed as it is accepted: uvicorn checks only once a request's
+      headers have arrived, so connections that never send them would hold every file the process may
+      open, and each accept() past that logs a traceback.
     - A connection with no request in progress is closed ``timeout_keep_alive`` seconds after it opened or
       was answered: uvicorn times only an idle keep-alive connection, and any byte restarts its wait, so
       headers sent a byte at a time would hold the connection for ever.
@@ -222,9 +223,8 @@ class Connection(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
-            body = json.dumps({"error": f"the server has max_connections={self.limit_concurrency} connections "
-                                        "open; retry later"}).encode()  # fmt: skip
+        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
+            body = b'{"error": "the server has max_connections connections open; retry later"}'
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
             transport.close()
@@ -345,8 +345,8 @@ def create_app(
             raise RequestError(413, f"texts: {len(texts)} texts; at most {limits.max_texts} a request")
         for i, text in enumerate(texts):
             _check_text(text, f"texts[{i}]", limits.max_chars, empty_ok=True)
-        read = [t for t in texts if t.strip()]
-        found = iter(await answer(state["batcher"].submit(read), f"predicting {len(read)} texts", by) if read else [])
+        read = [t for t in texts if t.strip()]  # what predict calls empty is answered without the model
+        found = iter(await answer(state["batcher"].submit(read), f"predicting {len(read)} texts", by) if read else ())
         predictions = [next(found) if t.strip() else {"error": EMPTY, **model.task.no_decision()} for t in texts]
         for i, row in enumerate(predictions):
             _check_finite(row, f"texts[{i}]")
@@ -468,7 +468,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def api_key(environ) -> str | None:
+def key_from_env(environ) -> str | None:
     """The key ``API_KEY_ENV`` holds (None: unset), refused in one line if no client could send it."""
     key = environ.get(API_KEY_ENV)
     if key is None:
@@ -525,7 +525,7 @@ def main(argv: list[str], model_class=None) -> None:
     args = parse_args(argv)
     try:
         limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-        key = api_key(os.environ)
+        key = key_from_env(os.environ)
         allow_open_files(limits.max_connections)
         path = resolve(args.ckpt_path, args.runs_dir)
         sock = listen(args.host, args.port)
@@ -544,7 +544,9 @@ def main(argv: list[str], model_class=None) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(limits.timeout_s) + 5,
         http=Connection,
-        limit_concurrency=limits.max_connections,  # a request arriving with more connections open: 503
+        # uvicorn counts the connection asking among the open ones (Connection refuses the one past the
+        # limit); requests still running after their client has gone count too
+        limit_concurrency=limits.max_connections + 1,
         timeout_keep_alive=limits.timeout_s,  # and Connection's wait for any request's headers
     )
     server = uvicorn.Server(config)

@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from rnn_lightning import page, server
+from rnn_lightning.errors import InputError
 from rnn_lightning.inference import Predictor
 from rnn_lightning.text.readers import EMPTY
 
@@ -410,3 +411,13 @@ def test_an_api_key_header_of_other_bytes_is_401_not_an_error(binary_ckpt):
         wait_ready(c)
         response = c.get("/info", headers={"Authorization": "Bearer s3cr\xe9t".encode("latin-1")})
         assert response.status_code == 401
+
+
+def test_open_files_are_raised_to_fit_max_connections_or_refused_in_one_line(monkeypatch):
+    raised = []
+    monkeypatch.setattr(server.resource, "setrlimit", lambda which, limits: raised.append(limits))
+    monkeypatch.setattr(server.resource, "getrlimit", lambda which: (256, 4096))
+    server.allow_open_files(1000)
+    assert raised == [(1000 + server.FILES_BESIDE_CONNECTIONS, 4096)]
+    with pytest.raises(InputError, match=r"^max_connections: 5000 needs \d+ open files; this process may open 4096"):
+        server.allow_open_files(5000)
