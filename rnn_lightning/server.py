@@ -18,8 +18,10 @@ the body (408) and the answer (504); at most ``max_connections`` are open at onc
 
 import argparse
 import asyncio
+import errno
 import hmac
 import json
+import logging
 import math
 import os
 import resource
@@ -68,7 +70,8 @@ class Limits:
     batch_window_ms: float = _limit(2.0, 0.0, 1000.0, "milliseconds a lone request waits for others to share its "
                                     "batch (below timeout_s)")  # fmt: skip
     max_batch: int = _limit(512, 1, 1 << 16, "texts per forward pass")
-    max_connections: int = _limit(512, 1, 1 << 16, "connections open at once (503 past it)")
+    max_connections: int = _limit(256, 1, 1 << 16, "connections open at once (503 past it), and clients waiting "
+                                  "to be accepted")  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -258,6 +261,18 @@ class Connection(H11Protocol):
             self.transport.close()
 
 
+def out_of_files(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The event loop's exception handler: accept() out of open files (asyncio stops accepting for a second,
+    then retries) is one warning line, not a traceback a second; anything else goes to asyncio's handler."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        logging.getLogger("uvicorn.error").warning(
+            "accept(): %s; new connections wait a second (open connections: see --max_connections)", error.strerror
+        )
+    else:
+        loop.default_exception_handler(context)
+
+
 def create_app(
     model_path: str, limits: Limits = Limits(), api_key: str | None = None, on_fail=None, model_class=None
 ) -> FastAPI:
@@ -279,12 +294,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+        loop.set_exception_handler(out_of_files)
         threading.Thread(target=load, name="load-model", daemon=True).start()
         state["batcher"] = Batcher(lambda texts: state["model"].predict(texts), executor, limits.batch_window_ms / 1e3,
                                    limits.max_batch)  # fmt: skip
         yield
         state["batcher"].close()
         executor.shutdown(wait=True)
+        loop.set_exception_handler(handler)
 
     app = FastAPI(title="rnn-lightning", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
@@ -482,9 +501,11 @@ def key_from_env(environ) -> str | None:
 
 
 def allow_open_files(max_connections: int) -> None:
-    """Raise this process's soft limit on open files to hold ``max_connections`` connections (one file
-    each) beside the rest; refused in one line when the hard limit is lower."""
-    need = max_connections + FILES_BESIDE_CONNECTIONS
+    """Raise this process's soft limit on open files, if need be, to hold ``max_connections`` connections
+    (one file each) and twice as many being accepted: asyncio accepts up to the backlog (``max_connections``)
+    at a time before ``Connection`` refuses those past the limit, and one such burst may follow another
+    before they are closed. Refused in one line when the hard limit is lower."""
+    need = 3 * max_connections + FILES_BESIDE_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
@@ -504,7 +525,7 @@ def resolve(ckpt_path: str, runs_dir: str) -> str:
     return str(path)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int) -> socket.socket:
     """A socket listening on ``host:port`` (before the model loads, so a taken port is said at once)."""
     if not 0 <= port < 65536:
         raise InputError(f"port: {port}; expected 0 to 65535")
@@ -513,7 +534,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(backlog)
     except OSError as e:
         raise InputError(f"host/port: cannot listen on {host}:{port} ({e.strerror or e})") from None
     return sock
@@ -528,7 +549,7 @@ def main(argv: list[str], model_class=None) -> None:
         key = key_from_env(os.environ)
         allow_open_files(limits.max_connections)
         path = resolve(args.ckpt_path, args.runs_dir)
-        sock = listen(args.host, args.port)
+        sock = listen(args.host, args.port, backlog=limits.max_connections)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     failed: list[str] = []
@@ -548,6 +569,7 @@ def main(argv: list[str], model_class=None) -> None:
         # limit); requests still running after their client has gone count too
         limit_concurrency=limits.max_connections + 1,
         timeout_keep_alive=limits.timeout_s,  # and Connection's wait for any request's headers
+        backlog=limits.max_connections,  # asyncio's listen() again, and how many it accepts at a time
     )
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]

@@ -1,6 +1,7 @@
 """The HTTP server in-process (FastAPI's test client): endpoints, every limit and error, batching, the page."""
 
 import asyncio
+import errno
 import json
 import math
 import re
@@ -231,7 +232,7 @@ def test_serve_refuses_a_missing_checkpoint_and_a_taken_port_in_one_line(tmp_pat
     with pytest.raises(SystemExit) as e:
         server.main(["--ckpt_path", "best", "--runs_dir", str(tmp_path)])
     assert "no run under" in str(e.value)
-    taken = server.listen("127.0.0.1", 0)
+    taken = server.listen("127.0.0.1", 0, backlog=1)
     try:
         with pytest.raises(SystemExit) as e:
             server.main(["--ckpt_path", str(binary_ckpt), "--port", str(taken.getsockname()[1])])
@@ -418,6 +419,23 @@ def test_open_files_are_raised_to_fit_max_connections_or_refused_in_one_line(mon
     monkeypatch.setattr(server.resource, "setrlimit", lambda which, limits: raised.append(limits))
     monkeypatch.setattr(server.resource, "getrlimit", lambda which: (256, 4096))
     server.allow_open_files(1000)
-    assert raised == [(1000 + server.FILES_BESIDE_CONNECTIONS, 4096)]
-    with pytest.raises(InputError, match=r"^max_connections: 5000 needs \d+ open files; this process may open 4096"):
-        server.allow_open_files(5000)
+    assert raised == [(3 * 1000 + server.FILES_BESIDE_CONNECTIONS, 4096)]
+    with pytest.raises(InputError, match=r"^max_connections: 2000 needs \d+ open files; this process may open 4096"):
+        server.allow_open_files(2000)
+
+
+def test_accept_out_of_open_files_is_one_warning_line_and_other_loop_errors_go_to_asyncio(caplog, monkeypatch):
+    passed = []
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(loop, "default_exception_handler", passed.append)
+    try:
+        with caplog.at_level("WARNING", logger="uvicorn.error"):
+            server.out_of_files(loop, {"message": "socket.accept() out of system resource",
+                                       "exception": OSError(errno.EMFILE, "Too many open files")})  # fmt: skip
+            server.out_of_files(loop, {"message": "other", "exception": ValueError("x")})
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "accept(): Too many open files; new connections wait a second (open connections: see --max_connections)"
+    ]
+    assert caplog.records[0].exc_info is None and [c["message"] for c in passed] == ["other"]
