@@ -3,6 +3,7 @@ real browser (headless Chromium) on the page."""
 
 import json
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -37,11 +38,13 @@ server.main(sys.argv[1:])
 
 
 @contextmanager
-def serving(path, *args: str, slow_hook: bool = False):
-    """(base URL, process) of ``python cli.py serve`` on a free port, once /health says 200."""
+def serving(path, *args: str, slow_hook: bool = False, open_files: int | None = None):
+    """(base URL, process) of ``python cli.py serve`` on a free port, once /health says 200; ``open_files``
+    sets the process's limit on them (soft and hard)."""
     command = [sys.executable, "-c", HARNESS] if slow_hook else [sys.executable, str(ROOT / "cli.py"), "serve"]
+    limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
     proc = subprocess.Popen([*command, "--ckpt_path", str(path), "--port", "0", *args], cwd=ROOT, env=SUBPROCESS_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)  # fmt: skip
     try:
         line = proc.stdout.readline()
         match = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
@@ -199,5 +202,22 @@ def test_connections_past_max_connections_get_503_until_idle_ones_are_closed(bin
             "error": "the server has max_connections connections open; retry later"
         }
         assert [read_all(s) for s in idle] == [b""] * 3  # no request within timeout_s: closed
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_a_flood_of_dripping_connections_is_refused_or_closed_and_never_logs_a_traceback(binary_ckpt):
+    flood = 1100  # past the server's 1,024 open files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < flood + 100:
+        if hard != resource.RLIM_INFINITY and hard < flood + 100:
+            pytest.skip(f"this process may open {hard} files; the test holds {flood} connections")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (flood + 100, hard))
+    with serving(binary_ckpt, "--timeout_s", "1", open_files=1024) as (url, proc):
+        drips = [connect(url) for _ in range(flood)]
+        for sock in drips:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # and no more
+        answers = [read_all(sock) for sock in drips]
+        assert {a[:13] for a in answers} <= {b"", b"HTTP/1.1 503 "}  # refused at once, or closed at timeout_s
         assert post(url + "predict", {"texts": ["great film"]})[0] == 200
     assert "Traceback" not in proc.stderr.read()
