@@ -1,6 +1,6 @@
 """``python cli.py serve``: a trained model over HTTP, with a page that shows which words decided.
 
-POST /predict {"texts": [...]}     -> {"model": {...}, "predictions": [{"label", "prob", "probs"}, ...]}
+POST /predict {"texts": [...]}     -> {"model": {...}, "predictions": [the task's decision per text, ...]}
 POST /explain {"text": ..., "class": optional}  -> the prediction and one attribution score per word read
 GET  /health (503 until the model is loaded), GET /info, GET / (the page)
 
@@ -9,24 +9,34 @@ by ``Batcher``, which merges the requests that arrive while the model is busy or
 LitServe was the other candidate: it runs the model in worker processes behind a queue (one more hop and a
 second copy of the model on a 2-core machine) and has no body limit by default; what it adds (batching,
 health) is a few lines here. Imports no Lightning: start-up is torch, tokenizers and the web stack.
+
+One bad text never costs another request its answer: texts are checked as they enter (a lone surrogate
+cannot be tokenized), and a batch that fails is run again request by request (``Batcher``). Slow clients
+are bounded by ``timeout_s`` in every phase: a connection's wait for a request's headers (``Connection``),
+the body (408) and the answer (504); at most ``max_connections`` are open at once (503 past it).
 """
 
 import argparse
 import asyncio
+import errno
 import hmac
 import json
+import logging
+import math
 import os
+import resource
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rnn_lightning import __version__, checkpoint, page
 from rnn_lightning.errors import InputError, said
@@ -34,22 +44,43 @@ from rnn_lightning.explain import METHOD, explain_ids
 from rnn_lightning.inference import Predictor
 from rnn_lightning.serving import ExportedPredictor
 from rnn_lightning.signals import exit_on_stop
+from rnn_lightning.text.readers import EMPTY
 from rnn_lightning.text.tokenizer import length, text_chars
 from rnn_lightning.text.tokenizer import tail as text_tail
 
 API_KEY_ENV = "RNN_LIGHTNING_API_KEY"  # set: every endpoint but / and /health needs "Authorization: Bearer <key>"
+FILES_BESIDE_CONNECTIONS = 128  # open files the process needs besides one per connection (model, threads, logs)
+
+
+def _limit(default, low, high, what: str):
+    """A limit's default, its range [low, high] (checked by ``Limits``) and what it bounds (the option's help)."""
+    return field(default=default, metadata={"range": (low, high), "help": what})
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask; each has a command-line option of the same name."""
+    """What the server allows; each is a command-line option of the same name, refused in one line outside its range."""
 
-    max_body_bytes: int = 1 << 20
-    max_texts: int = 256  # per /predict request
-    max_chars: int = 20_000  # per text (the longest IMDB review has 14,282)
-    timeout_s: float = 10.0  # from a request's arrival to its answer: 504 past it
-    batch_window_ms: float = 2.0  # how long a lone request waits for others to share its batch
-    max_batch: int = 512  # texts per forward pass
+    max_body_bytes: int = _limit(1 << 20, 1, 1 << 30, "bytes of a request body (413 past it)")
+    max_texts: int = _limit(256, 1, 1 << 16, "texts per /predict request (413 past it)")
+    # the longest IMDB review has 14,282 characters
+    max_chars: int = _limit(20_000, 1, 1 << 24, "characters per text (413 past it)")
+    timeout_s: float = _limit(10.0, 0.01, 3600.0, "seconds a connection waits for a request's headers, and a "
+                              "request from its headers to its answer: 408 while its body arrives, 504 after")  # fmt: skip
+    batch_window_ms: float = _limit(2.0, 0.0, 1000.0, "milliseconds a lone request waits for others to share its "
+                                    "batch (below timeout_s)")  # fmt: skip
+    max_batch: int = _limit(512, 1, 1 << 16, "texts per forward pass")
+    max_connections: int = _limit(256, 1, 1 << 16, "connections open at once (503 past it), and clients waiting "
+                                  "to be accepted")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, (low, high) = getattr(self, f.name), f.metadata["range"]
+            if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+                raise InputError(f"{f.name}: {value}; expected a number from {low} to {high}")
+        if self.batch_window_ms >= 1e3 * self.timeout_s:
+            raise InputError(f"batch_window_ms: {self.batch_window_ms:g}; expected less than timeout_s "
+                             f"({self.timeout_s:g} s), or every lone request waits past its timeout")  # fmt: skip
 
 
 class RequestError(Exception):
@@ -72,6 +103,7 @@ class ServedModel:
             self.predictor = Predictor.from_checkpoint(path)
             self.net = self.predictor.net
         self.tokenizer, self.class_names = self.predictor.tokenizer, self.predictor.class_names
+        self.task = self.predictor.task
         self.max_len = length(self.tokenizer)
 
     def info(self) -> dict:
@@ -107,7 +139,8 @@ class ServedModel:
 
 class Batcher:
     """Runs ``run`` (texts -> one result each) in one thread on the texts of every request waiting, in
-    arrival order, at most ``max_batch`` at a time; a lone request waits ``window_s`` for company."""
+    arrival order, at most ``max_batch`` at a time; a lone request waits ``window_s`` for company. A batch
+    that raises is run again one request at a time, so only the request that fails gets the exception."""
 
     def __init__(self, run, executor: ThreadPoolExecutor, window_s: float, max_batch: int) -> None:
         self.run, self.executor, self.window_s, self.max_batch = run, executor, window_s, max_batch
@@ -145,18 +178,99 @@ class Batcher:
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [t for texts, _ in jobs for t in texts])
             except Exception as e:
-                for _, f in jobs:
+                if len(jobs) == 1:
+                    _settle(jobs[0][1], error=e)
+                    continue
+                for texts, f in jobs:
                     if not f.done():
-                        f.set_exception(e)
+                        try:
+                            _settle(f, await loop.run_in_executor(self.executor, self.run, texts))
+                        except Exception as alone:
+                            _settle(f, error=alone)
                 continue
             start = 0
             for texts, f in jobs:
-                if not f.done():
-                    f.set_result(results[start : start + len(texts)])
+                _settle(f, results[start : start + len(texts)])
                 start += len(texts)
 
     def close(self) -> None:
         self.task.cancel()
+
+
+def _settle(future: asyncio.Future, result=None, error: Exception | None = None) -> None:
+    """Give ``future`` its result or exception, unless its request has gone (timed out) meanwhile."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Connection(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the two bounds on slow clients its Config has no option for
+    (uvicorn 0.55; the subclass relies on H11Protocol's ``connections``, ``cycle`` and ``transport``).
+
+    - A connection that uvicorn's ``limit_concurrency`` would refuse (the same count: the open connections,
+      itself included) is answered 503 and closed as it is accepted: uvicorn checks only once a request's
+      headers have arrived, so connections that never send them would hold every file the process may
+      open, and each accept() past that logs a traceback.
+    - A connection with no request in progress is closed ``timeout_keep_alive`` seconds after it opened or
+      was answered: uvicorn times only an idle keep-alive connection, and any byte restarts its wait, so
+      headers sent a byte at a time would hold the connection for ever.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
+            body = b'{"error": "the server has max_connections connections open; retry later"}'
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            transport.close()
+            return
+        self._arm_idle()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._busy() and self._idle is not None:  # headers read: the app's timeout_s bounds the rest
+            self._idle.cancel()
+
+    def on_response_complete(self) -> None:
+        self._arm_idle()
+        super().on_response_complete()  # starts a request pipelined behind this one, if any
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        super().connection_lost(exc)
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(self.timeout_keep_alive, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if not self._busy():
+            self.transport.close()
+
+
+def out_of_files(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The event loop's exception handler: accept() out of open files (asyncio stops accepting for a second,
+    then retries) is one warning line, not a traceback a second; anything else goes to asyncio's handler."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        logging.getLogger("uvicorn.error").warning(
+            "accept(): %s; new connections wait a second (open connections: see --max_connections)", error.strerror
+        )
+    else:
+        loop.default_exception_handler(context)
 
 
 def create_app(
@@ -180,12 +294,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+        loop.set_exception_handler(out_of_files)
         threading.Thread(target=load, name="load-model", daemon=True).start()
         state["batcher"] = Batcher(lambda texts: state["model"].predict(texts), executor, limits.batch_window_ms / 1e3,
                                    limits.max_batch)  # fmt: skip
         yield
         state["batcher"].close()
         executor.shutdown(wait=True)
+        loop.set_exception_handler(handler)
 
     app = FastAPI(title="rnn-lightning", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
@@ -193,7 +311,8 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"error": e.message}, status_code=e.status)
+        close = {"connection": "close"} if e.status == 408 else None  # the rest of the body is not waited for
+        return JSONResponse({"error": e.message}, status_code=e.status, headers=close)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, e: Exception) -> JSONResponse:  # logged by uvicorn; the caller gets one line
@@ -205,16 +324,21 @@ def create_app(
 
     def ready(request: Request) -> ServedModel:
         if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            given = request.headers.get("authorization", "").encode("latin-1")  # the header's bytes, as sent
+            if not hmac.compare_digest(given, f"Bearer {api_key}".encode("ascii")):
                 raise RequestError(401, "authorization: expected 'Bearer <key>' with the key the server was given")
         if state["model"] is None:
             raise RequestError(503, state["error"] or "the model is still loading; retry when /health says 200")
         return state["model"]
 
-    async def answer(job, what: str):
+    def deadline() -> float:
+        """When a request that has just arrived (its headers read) is answered 504 at the latest."""
+        return asyncio.get_running_loop().time() + limits.timeout_s
+
+    async def answer(job, what: str, by: float):
         try:
-            return await asyncio.wait_for(job, limits.timeout_s)
+            async with asyncio.timeout_at(by):
+                return await job
         except TimeoutError:
             raise RequestError(504, f"{what} took longer than the server's timeout_s={limits.timeout_s:g}") from None
 
@@ -230,16 +354,22 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
-        model = ready(request)
-        texts = _field(await _json_body(request, limits.max_body_bytes), "texts", list)
+        """Each text's decision, in order; an empty or whitespace-only text gets ``error`` (as ``predict``'s)
+        and the decision's fields as None, without reaching the model."""
+        model, by = ready(request), deadline()
+        texts = _field(await _json_body(request, limits.max_body_bytes, by, limits.timeout_s), "texts", list)
         if not texts:
             raise RequestError(422, f"texts: empty list; expected 1 to {limits.max_texts} texts")
         if len(texts) > limits.max_texts:
             raise RequestError(413, f"texts: {len(texts)} texts; at most {limits.max_texts} a request")
         for i, text in enumerate(texts):
-            _check_text(text, f"texts[{i}]", limits.max_chars)
-        found = await answer(state["batcher"].submit(texts), f"predicting {len(texts)} texts")
-        return {"model": _identity(model), "predictions": found}
+            _check_text(text, f"texts[{i}]", limits.max_chars, empty_ok=True)
+        read = [t for t in texts if t.strip()]  # what predict calls empty is answered without the model
+        found = iter(await answer(state["batcher"].submit(read), f"predicting {len(read)} texts", by) if read else ())
+        predictions = [next(found) if t.strip() else {"error": EMPTY, **model.task.no_decision()} for t in texts]
+        for i, row in enumerate(predictions):
+            _check_finite(row, f"texts[{i}]")
+        return {"model": _identity(model), "predictions": predictions}
 
     @app.post("/explain")
     async def explain(request: Request) -> dict:
@@ -247,13 +377,15 @@ def create_app(
         if model.net is None:
             raise RequestError(501, f"explain: {model.name} is an export (model.pt2), which has no gradients; "
                                     "serve the checkpoint to explain")  # fmt: skip
-        body = await _json_body(request, limits.max_body_bytes, allowed=("text", "class"))
+        by = deadline()
+        body = await _json_body(request, limits.max_body_bytes, by, limits.timeout_s, allowed=("text", "class"))
         text = _check_text(_field(body, "text", str), "text", limits.max_chars)
         target = body.get("class")
         if target is not None and target not in model.class_names:
             raise RequestError(422, f"class: {str(target)[:100]!r} is not one of {', '.join(model.class_names)}")
         loop = asyncio.get_running_loop()
-        found = await answer(loop.run_in_executor(executor, model.explain, text, target), "explaining the text")
+        found = await answer(loop.run_in_executor(executor, model.explain, text, target), "explaining the text", by)
+        _check_finite(found, "text")
         return {"model": _identity(model), **found}
 
     @app.get("/", response_class=HTMLResponse)
@@ -267,16 +399,24 @@ def _identity(model: ServedModel) -> dict:
     return {"name": model.name, "class_names": model.class_names}
 
 
-async def _json_body(request: Request, limit: int, allowed: tuple[str, ...] = ("texts",)) -> dict:
-    """The request's JSON object, read up to ``limit`` bytes (413 past it, before reading more)."""
+async def _json_body(
+    request: Request, limit: int, by: float, timeout_s: float, allowed: tuple[str, ...] = ("texts",)
+) -> dict:
+    """The request's JSON object, read up to ``limit`` bytes (413 past it, before reading more) by the
+    event loop's time ``by`` (408 past it: the request's ``timeout_s`` covers its body)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise RequestError(413, f"body: {declared} bytes; at most {limit} (the server's max_body_bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"body: over {limit} bytes (the server's max_body_bytes)")
+    try:
+        async with asyncio.timeout_at(by):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise RequestError(413, f"body: over {limit} bytes (the server's max_body_bytes)")
+    except TimeoutError:
+        raise RequestError(408, f"body: {len(body)} bytes received within the server's timeout_s={timeout_s:g}; "
+                                "expected the whole body by then") from None  # fmt: skip
     try:
         value = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -300,14 +440,38 @@ def _field(body: dict, name: str, kind: type):
     return body[name]
 
 
-def _check_text(text, where: str, max_chars: int) -> str:
+def _check_text(text, where: str, max_chars: int, empty_ok: bool = False) -> str:
     if not isinstance(text, str):
         raise RequestError(422, f"{where}: {type(text).__name__}; expected a string")
-    if not text.strip():
+    if not empty_ok and not text.strip():
         raise RequestError(422, f"{where}: empty; expected text to classify")
     if len(text) > max_chars:
         raise RequestError(413, f"{where}: {len(text)} characters; at most {max_chars} (the server's max_chars)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer reads
+        raise RequestError(422, f"{where}: a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}; "
+                                "expected Unicode text") from None  # fmt: skip
     return text
+
+
+def _check_finite(answer: dict, where: str) -> None:
+    """A NaN or an infinity anywhere in an answer (damaged weights) is a 500 for its request, never a 200."""
+    if not _finite(answer):
+        raise RequestError(
+            500, f"{where}: the model's output is not finite (NaN or infinity); its weights may be damaged"
+        )
+
+
+def _finite(value) -> bool:
+    """No NaN or infinity in ``value`` (numbers, strings and None, in lists and dicts)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -316,9 +480,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs_dir", default="lightning_logs", help="where last/best are looked for")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: every interface")
     p.add_argument("--port", type=int, default=8000)
-    for name, default in asdict(Limits()).items():
-        p.add_argument(f"--{name}", type=type(default), default=default)
+    for f in fields(Limits):
+        low, high = f.metadata["range"]
+        p.add_argument(f"--{f.name}", type=f.type, default=f.default,
+                       help=f"{f.metadata['help']}; {low} to {high} (default {f.default})")  # fmt: skip
     return p.parse_args(argv)
+
+
+def key_from_env(environ) -> str | None:
+    """The key ``API_KEY_ENV`` holds (None: unset), refused in one line if no client could send it."""
+    key = environ.get(API_KEY_ENV)
+    if key is None:
+        return None
+    if not key:
+        raise InputError(f"{API_KEY_ENV}: set but empty; expected a key, or the variable unset to serve without one")
+    if not (key.isascii() and key.isprintable()) or key != key.strip():
+        raise InputError(f"{API_KEY_ENV}: holds non-ASCII, control or surrounding space characters; expected "
+                         "printable ASCII, which an Authorization header carries as it is")  # fmt: skip
+    return key
+
+
+def allow_open_files(max_connections: int) -> None:
+    """Raise this process's soft limit on open files, if need be, to hold ``max_connections`` connections
+    (one file each) and twice as many being accepted: asyncio accepts up to the backlog (``max_connections``)
+    at a time before ``Connection`` refuses those past the limit, and one such burst may follow another
+    before they are closed. Refused in one line when the hard limit is lower."""
+    need = 3 * max_connections + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise InputError(f"max_connections: {max_connections} needs {need} open files; this process may open "
+                         f"{hard} (ulimit -Hn)")  # fmt: skip
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def resolve(ckpt_path: str, runs_dir: str) -> str:
@@ -331,7 +525,7 @@ def resolve(ckpt_path: str, runs_dir: str) -> str:
     return str(path)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int) -> socket.socket:
     """A socket listening on ``host:port`` (before the model loads, so a taken port is said at once)."""
     if not 0 <= port < 65536:
         raise InputError(f"port: {port}; expected 0 to 65535")
@@ -340,7 +534,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(backlog)
     except OSError as e:
         raise InputError(f"host/port: cannot listen on {host}:{port} ({e.strerror or e})") from None
     return sock
@@ -350,13 +544,12 @@ def main(argv: list[str], model_class=None) -> None:
     import uvicorn
 
     args = parse_args(argv)
-    limits = Limits(**{k: getattr(args, k) for k in asdict(Limits())})
     try:
-        for name, value in asdict(limits).items():
-            if value < 0 or (value == 0 and name != "batch_window_ms"):
-                raise InputError(f"{name}: {value}; expected a number > 0")
+        limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+        key = key_from_env(os.environ)
+        allow_open_files(limits.max_connections)
         path = resolve(args.ckpt_path, args.runs_dir)
-        sock = listen(args.host, args.port)
+        sock = listen(args.host, args.port, backlog=limits.max_connections)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     failed: list[str] = []
@@ -365,9 +558,18 @@ def main(argv: list[str], model_class=None) -> None:
         failed.append(message)
         server.should_exit = True
 
-    app = create_app(path, limits, os.environ.get(API_KEY_ENV) or None, on_fail, model_class)
+    app = create_app(path, limits, key, on_fail, model_class)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=int(limits.timeout_s) + 5
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+        http=Connection,
+        # uvicorn counts the connection asking among the open ones (Connection refuses the one past the
+        # limit); requests still running after their client has gone count too
+        limit_concurrency=limits.max_connections + 1,
+        timeout_keep_alive=limits.timeout_s,  # and Connection's wait for any request's headers
+        backlog=limits.max_connections,  # asyncio's listen() again, and how many it accepts at a time
     )
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]

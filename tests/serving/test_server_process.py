@@ -3,7 +3,9 @@ real browser (headless Chromium) on the page."""
 
 import json
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,11 +37,13 @@ server.main(sys.argv[1:])
 
 
 @contextmanager
-def serving(path, *args: str, slow_hook: bool = False):
-    """(base URL, process) of ``python cli.py serve`` on a free port, once /health says 200."""
+def serving(path, *args: str, slow_hook: bool = False, open_files: int | None = None):
+    """(base URL, process) of ``python cli.py serve`` on a free port, once /health says 200; ``open_files``
+    sets the process's limit on them (soft and hard)."""
     command = [sys.executable, "-c", HARNESS] if slow_hook else [sys.executable, str(ROOT / "cli.py"), "serve"]
+    limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
     proc = subprocess.Popen([*command, "--ckpt_path", str(path), "--port", "0", *args], cwd=ROOT, env=SUBPROCESS_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)  # fmt: skip
     try:
         line = proc.stdout.readline()
         match = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
@@ -137,3 +141,61 @@ def test_a_real_browser_classifies_explains_and_shows_markup_as_text(three_class
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=review] img, [data-testid=review] script")
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def connect(url: str) -> socket.socket:
+    """A raw connection to the server at ``url`` (a test's guard of 30 s on every read)."""
+    host, port = re.match(r"http://([\d.]+):(\d+)/", url).groups()
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_slow_clients_are_cut_off_at_the_timeout_while_others_are_served(binary_ckpt):
+    with serving(binary_ckpt, "--timeout_s", "1") as (url, proc):
+        body_drip, header_drip = connect(url), connect(url)
+        body_drip.sendall(b'POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"texts": ["a')
+        header_drip.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # and no more
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+        answer = read_all(body_drip)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"].startswith("body: 13 bytes received within")
+        assert read_all(header_drip) == b""  # closed: no request ever arrived
+        assert post(url + "predict", {"texts": ["still serving"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_connections_past_max_connections_get_503_until_idle_ones_are_closed(binary_ckpt):
+    with serving(binary_ckpt, "--max_connections", "3", "--timeout_s", "1") as (url, proc):
+        idle = [connect(url) for _ in range(3)]
+        refused = read_all(connect(url))
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(refused.split(b"\r\n\r\n", 1)[1]) == {
+            "error": "the server has max_connections connections open; retry later"
+        }
+        assert [read_all(s) for s in idle] == [b""] * 3  # no request within timeout_s: closed
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_a_flood_of_dripping_connections_is_refused_or_closed_and_never_logs_a_traceback(binary_ckpt):
+    flood = 1100  # past the server's 1,024 open files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < flood + 100:
+        if hard != resource.RLIM_INFINITY and hard < flood + 100:
+            pytest.skip(f"this process may open {hard} files; the test holds {flood} connections")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (flood + 100, hard))
+    with serving(binary_ckpt, "--timeout_s", "1", open_files=1024) as (url, proc):
+        drips = [connect(url) for _ in range(flood)]
+        for sock in drips:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # and no more
+        answers = [read_all(sock) for sock in drips]
+        assert {a[:13] for a in answers} <= {b"", b"HTTP/1.1 503 "}  # refused at once, or closed at timeout_s
+        assert post(url + "predict", {"texts": ["great film"]})[0] == 200
+    assert "Traceback" not in proc.stderr.read()
