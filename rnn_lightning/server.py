@@ -355,9 +355,16 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         """Each text's decision, in order; an empty or whitespace-only text gets ``error`` (as ``predict``'s)
-        and the decision's fields as None, without reaching the model."""
+        and the decision's fields as None, without reaching the model. ``thresholds`` (a multi-label
+        model's: one number or one per label) decide this request's labels instead of the model's."""
         model, by = ready(request), deadline()
-        texts = _field(await _json_body(request, limits.max_body_bytes, by, limits.timeout_s), "texts", list)
+        body = await _json_body(request, limits.max_body_bytes, by, limits.timeout_s, allowed=("texts", "thresholds"))
+        texts, task = _field(body, "texts", list), model.task
+        if body.get("thresholds") is not None:  # this request's decisions with other thresholds (multi-label)
+            try:
+                task = task.with_thresholds(body["thresholds"], "thresholds")
+            except InputError as e:
+                raise RequestError(422, str(e)) from None
         if not texts:
             raise RequestError(422, f"texts: empty list; expected 1 to {limits.max_texts} texts")
         if len(texts) > limits.max_texts:
@@ -366,7 +373,11 @@ def create_app(
             _check_text(text, f"texts[{i}]", limits.max_chars, empty_ok=True)
         read = [t for t in texts if t.strip()]  # what predict calls empty is answered without the model
         found = iter(await answer(state["batcher"].submit(read), f"predicting {len(read)} texts", by) if read else ())
-        predictions = [next(found) if t.strip() else {"error": EMPTY, **model.task.no_decision()} for t in texts]
+        predictions = [next(found) if t.strip() else {"error": EMPTY, **task.no_decision()} for t in texts]
+        if task is not model.task:
+            predictions = [
+                row if row.get("probs") is None else task.decision(list(row["probs"].values())) for row in predictions
+            ]
         for i, row in enumerate(predictions):
             _check_finite(row, f"texts[{i}]")
         return {"model": _identity(model), "predictions": predictions}

@@ -32,6 +32,16 @@ def best_thresholds(probs: Tensor, target: Tensor, current: Tensor) -> Tensor:
     return torch.where(present.any(0).cpu(), best.float().cpu(), current)
 
 
+def mean_average_precision(probs: Tensor, target: Tensor) -> Tensor:
+    """The mean over labels of their average precision (probs, target (N, K)), of the labels some text
+    has (a label without positives has none to rank); 0 when no label has any."""
+    seen = target.bool().any(0)
+    if not seen.any():
+        return probs.new_zeros(())
+    rows = target[:, seen].long()
+    return multilabel_average_precision(probs[:, seen], rows, int(seen.sum()), average="macro")
+
+
 class MultiLabelScores(Metric):
     """A multi-label task's figures of one stage (``{stage}/...``): F1s from counts of the decisions at
     the task's thresholds; with ``keep_scores`` every probability is kept (N, K) so that ``map``,
@@ -61,7 +71,7 @@ class MultiLabelScores(Metric):
             self.target.append(target.to(torch.uint8))
 
     def compute(self) -> dict:
-        task, k = self.task, len(self.task.class_names)
+        task = self.task
         tp, fp, fn, extra = self.tp, self.fp, self.fn, {}
         if self.keep_scores:
             probs, target = dim_zero_cat(self.probs), dim_zero_cat(self.target)
@@ -70,7 +80,7 @@ class MultiLabelScores(Metric):
             decided, present = probs >= task.thresholds.to(probs.device), target.bool()
             tp, fp, fn = ((decided & present).sum(0), (decided & ~present).sum(0), (~decided & present).sum(0))
             extra = {
-                "map": multilabel_average_precision(probs, target.long(), k, average="macro"),
+                "map": mean_average_precision(probs, target),
                 "subset_acc": (decided == present).all(1).float().mean(),
             }
         f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)

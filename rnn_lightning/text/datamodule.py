@@ -166,16 +166,20 @@ class TextDataModule(LightningDataModule):
         before the cache exists from the source."""
         meta = token_cache.read_meta(self.cache_path)
         if meta is not None and "train_texts" in meta:
-            return {key: meta[key] for key in ("class_names", "class_counts", "multi_label", "train_texts")}
-        source = self._source
-        labels = source.splits["train"].labels
-        fit = self._fit_val_rows(labels)[0] if "validation" not in source.splits else slice(None)
-        return {
-            "class_names": source.class_names,
-            "class_counts": label_counts(labels[fit], len(source.class_names)),
-            "multi_label": source.multi_label,
-            "train_texts": len(labels[fit]),
-        }
+            facts = {key: meta[key] for key in ("class_names", "class_counts", "multi_label", "train_texts")}
+        else:
+            source = self._source
+            labels = source.splits["train"].labels
+            fit = self._fit_val_rows(labels)[0] if "validation" not in source.splits else slice(None)
+            facts = {
+                "class_names": source.class_names,
+                "class_counts": label_counts(labels[fit], len(source.class_names)),
+                "multi_label": source.multi_label,
+                "train_texts": len(labels[fit]),
+            }
+        # what the labels decided, in the hyperparameters too: the model's (linked from here) must agree
+        self.save_hyperparameters({**self.hparams, "multi_label": facts["multi_label"]})
+        return facts
 
     @cached_property
     def _source(self) -> sources.Labelled:

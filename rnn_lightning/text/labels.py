@@ -130,7 +130,14 @@ def multi_label_kind(column, multi_label: bool | None, field: str) -> bool:
     if is_text(column.type):
         listed = pc.starts_with(pc.utf8_trim_whitespace(column), "[")
         if pc.any(listed).as_py():
-            row, other = _first(pc.fill_null(listed, False)), _first(pc.invert(pc.fill_null(listed, True)))
+            row = _first(pc.fill_null(listed, False))
+            singles = pc.invert(pc.fill_null(listed, True))
+            if not pc.any(singles).as_py():
+                raise InputError(
+                    f"{field}: row {row} holds a list of labels ({str(column[row].as_py())[:80]}) unlike the "
+                    "other rows' lists; expected lists of names or lists of ids"
+                )
+            other = _first(singles)
             raise InputError(
                 f"{field}: row {row} holds a list of labels ({str(column[row].as_py())[:80]}) but row {other} a "
                 f"single one ({str(column[other].as_py())[:80]!r}); a label column holds lists in every row "
@@ -185,7 +192,7 @@ def label_sets(column, item_feature, names: list[str], field: str) -> np.ndarray
             try:
                 class_ids(pa.chunked_array([values.slice(i, 1)]), item_feature, names, field)
             except InputError as e:
-                raise InputError(f"{field}: row {int(rows[i])}: {str(e).split(': ', 1)[1]}") from None
+                raise InputError(f"{field}: row {int(rows[i])}: {str(e)[len(field) + 2 :]}") from None
         raise
     out[rows, ids] = 1
     return out

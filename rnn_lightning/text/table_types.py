@@ -4,8 +4,9 @@ holds one batch whatever the file's size.
 
 A CSV cell is text; a column whose every value reads as a whole number is ``int64``, as a number
 ``double``, as ``True``/``False`` ``bool``, and otherwise ``string``, as pandas reads it; an empty cell
-is null. A JSON value keeps its own type; whole numbers mixed with fractions are ``double``, and a column
-of other mixtures (or of lists and objects) is ``string``, each value as its JSON text.
+is null. A JSON value keeps its own type; whole numbers mixed with fractions are ``double``; lists of
+strings (or of whole numbers) are lists of ``string`` (``int64``), an empty list fitting either; a
+column of other mixtures (or of objects) is ``string``, each value as its JSON text.
 """
 
 import math
@@ -34,7 +35,8 @@ def record_batches(path: Path, delimiter: str | None, batch_rows: int) -> tuple[
     if kinds is None:
         raise ValueError("no rows")
     convert = {name: value(kind) for name, kind in kinds.items()}
-    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "none": pa.string()}
+    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "none": pa.string(),
+             "list": pa.list_(pa.string()), "list_str": pa.list_(pa.string()), "list_int": pa.list_(pa.int64())}  # fmt: skip
     schema = pa.schema([(name, types[kind]) for name, kind in kinds.items()])
 
     def batches() -> Iterator:
@@ -81,9 +83,13 @@ def _csv_kind(value: str) -> str:
 
 
 def _widen(kind: str, new: str) -> str:
-    if kind in ("none", new):
-        return new
-    return "float" if {kind, new} == {"int", "float"} else "str"
+    if kind in ("none", new) or new == "none":
+        return kind if new == "none" else new
+    if {kind, new} == {"int", "float"}:
+        return "float"
+    if kind.startswith("list") and new.startswith("list") and "list" in (kind, new):  # [] beside typed lists
+        return kind if new == "list" else new
+    return "str"
 
 
 def _csv_value(kind: str) -> Callable:
@@ -116,6 +122,11 @@ def _json_kind(value) -> str:
         return "bool"
     if isinstance(value, int):
         return "int" if abs(value) <= INT64_MAX else "str"
+    if isinstance(value, list):
+        kinds = {_json_kind(v) for v in value}
+        if not kinds:
+            return "list"
+        return {frozenset({"str"}): "list_str", frozenset({"int"}): "list_int"}.get(frozenset(kinds), "str")
     return {float: "float", str: "str"}.get(type(value), "str")
 
 
@@ -127,6 +138,8 @@ def _json_value(kind: str) -> Callable:
             return None
         if kind == "str":
             return v if isinstance(v, str) else json.dumps(v)
+        if kind.startswith("list"):
+            return v
         return float(v) if kind == "float" else v
 
     return value
