@@ -36,8 +36,9 @@ TRIAL_FOLDER = "trial_{:04d}"  # each trial's trainer.default_root_dir, under th
 OWNER_LOCK = "tune.lock"  # in a trial's folder, locked by the tuner running it (flock: freed when it dies)
 FAILURES_IN_A_ROW = 3  # a tuner's failed trials in a row that end it: a fault every trial meets, not bad luck
 LIGHTEST = 0.4  # the parallel plot's colours start here on Optuna's scale: its lightest end is the axes' grey
-# fit settings that name files to read: made absolute once, so trials and best.yaml run from any folder
-PATH_SETTINGS = ("data.dataset", "data.cache_dir", "data.tokenizer_from", "model.init_from", "model.teacher")
+# fit settings that name files to read (data.tokenizer_from follows the last two): made absolute once, with
+# data.cache_dir, so that trials and best.yaml run from any folder
+PATH_SETTINGS = ("data.dataset", "model.init_from", "model.teacher")
 
 
 def parse_search(path: str) -> dict:
@@ -182,7 +183,12 @@ def absolute_paths(config) -> list[str]:
             return [absolute(v) for v in value]
         if isinstance(value, dict):
             return {k: absolute(v) for k, v in value.items()}
-        if isinstance(value, str) and value and not os.path.isabs(value) and glob.glob(value):
+        if (
+            isinstance(value, str)
+            and value
+            and not os.path.isabs(value)
+            and (os.path.exists(value) or glob.glob(value))
+        ):
             return os.path.abspath(value)  # a glob pattern (model.init_from's best-*.ckpt) stays one
         return value
 
@@ -322,6 +328,13 @@ def owner_gone(folder: Path) -> bool:
         os.close(fd)
 
 
+def run_folder(trial) -> Path | None:
+    """The folder of ``trial``'s fit, once it has one: a retried trial starts with its original's in its copied
+    attributes, which name another number."""
+    run = trial.user_attrs.get("run")
+    return Path(run) if run and Path(run).name == TRIAL_FOLDER.format(trial.number) else None
+
+
 def fail_orphans(study, retry) -> list[int]:
     """Fail the running trials whose tuner died (``owner_gone``) and give each to ``retry`` (None: not run
     again); returns their numbers. Optuna's heartbeat does the same once a trial's pulse is ``GRACE_S`` old."""
@@ -330,7 +343,8 @@ def fail_orphans(study, retry) -> list[int]:
     state = optuna.trial.TrialState
     failed = []
     for trial in study.get_trials(states=(state.RUNNING,)):
-        if "run" not in trial.user_attrs or not owner_gone(Path(trial.user_attrs["run"])):
+        folder = run_folder(trial)
+        if folder is None or not owner_gone(folder):
             continue
         try:
             study.tell(trial.number, state=state.FAIL)
@@ -357,7 +371,7 @@ class FailureStreak:
         self.in_a_row, self.line = 0, None
 
     def __call__(self, study, trial) -> None:
-        if "run" not in trial.user_attrs:  # not run: the study was full
+        if run_folder(trial) is None:  # not run: the study was full
             return
         if trial.state != _optuna().trial.TrialState.FAIL:
             self.in_a_row = 0
@@ -390,7 +404,7 @@ def objective_for(study, search: dict, fit_args: list[str], root: Path, n_trials
             RNNLightningCLI(args=args, trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [best, pruning]})
             if best.value is None:
                 raise RuntimeError(f"{search['metric']} was never finite")
-        except RuntimeError as e:  # a failed trial (Optuna catches these): its reason, for trials.csv and the log
+        except RuntimeError as e:  # a failed trial (Optuna catches these): its reason, for FailureStreak's line
             trial.set_user_attr("error", said(e))
             raise
         finally:
