@@ -38,6 +38,8 @@ class GracefulStop(Callback):
     Every checkpoint also records its TensorBoard run, so the requeued job continues that run.
     """
 
+    resume_advice = "continue with --ckpt_path last"  # the stop line's last words; tune's trials say their own
+
     def __init__(self) -> None:
         self._sigint = SigintAsSigterm()
         self._requeue: Deferred | None = None  # Lightning's requeue handler, under SLURM
@@ -112,7 +114,7 @@ class GracefulStop(Callback):
             self._stopped_in_validation = False
         rank_zero_info(
             f"Stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}: saved {path}; "
-            "continue with --ckpt_path last"
+            f"{self.resume_advice}"
         )
 
 
