@@ -171,6 +171,7 @@ def test_preset_fragments_change_only_what_they_say(parquet_dir, tmp_path):
         (["--prediction_writer.output", "out.txt"], "prediction_writer.output"),
         (["--optimizer.init_args.lr", "-0.1"], "optimizer / lr_scheduler: Invalid learning rate"),
         (["--data.vocab_size", "100000000000"], "model.vocab_size: 100000000000 rows of 16 need about"),
+        (["--data.val_fraction", "0.9999"], "data.val_fraction: 0.9999 of 96 training texts leaves a training set"),
     ],
 )
 def test_bad_config_fails_at_once_with_one_line_naming_the_field(cli, tiny_args, tmp_path, override, field):
