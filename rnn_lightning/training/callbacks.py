@@ -17,7 +17,9 @@ from rnn_lightning import checkpoint
 
 class HParamsWithMetrics(Callback):
     """At the end of ``fit``, records the hyperparameters together with the final and best validation
-    metrics, so runs compare side by side in TensorBoard's HPARAMS tab."""
+    metrics, so runs compare side by side in TensorBoard's HPARAMS tab: the model's and the data's
+    (``data.*``), and from the command's config (LightningCLI's ``SaveConfigCallback``) the optimizer's,
+    the LR scheduler's (``optimizer.lr`` ...) and the trainer's plain settings (``trainer.max_epochs`` ...)."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.logger is None:
@@ -29,7 +31,32 @@ class HParamsWithMetrics(Callback):
         if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
             metrics["hp/best_val_acc"] = float(ckpt.best_model_score)
         params = {**dict(pl_module.hparams), **{f"data.{k}": v for k, v in trainer.datamodule.hparams.items()}}
+        config = next((c.config for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+        if config is not None:
+            params.update(config_hparams(config))
+        # Keys with a leading underscore are LightningCLI's bookkeeping (``_instantiator``, ``_class_path``).
+        params = {k: v for k, v in params.items() if not k.rpartition(".")[2].startswith("_")}
         trainer.logger.log_hyperparams({k: ("None" if v is None else v) for k, v in params.items()}, metrics)
+
+
+def config_hparams(config) -> dict:
+    """The optimizer's and LR scheduler's class and arguments (``optimizer``: ``Adam``, ``optimizer.lr``: 0.001)
+    and the trainer's plain settings (numbers, strings, switches) of a LightningCLI config."""
+    out = {}
+    for section in ("optimizer", "lr_scheduler"):
+        value = config.get(section)
+        if value is not None and value.get("class_path"):
+            out[section] = value.class_path.rpartition(".")[2]
+            out.update({f"{section}.{k}": v for k, v in (value.get("init_args") or {}).items() if _plain(v)})
+    if config.get("trainer") is not None:
+        out.update({f"trainer.{k}": v for k, v in vars(config.trainer).items() if v is not None and _plain(v)})
+    return out
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value)
+    )
 
 
 class LearningRateSuggestion(LearningRateFinder):

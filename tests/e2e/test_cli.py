@@ -343,3 +343,29 @@ def test_the_installed_script_and_cli_py_are_one_program_and_serve_starts_withou
     )
     started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert started.stdout.strip().splitlines()[-1] == "[]", started.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- issue 38: what a run reports
+
+
+def test_hparams_tab_gets_the_optimizer_scheduler_and_trainer_settings_and_no_bookkeeping(cli, tiny_args, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logged = []
+    real = TensorBoardLogger.log_hyperparams
+
+    def spy(self, params, metrics=None, step=None):
+        if metrics:  # the call that fills TensorBoard's HPARAMS tab
+            logged.append(dict(params))
+        return real(self, params, metrics, step)
+
+    monkeypatch.setattr(TensorBoardLogger, "log_hyperparams", spy)
+    cli(
+        "fit", *tiny_args, "--trainer.max_epochs", "1", "--optimizer.init_args.lr", "0.003",
+        "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3",
+    )  # fmt: skip
+    [params] = logged
+    assert params["optimizer"] == "Adam" and params["optimizer.lr"] == 0.003
+    assert params["lr_scheduler"] == "CosineAnnealingLR" and params["lr_scheduler.T_max"] == 3
+    assert params["trainer.max_epochs"] == 1 and params["data.batch_size"] == 16 and params["cell"] == "rnn"
+    assert not [k for k in params if "_instantiator" in k or "_class_path" in k]
