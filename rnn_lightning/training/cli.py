@@ -10,6 +10,7 @@ checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -130,9 +131,7 @@ class RNNLightningCLI(LightningCLI):
             # a teacher without one brings its own, so that it reads the same tokens as the model.
             parser.link_arguments(tuple(starts), "data.tokenizer_from", compute_fn=first_path)
         # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
-        parser.link_arguments(
-            "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
-        )
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=logger_root)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Lightning writes a save_last checkpoint only when a best checkpoint was written in the same
         # step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
@@ -353,8 +352,22 @@ def first_path(*paths: str | list[str] | None) -> str | None:
     return None
 
 
+def logger_root(root: str | None) -> str:
+    """The logger's ``save_dir`` for ``trainer.default_root_dir``: a local folder as its real path, the form
+    ``ModelCheckpoint`` gives a ``dirpath``. A checkpoint records the folder it was written to; ``test`` and
+    ``predict`` point the callback at the checkpoint's folder, and Lightning warns that the folder changed
+    unless the two strings are equal (a default run's "./lightning_logs/..." never was)."""
+    root = root or "."
+    return root if "://" in root else os.path.realpath(os.path.expanduser(root))
+
+
 def _not_a_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
+
+
+def _not_about_loading(record: logging.LogRecord) -> bool:
+    # Said as Lightning's SLURM requeue handler saves: about which parts it saves (all), not about loading.
+    return not str(record.msg).startswith("`weights_only` was not set")
 
 
 def quiet_lightning() -> None:
@@ -363,6 +376,10 @@ def quiet_lightning() -> None:
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _not_a_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(_not_a_tip)
+    # Logged by Lightning's checkpoint connector (lightning 2.6.6) when a save does not say weights_only.
+    saving_log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    if _not_about_loading not in saving_log.filters:
+        saving_log.addFilter(_not_about_loading)
     # The model summary's size estimate under bf16 (our summary prints exact counts instead).
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
     # Lightning's own pytree helper uses torch's deprecated LeafSpec constructor.

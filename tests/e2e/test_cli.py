@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -369,3 +370,24 @@ def test_hparams_tab_gets_the_optimizer_scheduler_and_trainer_settings_and_no_bo
     assert params["lr_scheduler"] == "CosineAnnealingLR" and params["lr_scheduler.T_max"] == 3
     assert params["trainer.max_epochs"] == 1 and params["data.batch_size"] == 16 and params["cell"] == "rnn"
     assert not [k for k in params if "_instantiator" in k or "_class_path" in k]
+
+
+def test_a_default_run_stopped_by_ctrl_c_then_tested_and_predicted_says_only_what_is_so(
+    cli, tiny_args, tmp_path, monkeypatch, recwarn
+):
+    """No --trainer.default_root_dir (runs under ./lightning_logs): Ctrl+C is named as SIGINT, saving the stop's
+    checkpoint says nothing about weights_only, and test/predict of the run's checkpoints do not warn that the
+    checkpoint folder changed."""
+    monkeypatch.chdir(tmp_path)
+    root_at = tiny_args.index("--trainer.default_root_dir")
+    args = tiny_args[:root_at] + tiny_args[root_at + 2 :]
+    stopped = cli("fit", *args, "--trainer.callbacks+=tests.helpers.SigintAt", check=False)
+    assert stopped.code == 128 + signal.SIGINT, stopped.output[-2000:]
+    assert "Received SIGINT: 2" in stopped.output and "SIGTERM" not in stopped.output
+    assert "weights_only" not in stopped.output
+    (tmp_path / "in.txt").write_text("great film\n")
+    cli("test", *args, "--ckpt_path", "best")
+    cli("predict", *args, "--ckpt_path", "last", "--data.predict_path", str(tmp_path / "in.txt"))
+    assert runs(tmp_path) == ["version_0", "version_1"]
+    changed = [str(w.message) for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert not changed, changed
