@@ -1,5 +1,6 @@
 """The command line, end to end on tiny data: fit -> test -> predict, configs, outputs, one-line errors."""
 
+import os
 import re
 import shutil
 import signal
@@ -391,3 +392,19 @@ def test_a_default_run_stopped_by_ctrl_c_then_tested_and_predicted_says_only_wha
     assert runs(tmp_path) == ["version_0", "version_1"]
     changed = [str(w.message) for w in recwarn if "dirpath has changed" in str(w.message)]
     assert not changed, changed
+
+
+def test_best_is_the_checkpoint_the_callback_recorded_as_best_not_the_newest_file(tmp_path):
+    """save_top_k 2: epoch 0 scored 0.90, epoch 2 scored 0.80 and was written later; each file records, in its
+    ModelCheckpoint state, the best so far (epoch 0). The run folder may have moved since (other absolute paths)."""
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    first, later = folder / "best-epoch00-acc0.9000.ckpt", folder / "best-epoch02-acc0.8000.ckpt"
+    for path, step in ((first, 6), (later, 18), (folder / "last.ckpt", 18)):
+        recorded = f"/moved/lightning_logs/version_0/checkpoints/{first.name}"
+        state = {"best_model_path": recorded, "best_k_models": {recorded: torch.tensor(0.9)}}
+        torch.save({"global_step": step, "callbacks": {"ModelCheckpoint{'monitor': 'val/acc'}": state}}, path)
+        os.utime(path, (step, step))  # written in step order
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best") == first
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best", folder.parent) == first
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "last") == folder / "last.ckpt"
