@@ -44,6 +44,7 @@ from rnn_lightning.training.run_folder import (
     check_resume_position,
     claim_run_folder,
     epochs_done,
+    launched_first,
     lock_run_folder,
     release_run_folders,
     runs_dir,
@@ -232,6 +233,10 @@ class RNNLightningCLI(LightningCLI):
             run = checkpoint.run_of_config(cfg.get("config"))
             cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path, run))
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
+        version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
+        if subcommand == "fit" and version is not None and launched_first():
+            # Held before the checkpoint is read: a second resume of the run would read a last.ckpt the first rewrites.
+            lock_run_folder(runs / f"version_{version}")
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
         if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
             checkpoint.check_same_shape(self._resumed, cfg)
@@ -241,7 +246,6 @@ class RNNLightningCLI(LightningCLI):
             if differences:
                 said = ", ".join(f"{name}={kept!r} (config: {given!r})" for name, kept, given in differences)
                 rank_zero_info(f"ckpt_path: {cfg.ckpt_path} holds another network; using its {said}")
-        version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
         if version is None:  # e.g. a requeue checkpoint, which Lightning writes outside the run's folder
             version = self._resumed.get(checkpoint.RUN_VERSION_KEY)
         logger = cfg.trainer.get("logger")

@@ -16,6 +16,7 @@ from rnn_lightning import command as rnn_command
 from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier, TextClassifier
 from rnn_lightning.serving import ExportedPredictor
 from rnn_lightning.training import cli as rnn_cli
+from rnn_lightning.training import run_folder
 from rnn_lightning.training.cli import RNNLightningCLI, main
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
 
@@ -408,3 +409,21 @@ def test_best_is_the_checkpoint_the_callback_recorded_as_best_not_the_newest_fil
     assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best") == first
     assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best", folder.parent) == first
     assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "last") == folder / "last.ckpt"
+
+
+def test_a_resume_takes_the_runs_lock_before_it_reads_the_checkpoint(cli, tiny_args, tmp_path):
+    """Another process is writing version_0 (it holds the lock) and its last.ckpt is being rewritten (here: not
+    a checkpoint at all): a second resume is refused for the lock, without reading the file."""
+    import fcntl
+
+    run = tmp_path / "lightning_logs" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"half written")
+    with open(run / run_folder.LOCK_NAME, "w") as held:
+        held.write("pid 4242 on elsewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = one_line_error(cli("fit", *tiny_args, "--ckpt_path", "last", check=False))
+    assert "is being written by pid 4242 on elsewhere" in line and "not a readable checkpoint" not in line
+    assert not run_folder._held  # released as the command ended
+
