@@ -50,7 +50,7 @@ from rnn_lightning.training.run_folder import (
     runs_dir,
 )
 from rnn_lightning.training.schedules import CosineOverFit
-from rnn_lightning.training.trust import refused_import_line, restrict_imports
+from rnn_lightning.training.trust import check_functions, refused_import_line, restrict_imports
 
 # What every config shares; a preset states only what it changes.
 TRAINER_DEFAULTS = {
@@ -212,6 +212,7 @@ class RNNLightningCLI(LightningCLI):
         if not subcommand:
             return
         cfg = self.config[subcommand]
+        check_functions(cfg)  # a Callable field names a function of the allowed packages, not this project's
         if cfg.get("weights_only") is False:  # always true (before_instantiate_classes)
             raise InputError("weights_only: false would let a checkpoint run code as it loads; it is always true")
         path = cfg.get("ckpt_path")

@@ -427,3 +427,13 @@ def test_a_resume_takes_the_runs_lock_before_it_reads_the_checkpoint(cli, tiny_a
     assert "is being written by pid 4242 on elsewhere" in line and "not a readable checkpoint" not in line
     assert not run_folder._held  # released as the command ended
 
+
+@pytest.mark.parametrize("function", ["rnn_lightning.command.main", "rnn_lightning.files.atomic_file"])
+def test_a_callable_field_may_not_name_a_function_of_this_project(cli, tiny_args, tmp_path, function):
+    result = cli(
+        "fit", *tiny_args, "--lr_scheduler", "torch.optim.lr_scheduler.LambdaLR",
+        "--lr_scheduler.lr_lambda", function, check=False,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert line.startswith(f"error: lr_scheduler.lr_lambda: {function!r} is not allowed;") and "torch.optim" in line
+    assert runs(tmp_path) == []
