@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateFinder, ModelSummary
+from lightning.pytorch.callbacks import Callback, LearningRateFinder, ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -57,6 +57,26 @@ def _plain(value) -> bool:
     return isinstance(value, (bool, int, float, str)) or (
         isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value)
     )
+
+
+class ChosenMetricsBar(TQDMProgressBar):
+    """Lightning's progress bar with the metrics ``keys`` and ``monitor`` (the checkpoint's, linked by the CLI)
+    only, of all that the model logs with ``prog_bar``: a model of K classes logs an F1 for each, hundreds of
+    characters on every refresh."""
+
+    def __init__(
+        self,
+        keys: tuple[str, ...] = ("train/loss_step", "val/loss"),
+        monitor: str | None = None,
+        refresh_rate: int = 1,
+        leave: bool = False,
+    ) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self.keys, self.monitor = tuple(keys), monitor
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        shown = {*self.keys, self.monitor, "v_num"}  # v_num: the run's version, Lightning's own
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k in shown}
 
 
 class LearningRateSuggestion(LearningRateFinder):

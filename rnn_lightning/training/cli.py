@@ -20,7 +20,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -34,7 +34,7 @@ from rnn_lightning.models import SemiSupervisedClassifier
 from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
 from rnn_lightning.text import TextDataModule
-from rnn_lightning.training.callbacks import HParamsWithMetrics, ParameterSummary, RunConfigSaver
+from rnn_lightning.training.callbacks import ChosenMetricsBar, HParamsWithMetrics, ParameterSummary, RunConfigSaver
 from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
 from rnn_lightning.training.failures import check_optimizer, one_line, optimizer_error
 from rnn_lightning.training.graceful_stop import GracefulStop
@@ -83,8 +83,9 @@ class OneLineErrorParser(LightningArgumentParser):
 class RunTrainer(Trainer):
     """Lightning's Trainer, without the CLI's own callbacks that a switched-off feature refuses: a
     ``ModelCheckpoint`` under ``enable_checkpointing: false``, ``LearningRateMonitor`` and
-    ``HParamsWithMetrics`` under ``logger: false`` (each is always added, as a ``checkpoint``, ``lr_monitor``
-    ... group of the command line)."""
+    ``HParamsWithMetrics`` under ``logger: false``, ``ChosenMetricsBar`` under ``enable_progress_bar: false``
+    or beside a progress bar of the config's (each is always added, as a ``checkpoint``, ``lr_monitor`` ...
+    group of the command line)."""
 
     def __init__(self, **kwargs: Any) -> None:
         callbacks = kwargs.get("callbacks")
@@ -93,6 +94,9 @@ class RunTrainer(Trainer):
                 callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
             if kwargs.get("logger") is False:
                 callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
+            bars = [c for c in callbacks if isinstance(c, ProgressBar)]
+            if kwargs.get("enable_progress_bar") is False or len(bars) > 1:  # off, or the config names its own
+                callbacks = [c for c in callbacks if not isinstance(c, ChosenMetricsBar)]
             kwargs["callbacks"] = callbacks
         super().__init__(**kwargs)
 
@@ -149,6 +153,8 @@ class RNNLightningCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(ChosenMetricsBar, "progress_bar")
+        parser.link_arguments("checkpoint.monitor", "progress_bar.monitor")
         parser.add_lightning_class_args(ParameterSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")

@@ -437,3 +437,19 @@ def test_a_callable_field_may_not_name_a_function_of_this_project(cli, tiny_args
     line = one_line_error(result)
     assert line.startswith(f"error: lr_scheduler.lr_lambda: {function!r} is not allowed;") and "torch.optim" in line
     assert runs(tmp_path) == []
+
+
+def test_the_progress_bar_shows_the_losses_and_the_monitored_metric_only(parquet_dir, tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from rnn_lightning.training.callbacks import ChosenMetricsBar
+
+    args = [*tiny_cli_args(parquet_dir, tmp_path), "--trainer.enable_progress_bar", "true"]
+    built = RNNLightningCLI(args=args, run=False)
+    [bar] = [c for c in built.trainer.callbacks if isinstance(c, ChosenMetricsBar)]
+    assert built.trainer.progress_bar_callback is bar and bar.monitor == "val/acc"  # the checkpoint's
+    logged = {"train/loss_step": 0.7, "val/loss": 0.6, "val/acc": 0.8, **{f"val/f1_{k}": 0.5 for k in range(28)}}
+    monkeypatch.setattr(Trainer, "progress_bar_metrics", property(lambda trainer: logged))
+    assert set(bar.get_metrics(built.trainer, built.model)) == {"train/loss_step", "val/loss", "val/acc", "v_num"}
+    quiet = RNNLightningCLI(args=tiny_cli_args(parquet_dir, tmp_path), run=False)  # enable_progress_bar false
+    assert not [c for c in quiet.trainer.callbacks if isinstance(c, ChosenMetricsBar)]
