@@ -453,3 +453,13 @@ def test_the_progress_bar_shows_the_losses_and_the_monitored_metric_only(parquet
     assert set(bar.get_metrics(built.trainer, built.model)) == {"train/loss_step", "val/loss", "val/acc", "v_num"}
     quiet = RNNLightningCLI(args=tiny_cli_args(parquet_dir, tmp_path), run=False)  # enable_progress_bar false
     assert not [c for c in quiet.trainer.callbacks if isinstance(c, ChosenMetricsBar)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, code", [(["--help"], 0), ([], 2)])
+def test_cli_py_names_serve_and_tune(args, code):
+    """``python cli.py --help`` and a bare ``python cli.py``, as a person runs them."""
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    listed = re.findall(r"^  (\w+)  +\S", proc.stdout, flags=re.MULTILINE)
+    assert {"serve", "tune"} <= set(listed) and proc.stdout.startswith("usage: python cli.py <command>")
