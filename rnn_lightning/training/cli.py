@@ -270,11 +270,14 @@ class RNNLightningCLI(LightningCLI):
                 if key in data_hparams:
                     cfg.data[key] = data_hparams[key]
             cfg.model.vocab_size = cfg.data.vocab_size
-            # The checkpoint's own bookkeeping callbacks, pointed at its folder: Lightning then restores
-            # their state without warning that they are missing or that their folder moved.
+            # The checkpoint's own bookkeeping callbacks, pointed at the folder they recorded (the file may
+            # have moved since; evaluating and predicting write nothing there): Lightning then restores their
+            # state without warning that they are missing or that their folder changed.
+            states = (self._resumed.get("callbacks") or {}).values()
+            recorded = [s["dirpath"] for s in states if isinstance(s, dict) and isinstance(s.get("dirpath"), str)]
             for key in ("checkpoint", "last_checkpoint"):
                 if cfg[key].get("dirpath") is None:
-                    cfg[key].dirpath = str(Path(cfg.ckpt_path).parent)
+                    cfg[key].dirpath = recorded[0] if recorded else str(Path(cfg.ckpt_path).parent)
 
     def before_instantiate_classes(self) -> None:
         if not self.subcommand:

@@ -379,7 +379,7 @@ def test_a_default_run_stopped_by_ctrl_c_then_tested_and_predicted_says_only_wha
 ):
     """No --trainer.default_root_dir (runs under ./lightning_logs): Ctrl+C is named as SIGINT, saving the stop's
     checkpoint says nothing about weights_only, and test/predict of the run's checkpoints do not warn that the
-    checkpoint folder changed."""
+    checkpoint folder changed (nor for a checkpoint moved elsewhere)."""
     monkeypatch.chdir(tmp_path)
     root_at = tiny_args.index("--trainer.default_root_dir")
     args = tiny_args[:root_at] + tiny_args[root_at + 2 :]
@@ -389,7 +389,8 @@ def test_a_default_run_stopped_by_ctrl_c_then_tested_and_predicted_says_only_wha
     assert "weights_only" not in stopped.output
     (tmp_path / "in.txt").write_text("great film\n")
     cli("test", *args, "--ckpt_path", "best")
-    cli("predict", *args, "--ckpt_path", "last", "--data.predict_path", str(tmp_path / "in.txt"))
+    moved = shutil.copy(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", tmp_path / "m.ckpt")
+    cli("predict", *args, "--ckpt_path", str(moved), "--data.predict_path", str(tmp_path / "in.txt"))
     assert runs(tmp_path) == ["version_0", "version_1"]
     changed = [str(w.message) for w in recwarn if "dirpath has changed" in str(w.message)]
     assert not changed, changed
