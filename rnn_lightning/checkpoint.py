@@ -159,24 +159,51 @@ def run_version(run_dir: Path) -> int | None:
 
 
 def find_checkpoint(runs_dir: Path, which: Literal["last", "best"], run: Path | None = None) -> Path:
-    """``last.ckpt`` or the ``best-*.ckpt`` of ``run`` (a ``version_N`` folder), or else of the newest run
-    under ``runs_dir`` (``lightning_logs/``).
+    """``last.ckpt`` or the best ``best-*.ckpt`` (``recorded_best``) of ``run`` (a ``version_N`` folder), or
+    else of the newest run under ``runs_dir`` (``lightning_logs/``).
 
     Lightning's own ``"last"``/``"best"`` only know the checkpoints of the current process's ``fit``.
     """
     if run is not None:
-        found = sorted((run / "checkpoints").glob(NAMED[which]), key=lambda p: p.stat().st_mtime)
+        found = list((run / "checkpoints").glob(NAMED[which]))
         if not found:
             raise InputError(
                 f"ckpt_path: {which!r} but the run {str(run)!r} (of --config) has no checkpoints/{NAMED[which]}"
             )
-        return found[-1]
-    found = [p for p in runs_dir.glob(f"version_*/checkpoints/{NAMED[which]}") if run_version(p.parents[1]) is not None]
-    if not found:
-        raise InputError(
-            f"ckpt_path: {which!r} but no run under {runs_dir} has checkpoints/{NAMED[which]}; pass a checkpoint's path"
-        )
-    return max(found, key=lambda p: (run_version(p.parents[1]), p.stat().st_mtime))
+    else:
+        found = [
+            p for p in runs_dir.glob(f"version_*/checkpoints/{NAMED[which]}") if run_version(p.parents[1]) is not None
+        ]
+        if not found:
+            raise InputError(
+                f"ckpt_path: {which!r} but no run under {runs_dir} has checkpoints/{NAMED[which]}; pass a checkpoint's path"
+            )
+        newest = max(run_version(p.parents[1]) for p in found)
+        found = [p for p in found if run_version(p.parents[1]) == newest]
+    if which == "best" and len(found) > 1:  # save_top_k > 1: the newest file need not be the best
+        return recorded_best(found)
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def recorded_best(found: list[Path]) -> Path:
+    """Of one run's ``best-*`` checkpoints, the one its ``ModelCheckpoint`` recorded as best (``best_model_path``
+    of the callback's state, scored by the monitored metric in the callback's own mode) in the checkpoint
+    written last (the most global steps); the newest file when none records one of them."""
+    latest, recorded = -1, None
+    for path in found:
+        try:  # tensors are read only when used: each file's callback state only, not its weights
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            continue  # load_checkpoint says what is wrong with it, if it is chosen
+        states = ckpt.get("callbacks") if isinstance(ckpt, dict) else None
+        step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+        if not isinstance(states, dict) or not isinstance(step, int) or step <= latest:
+            continue
+        for state in states.values():
+            best = state.get("best_model_path") if isinstance(state, dict) else None
+            if isinstance(best, str) and path.parent / Path(best).name in found:
+                latest, recorded = step, path.parent / Path(best).name
+    return recorded or max(found, key=lambda p: p.stat().st_mtime)
 
 
 def requeue_checkpoint(root_dir: str | Path) -> Path | None:

@@ -40,11 +40,14 @@ def stratified_split(
 
 
 def fit_val_rows(labels: np.ndarray, fraction: float, seed: int, how: ValSplit) -> tuple[np.ndarray, np.ndarray]:
-    """``stratified_split``, refused when the validation part lacks a class (too few texts for ``fraction``)."""
+    """``stratified_split``, refused when either part lacks a class (too few texts for ``fraction``, or too
+    many held out): validation would score a class it never sees, or training would see no text of one."""
     fit_idx, val_idx = stratified_split(labels, fraction, seed, how)
-    if len(val_idx) == 0 or len(np.unique(labels[val_idx])) < len(np.unique(labels)):
-        raise InputError(
-            f"data.val_fraction: {fraction} of {len(labels)} training texts leaves a validation set "
-            "without every class; raise it or use more data"
-        )
+    classes = len(np.unique(labels))
+    for part, idx, advice in (("validation", val_idx, "raise it"), ("training", fit_idx, "lower it")):
+        if len(idx) == 0 or len(np.unique(labels[idx])) < classes:
+            raise InputError(
+                f"data.val_fraction: {fraction} of {len(labels)} training texts leaves a {part} set "
+                f"without every class; {advice} or use more data"
+            )
     return fit_idx, val_idx

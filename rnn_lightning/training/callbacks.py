@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateFinder, ModelSummary
+from lightning.pytorch.callbacks import Callback, LearningRateFinder, ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -17,7 +17,9 @@ from rnn_lightning import checkpoint
 
 class HParamsWithMetrics(Callback):
     """At the end of ``fit``, records the hyperparameters together with the final and best validation
-    metrics, so runs compare side by side in TensorBoard's HPARAMS tab."""
+    metrics, so runs compare side by side in TensorBoard's HPARAMS tab: the model's and the data's
+    (``data.*``), and from the command's config (LightningCLI's ``SaveConfigCallback``) the optimizer's,
+    the LR scheduler's (``optimizer.lr`` ...) and the trainer's plain settings (``trainer.max_epochs`` ...)."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.logger is None:
@@ -29,7 +31,52 @@ class HParamsWithMetrics(Callback):
         if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
             metrics["hp/best_val_acc"] = float(ckpt.best_model_score)
         params = {**dict(pl_module.hparams), **{f"data.{k}": v for k, v in trainer.datamodule.hparams.items()}}
+        config = next((c.config for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+        if config is not None:
+            params.update(config_hparams(config))
+        # Keys with a leading underscore are LightningCLI's bookkeeping (``_instantiator``, ``_class_path``).
+        params = {k: v for k, v in params.items() if not k.rpartition(".")[2].startswith("_")}
         trainer.logger.log_hyperparams({k: ("None" if v is None else v) for k, v in params.items()}, metrics)
+
+
+def config_hparams(config) -> dict:
+    """The optimizer's and LR scheduler's class and arguments (``optimizer``: ``Adam``, ``optimizer.lr``: 0.001)
+    and the trainer's plain settings (numbers, strings, switches) of a LightningCLI config."""
+    out = {}
+    for section in ("optimizer", "lr_scheduler"):
+        value = config.get(section)
+        if value is not None and value.get("class_path"):
+            out[section] = value.class_path.rpartition(".")[2]
+            out.update({f"{section}.{k}": v for k, v in (value.get("init_args") or {}).items() if _plain(v)})
+    if config.get("trainer") is not None:
+        out.update({f"trainer.{k}": v for k, v in vars(config.trainer).items() if v is not None and _plain(v)})
+    return out
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value)
+    )
+
+
+class ChosenMetricsBar(TQDMProgressBar):
+    """Lightning's progress bar with the metrics ``keys`` and ``monitor`` (the checkpoint's, linked by the CLI)
+    only, of all that the model logs with ``prog_bar``: a model of K classes logs an F1 for each, hundreds of
+    characters on every refresh."""
+
+    def __init__(
+        self,
+        keys: tuple[str, ...] = ("train/loss_step", "val/loss"),
+        monitor: str | None = None,
+        refresh_rate: int = 1,
+        leave: bool = False,
+    ) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self.keys, self.monitor = tuple(keys), monitor
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        shown = {*self.keys, self.monitor, "v_num"}  # v_num: the run's version, Lightning's own
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k in shown}
 
 
 class LearningRateSuggestion(LearningRateFinder):

@@ -10,6 +10,7 @@ checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -33,7 +34,7 @@ from rnn_lightning.models import SemiSupervisedClassifier
 from rnn_lightning.models.recurrent_module import RecurrentModule
 from rnn_lightning.runtime import native_bf16, tune_cpu_runtime
 from rnn_lightning.text import TextDataModule
-from rnn_lightning.training.callbacks import HParamsWithMetrics, ParameterSummary, RunConfigSaver
+from rnn_lightning.training.callbacks import ChosenMetricsBar, HParamsWithMetrics, ParameterSummary, RunConfigSaver
 from rnn_lightning.training.checkpoint_io import AtomicCheckpointIO
 from rnn_lightning.training.failures import check_optimizer, one_line, optimizer_error
 from rnn_lightning.training.graceful_stop import GracefulStop
@@ -43,12 +44,13 @@ from rnn_lightning.training.run_folder import (
     check_resume_position,
     claim_run_folder,
     epochs_done,
+    launched_first,
     lock_run_folder,
     release_run_folders,
     runs_dir,
 )
 from rnn_lightning.training.schedules import CosineOverFit
-from rnn_lightning.training.trust import refused_import_line, restrict_imports
+from rnn_lightning.training.trust import check_functions, refused_import_line, restrict_imports
 
 # What every config shares; a preset states only what it changes.
 TRAINER_DEFAULTS = {
@@ -81,8 +83,9 @@ class OneLineErrorParser(LightningArgumentParser):
 class RunTrainer(Trainer):
     """Lightning's Trainer, without the CLI's own callbacks that a switched-off feature refuses: a
     ``ModelCheckpoint`` under ``enable_checkpointing: false``, ``LearningRateMonitor`` and
-    ``HParamsWithMetrics`` under ``logger: false`` (each is always added, as a ``checkpoint``, ``lr_monitor``
-    ... group of the command line)."""
+    ``HParamsWithMetrics`` under ``logger: false``, ``ChosenMetricsBar`` under ``enable_progress_bar: false``
+    or beside a progress bar of the config's (each is always added, as a ``checkpoint``, ``lr_monitor`` ...
+    group of the command line)."""
 
     def __init__(self, **kwargs: Any) -> None:
         callbacks = kwargs.get("callbacks")
@@ -91,6 +94,9 @@ class RunTrainer(Trainer):
                 callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
             if kwargs.get("logger") is False:
                 callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, HParamsWithMetrics))]
+            bars = [c for c in callbacks if isinstance(c, ProgressBar)]
+            if kwargs.get("enable_progress_bar") is False or len(bars) > 1:  # off, or the config names its own
+                callbacks = [c for c in callbacks if not isinstance(c, ChosenMetricsBar)]
             kwargs["callbacks"] = callbacks
         super().__init__(**kwargs)
 
@@ -130,9 +136,7 @@ class RNNLightningCLI(LightningCLI):
             # a teacher without one brings its own, so that it reads the same tokens as the model.
             parser.link_arguments(tuple(starts), "data.tokenizer_from", compute_fn=first_path)
         # One setting decides where a run goes: the logger's folder follows trainer.default_root_dir.
-        parser.link_arguments(
-            "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
-        )
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=logger_root)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Lightning writes a save_last checkpoint only when a best checkpoint was written in the same
         # step, so "last" would lag behind; a second callback keeps last.ckpt = the latest epoch.
@@ -149,6 +153,8 @@ class RNNLightningCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(ChosenMetricsBar, "progress_bar")
+        parser.link_arguments("checkpoint.monitor", "progress_bar.monitor")
         parser.add_lightning_class_args(ParameterSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(HParamsWithMetrics, "hparams_metrics")
@@ -212,6 +218,7 @@ class RNNLightningCLI(LightningCLI):
         if not subcommand:
             return
         cfg = self.config[subcommand]
+        check_functions(cfg)  # a Callable field names a function of the allowed packages, not this project's
         if cfg.get("weights_only") is False:  # always true (before_instantiate_classes)
             raise InputError("weights_only: false would let a checkpoint run code as it loads; it is always true")
         path = cfg.get("ckpt_path")
@@ -233,6 +240,10 @@ class RNNLightningCLI(LightningCLI):
             run = checkpoint.run_of_config(cfg.get("config"))
             cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path, run))
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
+        version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
+        if subcommand == "fit" and version is not None and launched_first():
+            # Held before the checkpoint is read: a second resume of the run would read a last.ckpt the first rewrites.
+            lock_run_folder(runs / f"version_{version}")
         self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
         if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
             checkpoint.check_same_shape(self._resumed, cfg)
@@ -242,7 +253,6 @@ class RNNLightningCLI(LightningCLI):
             if differences:
                 said = ", ".join(f"{name}={kept!r} (config: {given!r})" for name, kept, given in differences)
                 rank_zero_info(f"ckpt_path: {cfg.ckpt_path} holds another network; using its {said}")
-        version = checkpoint.run_of(Path(cfg.ckpt_path), runs)
         if version is None:  # e.g. a requeue checkpoint, which Lightning writes outside the run's folder
             version = self._resumed.get(checkpoint.RUN_VERSION_KEY)
         logger = cfg.trainer.get("logger")
@@ -260,11 +270,14 @@ class RNNLightningCLI(LightningCLI):
                 if key in data_hparams:
                     cfg.data[key] = data_hparams[key]
             cfg.model.vocab_size = cfg.data.vocab_size
-            # The checkpoint's own bookkeeping callbacks, pointed at its folder: Lightning then restores
-            # their state without warning that they are missing or that their folder moved.
+            # The checkpoint's own bookkeeping callbacks, pointed at the folder they recorded (the file may
+            # have moved since; evaluating and predicting write nothing there): Lightning then restores their
+            # state without warning that they are missing or that their folder changed.
+            states = (self._resumed.get("callbacks") or {}).values()
+            recorded = [s["dirpath"] for s in states if isinstance(s, dict) and isinstance(s.get("dirpath"), str)]
             for key in ("checkpoint", "last_checkpoint"):
                 if cfg[key].get("dirpath") is None:
-                    cfg[key].dirpath = str(Path(cfg.ckpt_path).parent)
+                    cfg[key].dirpath = recorded[0] if recorded else str(Path(cfg.ckpt_path).parent)
 
     def before_instantiate_classes(self) -> None:
         if not self.subcommand:
@@ -371,8 +384,22 @@ def first_path(*paths: str | list[str] | None) -> str | None:
     return None
 
 
+def logger_root(root: str | None) -> str:
+    """The logger's ``save_dir`` for ``trainer.default_root_dir``: a local folder as its real path, the form
+    ``ModelCheckpoint`` gives a ``dirpath``. A checkpoint records the folder it was written to; ``test`` and
+    ``predict`` point the callback at the checkpoint's folder, and Lightning warns that the folder changed
+    unless the two strings are equal (a default run's "./lightning_logs/..." never was)."""
+    root = root or "."
+    return root if "://" in root else os.path.realpath(os.path.expanduser(root))
+
+
 def _not_a_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
+
+
+def _not_about_loading(record: logging.LogRecord) -> bool:
+    # Said as Lightning's SLURM requeue handler saves: about which parts it saves (all), not about loading.
+    return not str(record.msg).startswith("`weights_only` was not set")
 
 
 def quiet_lightning() -> None:
@@ -381,6 +408,10 @@ def quiet_lightning() -> None:
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _not_a_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(_not_a_tip)
+    # Logged by Lightning's checkpoint connector (lightning 2.6.6) when a save does not say weights_only.
+    saving_log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    if _not_about_loading not in saving_log.filters:
+        saving_log.addFilter(_not_about_loading)
     # The model summary's size estimate under bf16 (our summary prints exact counts instead).
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
     # Lightning's own pytree helper uses torch's deprecated LeafSpec constructor.

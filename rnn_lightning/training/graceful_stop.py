@@ -2,6 +2,7 @@
 a batch boundary, and a lost DDP peer ends every process (``peers.py`` says what became of it). The signal
 handlers it uses are in ``rnn_lightning.signals``, with every other."""
 
+import logging
 import signal
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rnn_lightning import checkpoint
 from rnn_lightning.signals import Deferred, SigintAsSigterm, Stopped, StoppedWhilePreparing
 from rnn_lightning.training.peers import describe_peers, is_lost_peer, peer_processes
+
+# Lightning's signal handler logs "Received SIGTERM: 15" here (lightning 2.6.6), also for a Ctrl+C forwarded to it.
+SIGNAL_LOG = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
 
 
 class GracefulStop(Callback):
@@ -52,10 +56,18 @@ class GracefulStop(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._sigint.install()
+        SIGNAL_LOG.addFilter(self._name_the_signal)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._sigint.uninstall()
+        SIGNAL_LOG.removeFilter(self._name_the_signal)
         self._requeue = None
+
+    def _name_the_signal(self, record: logging.LogRecord) -> bool:
+        """Lightning's "Received SIGTERM: 15", said as "Received SIGINT: 2" when it was a forwarded Ctrl+C."""
+        if self.signum == signal.SIGINT and isinstance(record.msg, str):
+            record.msg = record.msg.replace(f"SIGTERM: {signal.SIGTERM.value}", f"SIGINT: {signal.SIGINT.value}")
+        return True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning installs its SLURM handlers just before the loop runs, so this is the first hook after them.
@@ -109,7 +121,7 @@ class GracefulStop(Callback):
         # so the resumed run validates that epoch again from its first batch.
         self._stopped_in_validation = trainer.validating and not trainer.sanity_checking
         try:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state, to resume from
         finally:
             self._stopped_in_validation = False
         rank_zero_info(

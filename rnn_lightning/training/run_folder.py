@@ -10,6 +10,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from rnn_lightning.errors import InputError
 
@@ -64,7 +65,7 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
 
     The lock is the kernel's (``flock``) on a file in the folder: released when the process ends in any
     way, a kill included, so a stale lock never blocks a resume. Released early by ``release_run_folders``."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     if folder in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,12 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
     _held[folder] = fd
+
+
+def launched_first() -> bool:
+    """Whether this process is a run's first (global rank 0), known before a trainer exists: the other DDP
+    processes (started by Lightning, torchrun or SLURM) have their rank, or their node's, in the environment."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")
 
 
 def release_run_folders() -> None:

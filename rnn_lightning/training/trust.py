@@ -6,10 +6,13 @@ jsonargparse checks every dotted path a value gives (``class_path``, a ``Callabl
 defined once imported; here that policy is: deny everything but ``ALLOWED_IMPORTS``.
 """
 
+import inspect
 import os
 import re
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
+
+from rnn_lightning.errors import InputError
 
 # The packages whose classes a config may name: optimizers and schedulers, Lightning's callbacks, loggers,
 # strategies, plugins, profilers and accelerators (Lightning's CheckpointIO and cluster environments are
@@ -62,3 +65,34 @@ def refused_import_line(message: str) -> str | None:
         f"error: {'.'.join(keys) or 'config'}: {refused.group(1)!r} is not allowed; a config may name classes and "
         f"functions of {', '.join(allowed_imports())} only (add your own package to ${EXTRA_IMPORTS_ENV})"
     )
+
+
+# This project's own package: configs name its classes (callbacks, schedules), never its functions, which do
+# work of their own when called (``rnn_lightning.command.main`` runs a command), whatever the field's type says.
+OWN_PACKAGE = "rnn_lightning"
+
+
+def function_packages() -> list[str]:
+    """The packages a config may name functions of: ``allowed_imports()`` but this project's own."""
+    return [p for p in allowed_imports() if p != OWN_PACKAGE and not p.startswith(f"{OWN_PACKAGE}.")]
+
+
+def check_functions(value, key: str = "") -> None:
+    """Refuse, naming the field, a function in a parsed config (a ``Callable`` field such as
+    ``lr_scheduler.lr_lambda``, which jsonargparse resolves from a dotted path) that is not of ``function_packages()``."""
+    if inspect.isroutine(value):
+        name = f"{getattr(value, '__module__', None)}.{getattr(value, '__qualname__', value)}"
+        if not any(name.startswith(f"{p}.") for p in function_packages()):
+            raise InputError(
+                f"{key or 'config'}: {name!r} is not allowed; a config may name functions of "
+                f"{', '.join(function_packages())} only"
+            )
+        return
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_functions(v, key if k == "init_args" else f"{key}.{k}".lstrip("."))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_functions(v, key)

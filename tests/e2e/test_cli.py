@@ -1,7 +1,9 @@
 """The command line, end to end on tiny data: fit -> test -> predict, configs, outputs, one-line errors."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from rnn_lightning import command as rnn_command
 from rnn_lightning.models import LanguageModel, SemiSupervisedClassifier, TextClassifier
 from rnn_lightning.serving import ExportedPredictor
 from rnn_lightning.training import cli as rnn_cli
+from rnn_lightning.training import run_folder
 from rnn_lightning.training.cli import RNNLightningCLI, main
 from tests.helpers import ROOT, ckpt_dir, make_reviews, one_line_error, run_cli, runs, tiny_cli_args, write_splits
 
@@ -171,6 +174,7 @@ def test_preset_fragments_change_only_what_they_say(parquet_dir, tmp_path):
         (["--prediction_writer.output", "out.txt"], "prediction_writer.output"),
         (["--optimizer.init_args.lr", "-0.1"], "optimizer / lr_scheduler: Invalid learning rate"),
         (["--data.vocab_size", "100000000000"], "model.vocab_size: 100000000000 rows of 16 need about"),
+        (["--data.val_fraction", "0.9999"], "data.val_fraction: 0.9999 of 96 training texts leaves a training set"),
     ],
 )
 def test_bad_config_fails_at_once_with_one_line_naming_the_field(cli, tiny_args, tmp_path, override, field):
@@ -342,3 +346,121 @@ def test_the_installed_script_and_cli_py_are_one_program_and_serve_starts_withou
     )
     started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert started.stdout.strip().splitlines()[-1] == "[]", started.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- issue 38: what a run reports
+
+
+def test_hparams_tab_gets_the_optimizer_scheduler_and_trainer_settings_and_no_bookkeeping(cli, tiny_args, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logged = []
+    real = TensorBoardLogger.log_hyperparams
+
+    def spy(self, params, metrics=None, step=None):
+        if metrics:  # the call that fills TensorBoard's HPARAMS tab
+            logged.append(dict(params))
+        return real(self, params, metrics, step)
+
+    monkeypatch.setattr(TensorBoardLogger, "log_hyperparams", spy)
+    cli(
+        "fit", *tiny_args, "--trainer.max_epochs", "1", "--optimizer.init_args.lr", "0.003",
+        "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", "3",
+    )  # fmt: skip
+    [params] = logged
+    assert params["optimizer"] == "Adam" and params["optimizer.lr"] == 0.003
+    assert params["lr_scheduler"] == "CosineAnnealingLR" and params["lr_scheduler.T_max"] == 3
+    assert params["trainer.max_epochs"] == 1 and params["data.batch_size"] == 16 and params["cell"] == "rnn"
+    assert not [k for k in params if "_instantiator" in k or "_class_path" in k]
+
+
+def test_a_default_run_stopped_by_ctrl_c_then_tested_and_predicted_says_only_what_is_so(
+    cli, tiny_args, tmp_path, monkeypatch, recwarn
+):
+    """No --trainer.default_root_dir (runs under ./lightning_logs): Ctrl+C is named as SIGINT, saving the stop's
+    checkpoint says nothing about weights_only, and test/predict of the run's checkpoints do not warn that the
+    checkpoint folder changed (nor for a checkpoint moved elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    root_at = tiny_args.index("--trainer.default_root_dir")
+    args = tiny_args[:root_at] + tiny_args[root_at + 2 :]
+    stopped = cli("fit", *args, "--trainer.callbacks+=tests.helpers.SigintAt", check=False)
+    assert stopped.code == 128 + signal.SIGINT, stopped.output[-2000:]
+    assert "Received SIGINT: 2" in stopped.output and "SIGTERM" not in stopped.output
+    assert "weights_only" not in stopped.output
+    (tmp_path / "in.txt").write_text("great film\n")
+    cli("test", *args, "--ckpt_path", "best")
+    moved = shutil.copy(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", tmp_path / "m.ckpt")
+    cli("predict", *args, "--ckpt_path", str(moved), "--data.predict_path", str(tmp_path / "in.txt"))
+    assert runs(tmp_path) == ["version_0", "version_1"]
+    changed = [str(w.message) for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert not changed, changed
+
+
+def test_best_is_the_checkpoint_the_callback_recorded_as_best_not_the_newest_file(tmp_path):
+    """save_top_k 2: epoch 0 scored 0.90, epoch 2 scored 0.80 and was written later; each file records, in its
+    ModelCheckpoint state, the best so far (epoch 0). The run folder may have moved since (other absolute paths)."""
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    first, later = folder / "best-epoch00-acc0.9000.ckpt", folder / "best-epoch02-acc0.8000.ckpt"
+    for path, step in ((first, 6), (later, 18), (folder / "last.ckpt", 18)):
+        recorded = f"/moved/lightning_logs/version_0/checkpoints/{first.name}"
+        state = {"best_model_path": recorded, "best_k_models": {recorded: torch.tensor(0.9)}}
+        torch.save({"global_step": step, "callbacks": {"ModelCheckpoint{'monitor': 'val/acc'}": state}}, path)
+        os.utime(path, (step, step))  # written in step order
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best") == first
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "best", folder.parent) == first
+    assert checkpoint.find_checkpoint(tmp_path / "lightning_logs", "last") == folder / "last.ckpt"
+
+
+def test_a_resume_takes_the_runs_lock_before_it_reads_the_checkpoint(cli, tiny_args, tmp_path):
+    """Another process is writing version_0 (it holds the lock) and its last.ckpt is being rewritten (here: not
+    a checkpoint at all): a second resume is refused for the lock, without reading the file."""
+    import fcntl
+
+    run = tmp_path / "lightning_logs" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"half written")
+    with open(run / run_folder.LOCK_NAME, "w") as held:
+        held.write("pid 4242 on elsewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = one_line_error(cli("fit", *tiny_args, "--ckpt_path", "last", check=False))
+    assert "is being written by pid 4242 on elsewhere" in line and "not a readable checkpoint" not in line
+    assert not run_folder._held  # released as the command ended
+
+
+@pytest.mark.parametrize("function", ["rnn_lightning.command.main", "rnn_lightning.files.atomic_file"])
+def test_a_callable_field_may_not_name_a_function_of_this_project(cli, tiny_args, tmp_path, function):
+    result = cli(
+        "fit", *tiny_args, "--lr_scheduler", "torch.optim.lr_scheduler.LambdaLR",
+        "--lr_scheduler.lr_lambda", function, check=False,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert line.startswith(f"error: lr_scheduler.lr_lambda: {function!r} is not allowed;") and "torch.optim" in line
+    assert runs(tmp_path) == []
+
+
+def test_the_progress_bar_shows_the_losses_and_the_monitored_metric_only(parquet_dir, tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from rnn_lightning.training.callbacks import ChosenMetricsBar
+
+    args = [*tiny_cli_args(parquet_dir, tmp_path), "--trainer.enable_progress_bar", "true"]
+    built = RNNLightningCLI(args=args, run=False)
+    [bar] = [c for c in built.trainer.callbacks if isinstance(c, ChosenMetricsBar)]
+    assert built.trainer.progress_bar_callback is bar and bar.monitor == "val/acc"  # the checkpoint's
+    logged = {"train/loss_step": 0.7, "val/loss": 0.6, "val/acc": 0.8, **{f"val/f1_{k}": 0.5 for k in range(28)}}
+    monkeypatch.setattr(Trainer, "progress_bar_metrics", property(lambda trainer: logged))
+    assert set(bar.get_metrics(built.trainer, built.model)) == {"train/loss_step", "val/loss", "val/acc", "v_num"}
+    quiet = RNNLightningCLI(args=tiny_cli_args(parquet_dir, tmp_path), run=False)  # enable_progress_bar false
+    assert not [c for c in quiet.trainer.callbacks if isinstance(c, ChosenMetricsBar)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, code", [(["--help"], 0), ([], 2)])
+def test_cli_py_names_serve_and_tune(args, code):
+    """``python cli.py --help`` and a bare ``python cli.py``, as a person runs them."""
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    listed = re.findall(r"^  (\w+)  +\S", proc.stdout, flags=re.MULTILINE)
+    assert {"serve", "tune"} <= set(listed) and proc.stdout.startswith("usage: python cli.py <command>")
