@@ -9,6 +9,7 @@ before any work. Beside it in ``training/``: the callbacks (``callbacks.py``, ``
 checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
+import inspect
 import logging
 import sys
 import warnings
@@ -233,7 +234,8 @@ class RNNLightningCLI(LightningCLI):
             run = checkpoint.run_of_config(cfg.get("config"))
             cfg.ckpt_path = str(checkpoint.find_checkpoint(runs, path, run))
             rank_zero_info(f"ckpt_path {path!r}: {cfg.ckpt_path}")
-        self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
+        expect = checkpoint.kind(inspect.signature(self.model_class).parameters)  # a classifier or a language model
+        self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path, expect=expect)
         if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
             checkpoint.check_same_shape(self._resumed, cfg)
             check_resume_position(self._resumed, cfg.data)
