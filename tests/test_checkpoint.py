@@ -135,3 +135,27 @@ def test_a_checkpoint_path_that_is_not_a_regular_file_says_so(cli, tmp_path, wha
     assert line == f"error: ckpt_path: {str(path)!r} is {name}, not a regular file; expected a checkpoint file"
     with pytest.raises(InputError, match="does not exist"):
         checkpoint.load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_an_error_quoting_a_huge_value_from_a_checkpoint_is_one_bounded_line(cli, tmp_path):
+    huge = list(range(200_000))  # about 1.3 MB as text, within the bound on a checkpoint's values
+    ckpt = altered(write_checkpoint(tmp_path / "h.ckpt"), lambda c: c["hyper_parameters"].update(embed_dim=huge))
+    result = cli(
+        "fit", "--ckpt_path", str(ckpt), "--data.dataset", str(tmp_path), "--model.embed_dim", "4", check=False
+    )
+    line = one_line_error(result)
+    assert len(line) < 1100 and len(result.output) < 5000
+    assert line.startswith("error: model.embed_dim: the checkpoint was trained with [0, 1, 2, ")
+    assert line.endswith("199999], the config gives 4; resuming needs the checkpoint's (pass its run's config.yaml)")
+    assert "characters left out" in line
+
+
+def test_a_config_value_that_expands_to_megabytes_is_one_bounded_line(cli, tmp_path):
+    anchors = ["&a0 [" + ",".join(["123456789"] * 10) + "]"]
+    anchors += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 5)]  # 100,000 values
+    config = tmp_path / "big.yaml"
+    config.write_text("model:\n  embed_dim:\n" + "".join(f"    - {a}\n" for a in anchors))
+    result = cli("fit", "--config", str(config), "--data.dataset", str(tmp_path), check=False)
+    line = one_line_error(result)
+    assert len(result.output) < 5000 and len(line) < 1100
+    assert line.startswith('error: Parser key "model.embed_dim"') and "characters left out" in line

@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, bounded
 from rnn_lightning.files import check_writable
 from rnn_lightning.limits import limit_yaml
 from rnn_lightning.models import SemiSupervisedClassifier
@@ -75,7 +75,7 @@ class OneLineErrorParser(LightningArgumentParser):
             super().error(message, ex)
         line = refused_import_line(str(message))  # a class or function the config may not name
         line = line or f"error: {' '.join(str(message).split())} (options: {self.prog} --help)"
-        sys.stderr.write(f"{line}\n")
+        sys.stderr.write(f"{bounded(line)}\n")
         sys.exit(2)
 
 
