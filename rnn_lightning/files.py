@@ -42,7 +42,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temporaries(target.parent)
+    _remove_abandoned_temporaries(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -83,7 +83,7 @@ def _writer() -> str:
     return f"{_host()}-{os.getpid()}"
 
 
-def remove_abandoned_temporaries(folder: Path, former: bool = False) -> None:
+def _remove_abandoned_temporaries(folder: Path, former: bool = False) -> None:
     """Remove the temporary files and folders in ``folder`` whose writer was killed mid-write: those of a
     process of this host that is gone, and those of another host (or, with ``former``, of an earlier
     version's folders, which name no writer) unchanged for ``ABANDONED_AFTER_S``. A temporary still being
@@ -138,7 +138,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temporaries(target.parent, former=True)
+    _remove_abandoned_temporaries(target.parent, former=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp"))
     try:
         yield tmp
