@@ -6,6 +6,8 @@ always read with ``weights_only=True``: loading never runs code from the file.
 """
 
 import pickle
+import stat
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError, said
 from rnn_lightning.limits import MAX_TOKENS, check_class_names, count_nodes
+from rnn_lightning.tasks import Task, make_task
 
 # Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
 DATAMODULE_KEY = "TextDataModule"
@@ -36,18 +39,34 @@ LAST_NAME = "last"  # checkpoints/last.ckpt: the latest epoch, for resuming
 BEST_PATTERN = "best-*.ckpt"  # checkpoints/best-epochNN-accX.XXXX.ckpt: the best by val/acc
 NAMED = {"last": f"{LAST_NAME}.ckpt", "best": BEST_PATTERN}
 
+Kind = Literal["classifier", "language model"]
+LANGUAGE_MODEL_KEY = "cutoffs"  # a hyperparameter only a language model has: what tells the two kinds apart
+EMBEDDING_KEY, HEAD_KEY = "net.embedding.weight", "net.head.weight"  # (vocab_size, E) and (outputs, pooled)
 
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+
+def kind(hyperparameters: Collection[str]) -> Kind:
+    """What a checkpoint's hyperparameters (or a model class's arguments) describe."""
+    return "language model" if LANGUAGE_MODEL_KEY in hyperparameters else "classifier"
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False, expect: Kind | None = None) -> dict[str, Any]:
     """Read ``path`` with ``weights_only=True`` and check it is an rnn-lightning checkpoint.
 
-    Every way a file can be wrong (missing, truncated, another format, pickled objects, another
-    program's dictionary, a tokenizer or class names that are not what this project writes) is an
-    ``InputError`` naming the file. ``mmap``: tensors are read from the file when used (a predictor then
-    never reads the optimizer's state, two thirds of a trained checkpoint).
+    Every way a file can be wrong (missing, not a regular file, truncated, another format, pickled
+    objects, another program's dictionary, a tokenizer or class names that are not what this project
+    writes or that do not fit its weights, NaN/inf weights, another ``kind`` than ``expect``) is an
+    ``InputError`` naming the file. A checkpoint with NaN/inf weights is refused for every use: it predicts
+    NaN, and a fit resumed from it has a NaN loss from its first step. ``mmap``: tensors are read from the
+    file when used (a predictor then never reads the optimizer's state, two thirds of a trained checkpoint).
     """
     path = local_path(path)
-    if not Path(path).is_file():
-        raise InputError(f"ckpt_path: {str(path)!r} does not exist")
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        raise InputError(f"ckpt_path: {str(path)!r} does not exist") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise InputError(f"ckpt_path: {str(path)!r} is {what}, not a regular file; expected a checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -67,6 +86,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not (
         isinstance(ckpt, dict)
         and {WEIGHTS_KEY, HPARAMS_KEY, DATAMODULE_KEY} <= ckpt.keys()
+        and isinstance(ckpt[WEIGHTS_KEY], dict)
         and isinstance(ckpt[HPARAMS_KEY], dict)
         and isinstance(ckpt[DATAMODULE_KEY], dict)
         and isinstance(ckpt[DATAMODULE_KEY].get(TOKENIZER_KEY), str)
@@ -100,7 +120,53 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     for what, n in lengths.items():
         if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_TOKENS):
             raise InputError(f"ckpt_path: {str(path)!r}: {what} is {n!r} tokens a text; expected 1..{MAX_TOKENS:,}")
+    found = kind(ckpt[HPARAMS_KEY])
+    if expect is not None and found != expect:
+        use = {
+            "classifier": "classify with a classifier checkpoint (a language model starts one through model.init_from)",
+            "language model": "pretrain continues a language model checkpoint",
+        }[expect]
+        raise InputError(f"ckpt_path: {str(path)!r} is a {found} checkpoint; {use}")
+    _check_weights(ckpt, tok, f"ckpt_path: {str(path)!r}")
     return ckpt
+
+
+def task(ckpt: dict[str, Any]) -> Task:
+    """The task of a classifier checkpoint read by ``load_checkpoint``: what its class names make of its outputs."""
+    return make_task(list(ckpt[HPARAMS_KEY].get("class_names") or DEFAULT_CLASS_NAMES))
+
+
+def _check_weights(ckpt: dict[str, Any], tok: Tokenizer, where: str) -> None:
+    """Refuse weights that hold NaN/inf, or that disagree with the checkpoint's own
+    tokenizer (an id past the embedding's rows) or class names (another number of outputs)."""
+    weights = ckpt[WEIGHTS_KEY]
+    for name, tensor in weights.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{where} holds non-finite weights ({name} has NaN or inf): it cannot predict or train further; "
+                "use a checkpoint from before the weights diverged (e.g. an earlier best-*.ckpt)"
+            )
+    embedding, head = weights.get(EMBEDDING_KEY), weights.get(HEAD_KEY)
+    rows = embedding.shape[0] if isinstance(embedding, torch.Tensor) and embedding.dim() == 2 else None
+    ids = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    if rows is not None and ids > rows:
+        raise InputError(
+            f"{where}: its tokenizer has ids up to {ids - 1:,}, its embedding only {rows:,} rows; "
+            "the tokenizer is not the one these weights were trained with"
+        )
+    vocab_size = ckpt[HPARAMS_KEY].get("vocab_size")
+    if rows is not None and vocab_size is not None and vocab_size != rows:
+        raise InputError(
+            f"{where}: its hyper_parameters give vocab_size {vocab_size!r}, its embedding has {rows:,} rows"
+        )
+    if isinstance(head, torch.Tensor) and kind(ckpt[HPARAMS_KEY]) == "classifier":
+        outputs = task(ckpt).num_outputs
+        if head.dim() != 2 or head.shape[0] != outputs:
+            names = ckpt[HPARAMS_KEY].get("class_names") or DEFAULT_CLASS_NAMES
+            raise InputError(
+                f"{where}: its {len(names)} class names need {outputs} output(s), its weights have "
+                f"{head.shape[0] if head.dim() else 0}; the class names are not the ones these weights were trained with"
+            )
 
 
 # Settings that shape the network's weights: a resumed fit must keep the checkpoint's (section, key).

@@ -6,13 +6,14 @@ the old file or the new one, never half of one. Every file rnn-lightning writes 
 """
 
 import errno
-import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,12 @@ CACHE_ENV = "RNN_LIGHTNING_CACHE"  # names another default cache folder (tests: 
 # The token cache's default folder, and with it the memo of content_digests kept there.
 CACHE_ROOT = os.environ.get(CACHE_ENV) or "~/.cache/rnn_lightning"
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # what a full or failing disk answers
+# The temporary file or folder of a write to <target>: ".<target>.<host>-<pid>.<random>.tmp", beside it.
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+FORMER_TEMPORARY = re.compile(r"\.tmp-[a-z0-9_]{8}")  # a folder's, as earlier versions named it (no writer)
+# A temporary whose writer cannot be asked (another host's, or one without a pid) that has not changed for
+# this long is abandoned: every writer here writes its file or folder without pauses that long.
+ABANDONED_AFTER_S = 3600
 
 
 @contextmanager
@@ -35,6 +42,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -44,32 +52,71 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", sync: bool = False, 
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the user gets their usual permissions
         os.replace(tmp, target)
-    except OSError as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:  # e.g. a full disk while writing: name the file the user asked for
-            raise OSError(e.errno, e.strerror, str(target)) from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else _disk_error(e)
+        if cause is not None and (cause is not e or e.filename is None):  # name the file the user asked for
+            raise OSError(cause.errno, cause.strerror, str(target)) from e
         raise
     if sync:
         _fsync_dir(target.parent)
-    _remove_stale_temporaries(target)
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+    """A full or failing disk (``DISK_ERRORS``) behind ``error``: itself, or what it was raised from or while
+    handling (``torch.save`` answers a file object's ENOSPC with a RuntimeError raised while handling it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # a host name's dots are kept out of temporary names
 
 
 def _writer() -> str:
-    """Who writes a temporary file: this host and process (a host name's dots are kept out of it)."""
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    """Who writes a temporary file or folder: this host and process."""
+    return f"{_host()}-{os.getpid()}"
 
 
-def _remove_stale_temporaries(target: Path) -> None:
-    """Remove the temporary files of ``target`` left by processes of this host that were killed mid-write;
-    another process's file that is still being written (two writers of one target) is left alone."""
-    host = socket.gethostname().replace(".", "_")
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
-        pid = stale.name[len(f".{target.name}.{host}-") :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
+def _remove_abandoned_temporaries(folder: Path, former: bool = False) -> None:
+    """Remove the temporary files and folders in ``folder`` whose writer was killed mid-write: those of a
+    process of this host that is gone, and those of another host (or, with ``former``, of an earlier
+    version's folders, which name no writer) unchanged for ``ABANDONED_AFTER_S``. A temporary still being
+    written (two writers of one target, a second process) is left alone."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    host, now = _host(), time.time()
+    for entry in entries:
+        named = TEMPORARY.fullmatch(entry.name)
+        if named is not None and named["host"] == host:
+            abandoned = not _alive(int(named["pid"]))
+        elif named is not None or (former and FORMER_TEMPORARY.fullmatch(entry.name)):
+            abandoned = now - _last_change(entry) > ABANDONED_AFTER_S
+        else:
+            continue
+        if abandoned and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif abandoned:
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def _last_change(entry: os.DirEntry) -> float:
+    """When a temporary file, or a temporary folder or a file in it, last changed (a writer fills a folder
+    file by file)."""
+    try:
+        times = [entry.stat(follow_symlinks=False).st_mtime]
+        if entry.is_dir(follow_symlinks=False):
+            times += [child.stat(follow_symlinks=False).st_mtime for child in os.scandir(entry.path)]
+    except OSError:
+        return time.time()  # changing as we look: not abandoned
+    return max(times)
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +138,8 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    _remove_abandoned_temporaries(target.parent, former=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())

@@ -33,7 +33,7 @@ def native_build_dir(tmp_path_factory) -> Path:
     from rnn_lightning.network import cpu_rnn
 
     # One folder for all pytest-xdist workers (their base folders share a parent): the first builds the
-    # extension and the others wait on cpp_extension's lock in that folder, instead of building it again.
+    # extension and the others wait on its build lock (cpu_rnn.build_lock), instead of building it again.
     base = tmp_path_factory.getbasetemp()
     path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "native"
     path.mkdir(exist_ok=True)

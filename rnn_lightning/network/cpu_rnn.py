@@ -13,16 +13,20 @@ system's C++ compiler, ``-march=native``), which loads it with ``torch.ops.load_
 the autograd formula and the fake (shape) kernels, so autograd, ``torch.compile`` and ``torch.export``
 see one op. Without a compiler, or with ``RNN_LIGHTNING_NATIVE=0``, ``available()`` is False and the
 layers use PyTorch's kernels.
+
+The build folder may hold what a killed build left, or a library this module did not build: a process
+builds and loads under a lock of its own (``build_lock``), and loads only the library whose digest it
+recorded when it built it (``RECORD_SUFFIX``); anything else in its place is rebuilt first.
 """
 
 import functools
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
-import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,11 +34,18 @@ from torch import Tensor
 
 from rnn_lightning.runtime import cpu_signature
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and builds there go unguarded
+    fcntl = None
+
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 # -fno-trapping-math: without AVX-512's masks, GCC vectorizes the tanh's selects only if a float
 # comparison may not trap (nothing here reads floating-point exception flags).
 CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 ENV_SWITCH, ENV_DIR = "RNN_LIGHTNING_NATIVE", "RNN_LIGHTNING_NATIVE_DIR"
+RECORD_SUFFIX = ".sha256"  # <library>.sha256 beside the library: the digest of the file as this module built it
+BATON = "lock"  # cpp_extension's FileBaton in the build folder: while it exists, every other load() waits
 
 
 def build_folder(name: str) -> Path:
@@ -65,23 +76,29 @@ def library() -> str | None:
         built = folder / f"{name}{cpp_extension.LIB_EXT}"
         if os.path.realpath(built) in torch.ops.loaded_libraries:  # loaded by an earlier call: nothing to do
             return str(built)
-        for attempt in range(2):  # a damaged build (a full disk, a killed link) is rebuilt once from scratch
-            if attempt == 0 and built.exists() and not (folder / "lock").exists() and not _whole_library(built):
-                _clear(folder)  # load() would dlopen it, and mapping past a truncated file's end is SIGBUS
-            try:
-                path = cpp_extension.load(
-                    name,
-                    [str(SOURCE)],
-                    extra_cflags=CFLAGS,
-                    extra_ldflags=["-fopenmp"],
-                    build_directory=str(folder),
-                    is_python_module=False,  # torch.ops.load_library: the ops register themselves
-                )
-                break
-            except OSError:  # the dynamic loader refused the built file: build it again, once
-                if attempt:
-                    raise
+        with build_lock(folder):
+            # Its builder held this lock, so a baton found now is a killed build's, which nobody will remove.
+            (folder / BATON).unlink(missing_ok=True)
+            if built.exists() and not _as_recorded(built):
+                # load() would dlopen whatever is there (ninja only compares times): another program's library,
+                # one cut short (mapping past a file's end is SIGBUS), or one built without a record
                 _clear(folder)
+            for attempt in range(2):  # a damaged build (a full disk, a killed link) is rebuilt once from scratch
+                try:
+                    path = cpp_extension.load(
+                        name,
+                        [str(SOURCE)],
+                        extra_cflags=CFLAGS,
+                        extra_ldflags=["-fopenmp"],
+                        build_directory=str(folder),
+                        is_python_module=False,  # torch.ops.load_library: the ops register themselves
+                    )
+                    break
+                except OSError:  # the dynamic loader refused the built file: build it again, once
+                    if attempt:
+                        raise
+                    _clear(folder)
+            _record(Path(path))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         warnings.warn(
             f"the compiled rnn loop is unavailable ({' '.join(str(err).split())[-200:]}); using PyTorch's rnn kernel",
@@ -92,31 +109,43 @@ def library() -> str | None:
     return path
 
 
-def _whole_library(path: Path) -> bool:
-    """Whether the shared library at ``path`` holds every byte its ELF headers point to (False for a file
-    cut short); other formats than ELF (macOS) are taken as they are."""
+@contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Hold ``<folder>.lock`` (beside the folder, which ``_clear`` empties) while building and loading: an
+    ``flock``, which the kernel releases when its holder ends, by ``kill -9`` too. A second process waits
+    here for the first to finish, then loads what it built."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _digest(path: Path) -> str:
     with open(path, "rb") as f:
-        head = f.read(64)
-        if not sys.platform.startswith("linux"):
-            return bool(head)
-        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only (what x86-64/arm64 build)
-            return False
-        order = "<" if head[5] == 1 else ">"
-        phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
-        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
-        size = os.fstat(f.fileno()).st_size
-        end = max(phoff + phnum * phentsize, shoff + shnum * shentsize)
-        if end > size:
-            return False
-        f.seek(phoff)
-        table = f.read(phnum * phentsize)
-    if len(table) < phnum * phentsize:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + RECORD_SUFFIX)
+
+
+def _as_recorded(library: Path) -> bool:
+    """Whether ``library`` is, byte for byte, the file this module recorded when it built it."""
+    try:
+        return _record_path(library).read_text().strip() == _digest(library)
+    except OSError:
         return False
-    for i in range(phnum):  # each segment's p_offset and p_filesz, at bytes 8 and 32 of its entry
-        (offset,) = struct.unpack_from(order + "Q", table, i * phentsize + 8)
-        (filesz,) = struct.unpack_from(order + "Q", table, i * phentsize + 32)
-        end = max(end, offset + filesz)
-    return end <= size
+
+
+def _record(library: Path) -> None:
+    """Write the digest of the library just built and loaded beside it (a record cut short by a kill
+    matches nothing: the next process builds again)."""
+    _record_path(library).write_text(_digest(library) + "\n")
 
 
 def _clear(folder: Path) -> None:

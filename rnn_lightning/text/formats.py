@@ -178,6 +178,20 @@ def _read_tail(read, limit: int):
     return data
 
 
+def wide_encoding(p: Path) -> str | None:
+    """``UTF-16`` or ``UTF-32`` where the file ``p`` starts with that encoding's byte-order mark, ``UTF-16``
+    where its start holds NUL bytes and no mark (as text saved "as Unicode" does); else None."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    for bom, encoding in BOMS:
+        if head.startswith(bom):
+            return None if encoding == "utf-8" else encoding.upper()
+    return "UTF-16" if b"\0" in head else None
+
+
 def decoded(stream, name: str, newline: str | None = None, field: str = PREDICT_FIELD):
     """Binary ``stream`` past its byte-order mark: itself for UTF-8, a text stream for UTF-16/32.
     Text with NUL bytes and no mark (UTF-16 without one, or not text) is refused."""

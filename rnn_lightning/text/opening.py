@@ -8,7 +8,7 @@ from pathlib import Path
 from rnn_lightning.errors import InputError, unreadable_file
 from rnn_lightning.files import DISK_ERRORS, atomic_file, content_digests
 from rnn_lightning.text import aclimdb
-from rnn_lightning.text.formats import parquet_batches
+from rnn_lightning.text.formats import parquet_batches, wide_encoding
 from rnn_lightning.text.hub import full_cache, load_dataset, load_hub, unreadable_folder
 from rnn_lightning.text.identity import fingerprint
 from rnn_lightning.text.locations import Dataset, check_dataset, is_aclimdb, is_local, split_file
@@ -20,6 +20,7 @@ PARQUET_COPY = "parquet.arrow"  # the Arrow copy of a parquet file, in its folde
 TABLE_COPY = "table.arrow"  # and of a CSV, TSV or JSON-lines file
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None}  # the tables read row by row (None: JSON lines)
 DATASETS_BUILDERS = {".json": "json", ".arrow": "arrow"}  # the file types datasets reads instead
+TEXT_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".txt"}  # the text files datasets reads from a folder
 
 
 def open_splits(
@@ -58,9 +59,20 @@ def open_splits(
     if cache_dir is not None:
         digest = fingerprint(dataset, wanted, config_name, exclude=cache_dir, memo_dir=cache_dir)
         options["cache_dir"] = str(_arrow_copies(cache_dir, digest))
-    with unreadable_folder(dataset):
-        loaded = load_dataset(path=str(path), **options)
+    try:
+        with unreadable_folder(dataset):
+            loaded = load_dataset(path=str(path), **options)
+    except InputError:  # datasets reads text as UTF-8 only, and says so in words that name no file
+        for f in sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES):
+            _refuse_wide_text(f)
+        raise
     return _pick(loaded, by_name)
+
+
+def _refuse_wide_text(path: Path) -> None:
+    encoding = wide_encoding(path)
+    if encoding is not None:
+        raise InputError(f"data.dataset: {str(path)!r} is {encoding} text: save it as UTF-8")
 
 
 def _read_file(path: Path, cache_dir: Path | None = None):
@@ -83,6 +95,8 @@ def _read_file(path: Path, cache_dir: Path | None = None):
             raise full_cache(e, e.filename or options.get("cache_dir")) from None
         raise unreadable_file("data.dataset", path, e) from None
     except Exception as e:  # datasets and pyarrow answer an unreadable file with many exception types
+        if path.suffix in TEXT_SUFFIXES:
+            _refuse_wide_text(path)
         raise unreadable_file("data.dataset", path, e) from None
 
 

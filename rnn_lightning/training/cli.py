@@ -9,6 +9,7 @@ before any work. Beside it in ``training/``: the callbacks (``callbacks.py``, ``
 checkpoint knowledge is in ``rnn_lightning/checkpoint.py``.
 """
 
+import inspect
 import logging
 import os
 import sys
@@ -27,7 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from rnn_lightning import checkpoint
-from rnn_lightning.errors import InputError
+from rnn_lightning.errors import InputError, bounded
 from rnn_lightning.files import check_writable
 from rnn_lightning.limits import limit_yaml
 from rnn_lightning.models import SemiSupervisedClassifier
@@ -76,7 +77,7 @@ class OneLineErrorParser(LightningArgumentParser):
             super().error(message, ex)
         line = refused_import_line(str(message))  # a class or function the config may not name
         line = line or f"error: {' '.join(str(message).split())} (options: {self.prog} --help)"
-        sys.stderr.write(f"{line}\n")
+        sys.stderr.write(f"{bounded(line)}\n")
         sys.exit(2)
 
 
@@ -244,7 +245,8 @@ class RNNLightningCLI(LightningCLI):
         if subcommand == "fit" and version is not None and launched_first():
             # Held before the checkpoint is read: a second resume of the run would read a last.ckpt the first rewrites.
             lock_run_folder(runs / f"version_{version}")
-        self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path)
+        expect = checkpoint.kind(inspect.signature(self.model_class).parameters)  # a classifier or a language model
+        self._resumed = checkpoint.load_checkpoint(cfg.ckpt_path, expect=expect)
         if subcommand == "fit":  # LightningCLI would silently keep the checkpoint's network settings
             checkpoint.check_same_shape(self._resumed, cfg)
             check_resume_position(self._resumed, cfg.data)

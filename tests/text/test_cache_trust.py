@@ -197,9 +197,9 @@ def test_a_truncated_compiled_kernel_is_never_loaded(tmp_path, monkeypatch):
     from torch.utils import cpp_extension
 
     so = copy_of_the_built_kernel(tmp_path)
-    assert cpu_rnn._whole_library(so)
+    assert cpu_rnn._as_recorded(so)
     so.write_bytes(so.read_bytes()[: so.stat().st_size // 3])
-    assert not cpu_rnn._whole_library(so)
+    assert not cpu_rnn._as_recorded(so)
     seen = []
 
     def load(name, sources, build_directory, **kwargs):  # stands in for the compiler: records what it found
@@ -225,7 +225,7 @@ def test_a_truncated_compiled_kernel_is_rebuilt(tmp_path, monkeypatch):
     env = {**SUBPROCESS_ENV, cpu_rnn.ENV_DIR: str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "LOADED True" in proc.stdout, proc.stderr[-2000:]
-    assert cpu_rnn._whole_library(so)
+    assert cpu_rnn._as_recorded(so)
 
 
 PREPARE = textwrap.dedent(
