@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from rnn_lightning.errors import InputError, said
 from rnn_lightning.limits import MAX_TOKENS, check_class_names, count_nodes
-from rnn_lightning.tasks import Task, make_task
+from rnn_lightning.tasks import Task, task_from_state
 
 # Lightning stores a data module's state under its class name (so this is TextDataModule.__qualname__).
 DATAMODULE_KEY = "TextDataModule"
@@ -131,9 +131,13 @@ def load_checkpoint(path: str | Path, mmap: bool = False, expect: Kind | None = 
     return ckpt
 
 
-def task(ckpt: dict[str, Any]) -> Task:
-    """The task of a classifier checkpoint read by ``load_checkpoint``: what its class names make of its outputs."""
-    return make_task(list(ckpt[HPARAMS_KEY].get("class_names") or DEFAULT_CLASS_NAMES))
+def task(ckpt: dict[str, Any], thresholds=None, where: str = "ckpt_path") -> Task:
+    """The task of a classifier checkpoint read by ``load_checkpoint``: what its class names make of its
+    outputs, single- or multi-label, with the thresholds it keeps (``thresholds`` override them)."""
+    hparams = ckpt[HPARAMS_KEY]
+    names = list(hparams.get("class_names") or DEFAULT_CLASS_NAMES)
+    state = {"multi_label": bool(hparams.get("multi_label")), **(ckpt.get(TASK_KEY) or {})}
+    return task_from_state(names, state, f"{where}: task", thresholds)
 
 
 def _check_weights(ckpt: dict[str, Any], tok: Tokenizer, where: str) -> None:

@@ -20,7 +20,7 @@ from rnn_lightning.errors import InputError
 from rnn_lightning.files import atomic_file, check_writable
 from rnn_lightning.network.text_rnn import TextRNN
 from rnn_lightning.serving import predictions
-from rnn_lightning.tasks import Task, make_task, task_from_state
+from rnn_lightning.tasks import Task, make_task
 
 
 class Probabilities(torch.nn.Module):
@@ -55,12 +55,10 @@ class Predictor:
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs.
         ``thresholds`` (multi-label) override the checkpoint's."""
         ckpt = checkpoint.load_checkpoint(path, mmap=True)
-        hparams = ckpt[checkpoint.HPARAMS_KEY]
-        names = list(hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES)
+        task = checkpoint.task(ckpt, thresholds, str(path))
         net = TextRNN.from_checkpoint(path, map_location, ckpt=ckpt)
         tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
-        state = {"multi_label": bool(hparams.get("multi_label")), **(ckpt.get(checkpoint.TASK_KEY) or {})}
-        return cls(net, tokenizer, names, task=task_from_state(names, state, f"{path}: task", thresholds))
+        return cls(net, tokenizer, task.class_names, task=task)
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[dict]:

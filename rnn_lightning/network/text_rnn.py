@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from rnn_lightning.errors import InputError
 from rnn_lightning.network.recurrent import Cell, Implementation, RecurrentLayer
-from rnn_lightning.tasks import make_task
 
 Pooling = Literal["last", "max", "mean", "max_mean"]
 
@@ -266,8 +265,7 @@ class TextRNN(nn.Module):
 
         ckpt = checkpoint.load_checkpoint(path, mmap=True) if ckpt is None else ckpt
         hparams = ckpt[checkpoint.HPARAMS_KEY]
-        names = hparams.get("class_names") or checkpoint.DEFAULT_CLASS_NAMES
-        outputs = make_task(names, bool(hparams.get("multi_label"))).num_outputs
+        outputs = checkpoint.task(ckpt).num_outputs
         prefix = "net."
         try:
             if "cutoffs" in hparams:
