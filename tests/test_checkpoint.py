@@ -12,6 +12,7 @@ from rnn_lightning import checkpoint
 from rnn_lightning.errors import InputError
 from rnn_lightning.inference import Predictor
 from rnn_lightning.network.text_rnn import TextRNN
+from rnn_lightning.tasks import make_task
 from rnn_lightning.text.tokenizer import train_tokenizer
 from tests.helpers import make_reviews, one_line_error
 
@@ -22,8 +23,8 @@ NETWORK = {"vocab_size": VOCAB, "embed_dim": 4, "cell": "rnn", "hidden_size": 3,
 def write_checkpoint(path: Path, class_names=("neg", "pos"), language_model: bool = False, vocab: int = VOCAB) -> Path:
     """A checkpoint as the classifier (or the language model) writes one, built by hand: the network's
     weights, its hyperparameters and a tokenizer of ``vocab`` words learned from tiny reviews."""
-    num_classes = 0 if language_model else len(class_names)
-    net = TextRNN(**NETWORK, num_classes=num_classes, implementation="fused")
+    outputs = 0 if language_model else make_task(list(class_names)).num_outputs
+    net = TextRNN(**NETWORK, num_outputs=outputs, implementation="fused")
     hparams = {**NETWORK, "implementation": "fused"}
     hparams.update({"cutoffs": [20]} if language_model else {"class_names": list(class_names)})
     tokenizer = train_tokenizer(make_reviews(40, seed=0).text, vocab, MAX_LEN)

@@ -175,8 +175,11 @@ class TextClassifier(RecurrentModule):
         values = metrics.compute()
         metrics.reset()
         per_class = {key for key in values if key.startswith(f"{stage}/f1_")}
-        self.log_dict({k: v for k, v in values.items() if k not in per_class}, prog_bar=stage != "train")
-        self.log_dict({k: v for k, v in values.items() if k in per_class})
+        # The values are synced already (every process computed the same ones); Lightning's sync of them
+        # is then a max of equal numbers, exact, and says so instead of warning under DDP.
+        synced = {"sync_dist": True, "reduce_fx": "max"}
+        self.log_dict({k: v for k, v in values.items() if k not in per_class}, prog_bar=stage != "train", **synced)
+        self.log_dict({k: v for k, v in values.items() if k in per_class}, **synced)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

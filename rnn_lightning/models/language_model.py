@@ -111,8 +111,9 @@ class LanguageModel(RecurrentModule):
     def _log_epoch(self, stage: str) -> None:
         metric = getattr(self, f"{stage}_loss")
         loss = metric.compute()
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=False)
-        self.log(f"{stage}/ppl", loss.exp(), prog_bar=stage == "val", sync_dist=False)
+        # synced already by the MeanMetric: Lightning's max of the equal values is exact and does not warn
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, reduce_fx="max")
+        self.log(f"{stage}/ppl", loss.exp(), prog_bar=stage == "val", sync_dist=True, reduce_fx="max")
         metric.reset()
 
     def on_train_epoch_end(self) -> None:

@@ -170,11 +170,12 @@ class RNNLightningCLI(LightningCLI):
 
     def _class_fact(self, key: str):
         """``data.<key>``, or the checkpoint's value when ``--ckpt_path`` gives one (None in an older
-        checkpoint: the model's default, IMDB's two classes)."""
+        checkpoint: the model's default, IMDB's two classes; an older checkpoint is single-label)."""
 
         def value(data: TextDataModule):
             if self._resumed is not None:
-                return self._resumed[checkpoint.HPARAMS_KEY].get(key)
+                found = self._resumed[checkpoint.HPARAMS_KEY].get(key)
+                return bool(found) if key == "multi_label" else found
             return getattr(data, key)
 
         return value
