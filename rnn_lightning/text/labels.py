@@ -18,6 +18,7 @@ import numpy as np
 
 from rnn_lightning.errors import InputError
 from rnn_lightning.limits import check_class_names
+from rnn_lightning.text.table_types import WHOLE  # a class id written as text
 
 LABEL_SEPARATOR = "|"  # between the labels of a multi-label text in a CSV cell, read and written
 OTHER_SEPARATORS = (",", ";", "|")  # a cell holding one of these but not the separator is ambiguous
@@ -38,7 +39,14 @@ def class_names(column, feature, field: str) -> list[str]:
         names = [str(n) for n in feature.names]
     elif is_text(column.type):
         names = sorted(v for v in pc.unique(column).to_pylist() if v is not None)
-        if names and all(n.isdigit() for n in names):  # ids read as text (split from a CSV cell): in numeric order
+        numbers = [n for n in names if WHOLE.fullmatch(n)]
+        if numbers and len(numbers) < len(names):  # a JSON lines file mixing 1 and "pos" reads as text
+            named = next(n for n in names if not WHOLE.fullmatch(n))
+            raise InputError(
+                f"{field}: mixes class ids ({numbers[0]!r}, row {_row_of(column, numbers[0])}) and class names "
+                f"({named!r}, row {_row_of(column, named)}); expected one or the other"
+            )
+        if numbers:  # ids read as text (split from a CSV cell): in numeric order
             names.sort(key=int)
     elif pa.types.is_boolean(column.type):
         names = ["false", "true"]
@@ -99,6 +107,12 @@ def _numeric_ids(column, field: str) -> np.ndarray:
         if fractional.size:
             raise InputError(f"{field}: expected whole-number class ids, found {fractional[0].item()!r}")
     return values.astype(np.int64)
+
+
+def _row_of(column, value: str) -> int:
+    import pyarrow.compute as pc
+
+    return _first(pc.fill_null(pc.equal(column, value), False))
 
 
 def _first(mask) -> int:

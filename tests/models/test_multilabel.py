@@ -303,3 +303,9 @@ def test_thresholds_outside_0_1_or_not_one_per_label_are_refused_before_training
     error = one_line_error(cli("fit", *args(emotions, tmp_path, "--model.thresholds", given), check=False))
     assert error.startswith("error: model.thresholds: expected one number or 4 numbers") and what in error
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_single_labels_mixing_ids_and_names_are_refused_naming_both(tmp_path, cli):
+    data = write_jsonl(tmp_path / "d", [{"text": f"comment {i}", "label": [1, "pos", 0][i % 3]} for i in range(30)])
+    error = one_line_error(cli("fit", *tiny_cli_args(data, tmp_path), check=False))
+    assert "mixes class ids ('0', row 2) and class names ('pos', row 1)" in error
