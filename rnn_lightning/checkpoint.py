@@ -136,7 +136,10 @@ def task(ckpt: dict[str, Any], thresholds=None, where: str = "ckpt_path") -> Tas
     outputs, single- or multi-label, with the thresholds it keeps (``thresholds`` override them)."""
     hparams = ckpt[HPARAMS_KEY]
     names = list(hparams.get("class_names") or DEFAULT_CLASS_NAMES)
-    state = {"multi_label": bool(hparams.get("multi_label")), **(ckpt.get(TASK_KEY) or {})}
+    kept = ckpt.get(TASK_KEY) or {}
+    if not isinstance(kept, dict):
+        raise InputError(f"{where}: its {TASK_KEY!r} entry is a {type(kept).__name__}; expected a dict")
+    state = {**kept, "multi_label": bool(hparams.get("multi_label"))}  # the kind the model was built as
     return task_from_state(names, state, f"{where}: task", thresholds)
 
 
@@ -164,7 +167,7 @@ def _check_weights(ckpt: dict[str, Any], tok: Tokenizer, where: str) -> None:
             f"{where}: its hyper_parameters give vocab_size {vocab_size!r}, its embedding has {rows:,} rows"
         )
     if isinstance(head, torch.Tensor) and kind(ckpt[HPARAMS_KEY]) == "classifier":
-        outputs = task(ckpt).num_outputs
+        outputs = task(ckpt, where=where).num_outputs
         if head.dim() != 2 or head.shape[0] != outputs:
             names = ckpt[HPARAMS_KEY].get("class_names") or DEFAULT_CLASS_NAMES
             raise InputError(

@@ -55,7 +55,7 @@ class Predictor:
         """Read with ``weights_only=True`` (``checkpoint.load_checkpoint``): no code from the file runs.
         ``thresholds`` (multi-label) override the checkpoint's."""
         ckpt = checkpoint.load_checkpoint(path, mmap=True)
-        task = checkpoint.task(ckpt, thresholds, str(path))
+        task = checkpoint.task(ckpt, thresholds, f"ckpt_path: {str(path)!r}")
         net = TextRNN.from_checkpoint(path, map_location, ckpt=ckpt)
         tokenizer = Tokenizer.from_str(checkpoint.tokenizer_json(ckpt))
         return cls(net, tokenizer, task.class_names, task=task)

@@ -110,6 +110,7 @@ class ServedModel:
         return {
             "model": self.name,
             "class_names": self.class_names,
+            "task": self.predictor.task.state(),
             "vocab_size": self.tokenizer.get_vocab_size(),
             "max_len": self.max_len,
             "explain": self.net is not None,

@@ -6,7 +6,7 @@ import re
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.classification import multilabel_average_precision
+from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
 THRESHOLD_GRID = [round(0.01 * i, 2) for i in range(1, 100)]  # the thresholds tried per label on validation
@@ -38,6 +38,8 @@ def mean_average_precision(probs: Tensor, target: Tensor) -> Tensor:
     seen = target.bool().any(0)
     if not seen.any():
         return probs.new_zeros(())
+    if int(seen.sum()) == 1:  # torchmetrics' multi-label form needs two labels
+        return binary_average_precision(probs[:, seen][:, 0], target[:, seen][:, 0].long())
     rows = target[:, seen].long()
     return multilabel_average_precision(probs[:, seen], rows, int(seen.sum()), average="macro")
 
@@ -54,6 +56,7 @@ class MultiLabelScores(Metric):
     def __init__(self, task, stage: str, keep_scores: bool, choose: bool) -> None:
         super().__init__()
         self.task, self.stage, self.keep_scores, self.choose = task, stage, keep_scores, choose
+        self._on: tuple[Tensor, Tensor] | None = None
         k = len(task.class_names)
         for name in ("tp", "fp", "fn"):
             self.add_state(name, torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
@@ -61,8 +64,16 @@ class MultiLabelScores(Metric):
             self.add_state("probs", [], dist_reduce_fx="cat")
             self.add_state("target", [], dist_reduce_fx="cat")
 
+    def thresholds_on(self, device) -> Tensor:
+        """The task's thresholds on ``device``, copied there once per change (a copy each step would make
+        the host wait for an accelerator every step)."""
+        chosen = self.task.thresholds
+        if self._on is None or self._on[0] is not chosen or self._on[1].device != device:
+            self._on = (chosen, chosen.to(device))
+        return self._on[1]
+
     def update(self, probs: Tensor, target: Tensor) -> None:
-        decided, present = probs >= self.task.thresholds.to(probs.device), target.bool()
+        decided, present = probs >= self.thresholds_on(probs.device), target.bool()
         self.tp += (decided & present).sum(0)
         self.fp += (decided & ~present).sum(0)
         self.fn += (~decided & present).sum(0)
@@ -75,9 +86,9 @@ class MultiLabelScores(Metric):
         tp, fp, fn, extra = self.tp, self.fp, self.fn, {}
         if self.keep_scores:
             probs, target = dim_zero_cat(self.probs), dim_zero_cat(self.target)
-            if self.choose and not task.fixed:
+            if self.choose and task.learning and not task.fixed:
                 task.thresholds = best_thresholds(probs, target, task.thresholds)
-            decided, present = probs >= task.thresholds.to(probs.device), target.bool()
+            decided, present = probs >= self.thresholds_on(probs.device), target.bool()
             tp, fp, fn = ((decided & present).sum(0), (decided & ~present).sum(0), (~decided & present).sum(0))
             extra = {
                 "map": mean_average_precision(probs, target),

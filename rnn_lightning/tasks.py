@@ -41,6 +41,7 @@ class Task:
     """
 
     MONITOR, MONITOR_MODE = "val/acc", "max"  # the checkpoint kept as "best" unless a config says otherwise
+    learning = False  # whether a validation pass may choose the task's decision settings: fit's, after its sanity check
 
     def __init__(self, class_names: list[str]) -> None:
         self.class_names = list(class_names)
@@ -436,9 +437,8 @@ def make_task(class_names: list[str], multi_label: bool = False, thresholds=None
     ``thresholds`` (multi-label only) override the chosen ones."""
     if multi_label:
         return MultiLabel(class_names, thresholds)
-    if thresholds is not None:
-        raise InputError("model.thresholds: thresholds are for multi-label models; these classes exclude each other")
-    return Binary(class_names) if len(class_names) == 2 else Multiclass(class_names)
+    task = Binary(class_names) if len(class_names) == 2 else Multiclass(class_names)
+    return task if thresholds is None else task.with_thresholds(thresholds, "model.thresholds")
 
 
 def task_from_state(class_names: list[str], state: dict | None, field: str, thresholds=None) -> Task:

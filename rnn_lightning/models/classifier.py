@@ -2,6 +2,7 @@
 
 from typing import Any, Literal
 
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
@@ -185,6 +186,8 @@ class TextClassifier(RecurrentModule):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
+        # decision settings (a multi-label task's thresholds) are chosen by fit's validation passes only
+        self.task.learning = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
         self._log_epoch("val")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -165,8 +165,10 @@ class TextDataModule(LightningDataModule):
         """Class names and counts, the kind of labels and the training texts: from the cache's meta, or
         before the cache exists from the source."""
         meta = token_cache.read_meta(self.cache_path)
-        if meta is not None and "train_texts" in meta:
-            facts = {key: meta[key] for key in ("class_names", "class_counts", "multi_label", "train_texts")}
+        if meta is not None:
+            # a cache written before multi-label data existed: single-label, each fit text counted once
+            facts = {"multi_label": False, "train_texts": sum(meta["class_counts"]), **meta}
+            facts = {key: facts[key] for key in ("class_names", "class_counts", "multi_label", "train_texts")}
         else:
             source = self._source
             labels = source.splits["train"].labels

@@ -134,7 +134,9 @@ def holds_lists(column) -> bool:
     return pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
 
 
-def multi_label_kind(column, multi_label: bool | None, field: str) -> bool:
+def multi_label_kind(
+    column, multi_label: bool | None, field: str, single: str = "data.multi_label is false (a single-label preset)"
+) -> bool:
     """Whether a training label column is multi-label: a column of lists is; ``multi_label`` true makes
     any column so, false refuses lists. A text column whose cells hold JSON lists beside single labels
     (what a JSON lines file mixing both reads as) is refused, naming a row of each."""
@@ -159,8 +161,8 @@ def multi_label_kind(column, multi_label: bool | None, field: str) -> bool:
             )
     if lists and multi_label is False:
         raise InputError(
-            f"{field}: holds lists of labels (multi-label), but data.multi_label is false (a single-label "
-            "preset); use a multi-label config (e.g. configs/goemotions.yaml) or --data.multi_label true"
+            f"{field}: holds lists of labels (multi-label), but {single}; use a multi-label config "
+            "(e.g. configs/goemotions.yaml) or --data.multi_label true"
         )
     return lists or bool(multi_label)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from rnn_lightning.errors import InputError
 from rnn_lightning.text.labels import (
+    LABEL_SEPARATOR,
     as_lists,
     class_ids,
     class_names,
@@ -137,6 +138,11 @@ def load_labelled(
     if multi:
         column, feature = as_lists(column, feature, where(names["train"]))
         classes = class_names(pc.list_flatten(column), feature, where(names["train"]))
+        joined = [n for n in classes if LABEL_SEPARATOR in n]
+        if joined:  # a prediction file's CSV cell joins a text's labels with it
+            raise InputError(
+                f"{where(names['train'])}: label {joined[0]!r} holds {LABEL_SEPARATOR!r}, which joins labels"
+            )
     else:
         classes = class_names(column, feature, where(names["train"]))
     splits = {}
@@ -149,7 +155,7 @@ def load_labelled(
                 multi_label_kind(column, True, where(name))  # a text column mixing lists and labels is refused
                 labels = label_sets(*as_lists(column, feature, where(name)), classes, where(name))
             else:
-                multi_label_kind(column, False, where(name))  # lists here, single labels in training: refused
+                multi_label_kind(column, False, where(name), "the training split's labels are single")
                 labels = class_ids(column, feature, classes, where(name))
         splits[role] = Split(text_split(ds, text_field, name), labels)
     counts = np.array(label_counts(splits["train"].labels, len(classes)))

@@ -29,7 +29,7 @@ class HParamsWithMetrics(Callback):
         }
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and isinstance(ckpt.best_model_score, torch.Tensor):
-            metrics["hp/best_val_acc"] = float(ckpt.best_model_score)
+            metrics[f"hp/best_{ckpt.monitor.replace('/', '_')}"] = float(ckpt.best_model_score)
         params = {**dict(pl_module.hparams), **{f"data.{k}": v for k, v in trainer.datamodule.hparams.items()}}
         config = next((c.config for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
         if config is not None:

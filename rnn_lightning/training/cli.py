@@ -312,6 +312,16 @@ class RNNLightningCLI(LightningCLI):
         self._monitor_the_task()
         return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's merge of the checkpoint's hyperparameters into the config (a private step of its
+        own, overridden because nothing public runs after it), keeping a given ``model.thresholds``: a
+        decision setting the command chooses over the checkpoint's, not a shape the weights need."""
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].model.get("thresholds") if subcommand else None
+        super()._parse_ckpt_path()
+        if given is not None:
+            self.config[subcommand].model.thresholds = given
+
     def _monitor_the_task(self) -> None:
         """``checkpoint.monitor`` left at its default follows the model's task (``Task.MONITOR``: the
         monitor is set when the arguments are parsed, the task is known once the data has been read)."""
@@ -323,6 +333,9 @@ class RNNLightningCLI(LightningCLI):
             return
         if task.MONITOR != default and task.MONITOR_MODE == callback.mode:
             callback.monitor, callback.filename = task.MONITOR, best_filename(task.MONITOR)
+            bar = config.get("progress_bar")
+            if getattr(bar, "monitor", None) == default:
+                bar.monitor = task.MONITOR
 
     def before_fit(self) -> None:
         tune_cpu_runtime()

@@ -157,6 +157,8 @@ def check_fit_args(fit_args: list[str], space: dict):
             cfg = parser.parse_args([*fit_args, *overrides({key: value})])
             if cfg.get(key) is None and value is not None:
                 raise InputError(f"search.space.{key}: fit has no such setting")
+    # the monitor the built checkpoint callback follows: a multi-label task's (val/macro_f1) once the data is read
+    cli.config.checkpoint.monitor = cli.config_init.checkpoint.monitor
     return cli.config
 
 

@@ -197,7 +197,7 @@ def test_predict_to_csv_joins_the_labels_and_a_config_may_override_the_threshold
     table = pd.read_csv(out, keep_default_na=False)
     assert table["labels"][0] == "|".join(LABELS) and table["labels"][1] == "" and table["error"][1] != ""
     cli("predict", *common, "--prediction_writer.output", str(out), "--model.thresholds", "1.0")
-    assert pd.read_csv(out, keep_default_na=False)["labels"][0] in ("", "|".join(LABELS))  # p == 1.0 only
+    assert pd.read_csv(out, keep_default_na=False)["labels"][0] == ""  # no probability reaches 1
 
 
 def test_serve_and_an_export_answer_label_lists_with_the_checkpoints_thresholds(trained, tmp_path):
@@ -309,3 +309,29 @@ def test_single_labels_mixing_ids_and_names_are_refused_naming_both(tmp_path, cl
     data = write_jsonl(tmp_path / "d", [{"text": f"comment {i}", "label": [1, "pos", 0][i % 3]} for i in range(30)])
     error = one_line_error(cli("fit", *tiny_cli_args(data, tmp_path), check=False))
     assert "mixes class ids ('0', row 2) and class names ('pos', row 1)" in error
+
+
+def test_validate_and_the_sanity_check_never_choose_thresholds(trained, emotions):
+    from rnn_lightning.training.cli import RNNLightningCLI
+
+    best = sorted(ckpt_dir(trained).glob("best-*.ckpt"))[0]
+    kept = torch.load(best, weights_only=True)["task"]["thresholds"]
+    cli = RNNLightningCLI(args=["validate", *args(emotions, trained), "--ckpt_path", str(best)])
+    assert cli.model.task.thresholds.tolist() == pytest.approx(kept)  # the checkpoint's, not validate's choice
+    task = make_task(LABELS, multi_label=True)  # a validation pass outside fit's (``learning`` off): no choice
+    scores = MultiLabelScores(task, "val", keep_scores=True, choose=True)
+    scores.update(torch.tensor([[0.9, 0.2, 0.2, 0.2]] * 4), torch.tensor([[1, 0, 0, 0]] * 4))
+    scores.compute()
+    assert task.thresholds.tolist() == [0.5] * 4
+    task.learning = True
+    scores.update(torch.tensor([[0.9, 0.2, 0.2, 0.2]] * 4), torch.tensor([[1, 0, 0, 0]] * 4))
+    scores.compute()
+    assert task.thresholds[0].item() < 0.5  # fit's validation: the lowest threshold with the best F1
+
+
+def test_tuning_a_multi_label_fit_follows_val_macro_f1_unless_told(emotions, tmp_path):
+    from rnn_lightning.training import tuning
+
+    config = tuning.check_fit_args(args(emotions, tmp_path), {})
+    settled = tuning.settle_metric({"metric": None, "direction": None}, config)
+    assert (settled["metric"], settled["direction"]) == ("val/macro_f1", "maximize")
