@@ -488,8 +488,12 @@ def draw_plots(study, metric: str) -> dict:
 
     matplotlib.use("Agg")  # files only, never a window
     figures = {}
+    complete = [t for t in study.trials if t.state == _optuna().trial.TrialState.COMPLETE]
     for name, plot in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
                        ("parallel", plots.plot_parallel_coordinate)):  # fmt: skip
+        if name != "history" and len(complete) < 2:  # one trial has no spread to rank settings by or draw lines of
+            print(f"{name}.png not drawn: it needs two complete trials")
+            continue
         try:
             with warnings.catch_warnings():  # Optuna calls its matplotlib plots "experimental"
                 warnings.simplefilter("ignore", _optuna().exceptions.ExperimentalWarning)

@@ -301,3 +301,12 @@ def test_ctrl_c_in_a_trial_fails_and_queues_it_again_and_says_how_tune_goes_on(p
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert study.trials[1].params == study.trials[0].params
+
+
+def test_one_trial_draws_its_history_only_and_warns_of_nothing(recwarn, capsys):
+    study = optuna.create_study(direction="maximize")
+    distributions = {"model.dropout": optuna.distributions.FloatDistribution(0.1, 0.6)}
+    study.add_trial(optuna.create_trial(params={"model.dropout": 0.3}, distributions=distributions, value=0.5))
+    assert set(tuning.draw_plots(study, "val/macro_f1")) == {"history"}
+    assert "importances.png not drawn: it needs two complete trials" in capsys.readouterr().out
+    assert not [w for w in recwarn if "optuna" in str(w.filename) or "importances" in str(w.message)]
