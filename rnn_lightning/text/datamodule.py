@@ -120,7 +120,9 @@ class TextDataModule(LightningDataModule):
             dataset = {str(k): str(v) for k, v in dataset.items()}
         if predict_path is None:  # predicting texts reads no dataset (a saved config's may be elsewhere)
             check_dataset(dataset)
-        self.save_hyperparameters()
+        # the model's hyperparameters keep the kind of labels as resolved (linked from ``multi_label`` below); this
+        # argument may be None (the labels decide), which Lightning's merge of the two would call a conflict
+        self.save_hyperparameters(ignore=["multi_label"])
         self.dataset, self.vocab_size, self.max_len, self.batch_size = dataset, vocab_size, max_len, batch_size
         self.config_name, self.split_names = config_name, names
         self.text_field, self.label_field, self._multi_label = text_field, label_field, multi_label
@@ -179,8 +181,6 @@ class TextDataModule(LightningDataModule):
                 "multi_label": source.multi_label,
                 "train_texts": len(labels[fit]),
             }
-        # what the labels decided, in the hyperparameters too: the model's (linked from here) must agree
-        self.save_hyperparameters({**self.hparams, "multi_label": facts["multi_label"]})
         return facts
 
     @cached_property
