@@ -66,6 +66,19 @@ class Task:
     def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
         """(K,) weights of the classes in the loss from ``model.class_weights`` (none, ``balanced`` or K
         numbers), the training texts per class and all training ``texts``, or None (all 1)."""
+        names, k = self.class_names, len(self.class_names)
+        if how is None or how == "none":
+            return None
+        if how == "balanced":
+            return self.balanced_weight(counts, texts)
+        if isinstance(how, str) or len(how) != k or not all(w >= 0 for w in how) or not any(w > 0 for w in how):
+            raise InputError(
+                f"model.class_weights: expected none, balanced or {k} numbers >= 0 (one per class of {names}), got {how}"
+            )
+        return torch.tensor([float(w) for w in how])
+
+    def balanced_weight(self, counts: list[int] | None, texts: int | None) -> Tensor:
+        """``class_weights: balanced``: (K,) weights from the training texts per class and all of them."""
         raise NotImplementedError
 
     def loss(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -123,23 +136,15 @@ class SingleLabel(Task):
     """Each text has exactly one class. The decision is the most probable class: ``label``, its
     probability ``prob`` and every class's ``probs`` by name."""
 
-    def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
-        """``balanced``: N / (K * count of the class), so every class weighs the same in total."""
+    def balanced_weight(self, counts: list[int] | None, texts: int | None) -> Tensor:
+        """N / (K * count of the class), so every class weighs the same in total."""
         names, k = self.class_names, len(self.class_names)
-        if how is None or how == "none":
-            return None
-        if how == "balanced":
-            if counts is None or len(counts) != k or min(counts) <= 0:
-                raise InputError(
-                    f"model.class_weights: balanced needs a training count per class, got {counts} for {names}"
-                )
-            counts_t = torch.tensor(counts, dtype=torch.float32)
-            return counts_t.sum() / (k * counts_t)
-        if isinstance(how, str) or len(how) != k or not all(w >= 0 for w in how) or not any(w > 0 for w in how):
+        if counts is None or len(counts) != k or min(counts) <= 0:
             raise InputError(
-                f"model.class_weights: expected none, balanced or {k} numbers >= 0 (one per class of {names}), got {how}"
+                f"model.class_weights: balanced needs a training count per class, got {counts} for {names}"
             )
-        return torch.tensor([float(w) for w in how])
+        counts_t = torch.tensor(counts, dtype=torch.float32)
+        return counts_t.sum() / (k * counts_t)
 
     def decision(self, probs: list[float]) -> dict:
         best = max(range(len(probs)), key=probs.__getitem__)
@@ -320,26 +325,17 @@ class MultiLabel(Task):
         task.thresholds, task.fixed = check_thresholds(thresholds, self.class_names, field), True
         return task
 
-    def class_weight(self, how, counts: list[int] | None, texts: int | None = None) -> Tensor | None:
-        """(K,) ``pos_weight``s: ``balanced`` weighs a label's present texts by (texts without it) / (texts
-        with it), so its positives and negatives weigh the same in total."""
+    def balanced_weight(self, counts: list[int] | None, texts: int | None) -> Tensor:
+        """(K,) ``pos_weight``s: a label's present texts weigh (texts without it) / (texts with it), so its
+        positives and negatives weigh the same in total."""
         names, k = self.class_names, len(self.class_names)
-        if how is None or how == "none":
-            return None
-        if how == "balanced":
-            if counts is None or len(counts) != k or min(counts) <= 0 or not texts or max(counts) >= texts:
-                raise InputError(
-                    f"model.class_weights: balanced needs each label on some but not all of the training texts, "
-                    f"got {counts} of {texts} for {names}"
-                )
-            counts_t = torch.tensor(counts, dtype=torch.float32)
-            return (texts - counts_t) / counts_t
-        if isinstance(how, str) or len(how) != k or not all(w >= 0 for w in how) or not any(w > 0 for w in how):
+        if counts is None or len(counts) != k or min(counts) <= 0 or not texts or max(counts) >= texts:
             raise InputError(
-                f"model.class_weights: expected none, balanced or {k} numbers >= 0 (the weight of each label's "
-                f"present texts, {names}), got {how}"
+                f"model.class_weights: balanced needs each label on some but not all of the training texts, "
+                f"got {counts} of {texts} for {names}"
             )
-        return torch.tensor([float(w) for w in how])
+        counts_t = torch.tensor(counts, dtype=torch.float32)
+        return (texts - counts_t) / counts_t
 
     def loss(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
         """Binary cross-entropy per label, averaged over texts and labels; ``weight`` is ``pos_weight``."""
